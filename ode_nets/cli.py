@@ -1,0 +1,35 @@
+"""Shared entry-point behaviour for scripts/: user errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+USER_ERROR_EXIT = 2
+FAILURE_EXIT = 1
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's config, data, run folder or checkpoint (not bugs)."""
+    from ode_nets.checkpoint import CheckpointError
+    from ode_nets.config import ConfigError
+    from ode_nets.data import DataError
+    from ode_nets.train import RunDirError
+
+    return ConfigError, DataError, CheckpointError, RunDirError, FileNotFoundError, ValueError
+
+
+def run_cli(job: Callable[[], None]) -> int:
+    """Run `job`; a user error prints `error: <message>` (no traceback) and returns 2,
+    a training failure (non-finite loss, solver failure) returns 1."""
+    from ode_nets.train import TrainingError
+
+    try:
+        job()
+    except TrainingError as e:
+        print(f"error: training stopped: {e}", file=sys.stderr)
+        return FAILURE_EXIT
+    except user_error_types() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    return 0

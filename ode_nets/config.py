@@ -1,0 +1,326 @@
+"""Typed experiment configuration: YAML file -> frozen dataclasses, with `key.sub=value` overrides.
+
+Every experiment is one YAML file in `configs/`. It is loaded into `Config`; unknown keys,
+wrong types and impossible values raise `ConfigError`, whose message names the key, the file
+and (for misspellings) the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the source."""
+
+
+FieldName = Literal["cubic", "conv_cubic", "resnet", "single_layer", "antisymmetric", "hamiltonian"]
+SolverName = Literal["euler", "heun", "midpoint", "ralston", "rk4", "tsit5", "dopri5", "dopri8", "bosh3",
+                     "verlet", "ab3", "lm2"]
+Strategy = Literal["discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint", "reversible"]
+Readout = Literal["softmax", "sigmoid_last", "max_pool_softmax", "linear_softmax"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The vector field and how the network wraps it (Ruseckas §3, §5)."""
+
+    field: FieldName = "cubic"
+    layers: int = 20  # L: number of layers = Euler steps = pieces of the piecewise-constant w(t), b(t)
+    horizon: float = 1.0  # T: the ODE is solved on [0, T], dt = T / L
+    augment: int = 0  # extra zero dimensions (dense) or channels (conv) appended to the input (§3.2)
+    time_dependent: bool = True  # w(t), b(t) piecewise constant over L layers; False: one w, b for all t
+    gamma: float = 0.0  # initial scaled nonlinearity gamma~ = dt * gamma (eq 110)
+    learn_gamma: bool = True
+    mu: float = 3.0  # exponent of the nonlinearity, eq 57
+    init: Literal["zeros", "normal"] = "zeros"  # §4.4: zero init by default
+    init_scale: float = 0.01  # std of the scaled parameters for init="normal"
+    readout: Readout = "softmax"
+    width: int = 0  # hidden width for the resnet field (0: same as the state)
+    activation: Literal["tanh", "relu", "identity"] = "tanh"
+    conv_impl: Literal["xla", "im2col"] = "im2col"
+
+    def __post_init__(self) -> None:
+        _require(self.layers > 0, "model.layers", f"must be a positive number of layers, got {self.layers}")
+        _require(self.horizon > 0, "model.horizon", f"must be > 0, got {self.horizon}")
+        _require(self.augment >= 0, "model.augment", f"must be >= 0, got {self.augment}")
+        _require(self.gamma >= 0, "model.gamma", f"must be >= 0 (gamma > 0 damps, eq 52), got {self.gamma}")
+        _require(self.mu > 1, "model.mu", f"must be > 1 (eq 53), got {self.mu}")
+        _require(self.init_scale >= 0, "model.init_scale", f"must be >= 0, got {self.init_scale}")
+        _require(self.width >= 0, "model.width", f"must be >= 0, got {self.width}")
+
+    @property
+    def dt(self) -> float:
+        """Layer width in time, dt = T / L."""
+        return self.horizon / self.layers
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Which diffrax solver integrates the forward ODE."""
+
+    method: SolverName = "euler"
+    steps_per_layer: int = 1  # fixed-step methods: steps per layer (1 reproduces the ResNet, eq 109)
+    rtol: float = 1e-3  # adaptive methods only
+    atol: float = 1e-6
+    max_steps: int = 4096  # adaptive methods: a solve that needs more steps raises an error
+
+    def __post_init__(self) -> None:
+        _require(self.steps_per_layer > 0, "solver.steps_per_layer", f"must be > 0, got {self.steps_per_layer}")
+        _require(self.rtol > 0, "solver.rtol", f"must be > 0, got {self.rtol}")
+        _require(self.atol > 0, "solver.atol", f"must be > 0, got {self.atol}")
+        _require(self.max_steps > 0, "solver.max_steps", f"must be > 0, got {self.max_steps}")
+
+
+@dataclass(frozen=True)
+class GradientConfig:
+    """How gradients through the solve are computed (the one key researchers switch)."""
+
+    strategy: Strategy = "discretize_then_optimize"
+    checkpoints: Optional[int] = None  # RecursiveCheckpointAdjoint: None = one per step for fixed-step solves
+    adjoint_method: Optional[SolverName] = None  # optimize_then_discretize: backward solver (None: forward's)
+    adjoint_rtol: Optional[float] = None
+    adjoint_atol: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        _require(self.checkpoints is None or self.checkpoints > 0, "gradient.checkpoints",
+                 f"must be a positive integer or null, got {self.checkpoints}")
+        for key in ("adjoint_rtol", "adjoint_atol"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, f"gradient.{key}", f"must be > 0 or null, got {value}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss = cross entropy + smoothness regulariser (eq 113)."""
+
+    smoothness: float = 0.0  # lambda of eq 113
+
+    def __post_init__(self) -> None:
+        _require(self.smoothness >= 0, "loss.smoothness", f"must be >= 0 (lambda of eq 113), got {self.smoothness}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """optax optimizer and learning-rate schedule."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0  # adamw only
+    schedule: Literal["constant", "cosine", "exponential", "warmup_cosine"] = "constant"
+    decay_rate: float = 0.1  # exponential: lr multiplied by this over the whole run
+    warmup_steps: int = 0
+    clip_norm: Optional[float] = None  # global gradient-norm clipping
+
+    def __post_init__(self) -> None:
+        _require(self.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _require(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(0 < self.decay_rate <= 1, "optim.decay_rate", f"must be in (0, 1], got {self.decay_rate}")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _require(self.clip_norm is None or self.clip_norm > 0, "optim.clip_norm",
+                 f"must be > 0 or null, got {self.clip_norm}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, and how it is generated or found."""
+
+    name: Literal["circles", "mnist", "peaks", "ellipses", "swiss_roll"] = "circles"
+    n_train: int = 400
+    n_test: int = 400
+    noise: float = 0.2  # circles: std of the Gaussian noise (§5.1)
+    validation: int = 0  # samples carved from train as a validation split
+    dir: Optional[str] = None  # MNIST IDX files; else $ODE_NETS_DATA_DIR
+    tfds_dir: Optional[str] = None  # prepared tfds data; else $TFDS_DATA_DIR / tfds default
+    source: Literal["auto", "tfds", "idx"] = "auto"
+    limit_train: Optional[int] = None  # use only the first N training examples (quick runs)
+
+    def __post_init__(self) -> None:
+        _require(self.n_train > 0, "data.n_train", f"must be > 0, got {self.n_train}")
+        _require(self.n_test > 0, "data.n_test", f"must be > 0, got {self.n_test}")
+        _require(self.noise >= 0, "data.noise", f"must be >= 0, got {self.noise}")
+        _require(self.validation >= 0, "data.validation", f"must be >= 0, got {self.validation}")
+        _require(self.limit_train is None or self.limit_train > 0, "data.limit_train",
+                 f"must be > 0 or null, got {self.limit_train}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The epoch loop, logging and where results go."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    eval_batch_size: int = 1000
+    log_every: int = 10  # steps between metric lines
+    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end of each epoch)
+    keep_checkpoints: int = 3
+    runs_dir: str = "runs"
+    devices: int = 1  # data-parallel over this many devices (batch axis sharded)
+    max_steps: Optional[int] = None  # stop after this many steps (quick runs, tests)
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
+        _require(self.batch_size > 0, "train.batch_size", f"must be > 0, got {self.batch_size}")
+        _require(self.eval_batch_size > 0, "train.eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
+        _require(self.log_every > 0, "train.log_every", f"must be > 0, got {self.log_every}")
+        _require(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
+        _require(self.keep_checkpoints > 0, "train.keep_checkpoints", f"must be > 0, got {self.keep_checkpoints}")
+        _require(self.devices > 0, "train.devices", f"must be > 0, got {self.devices}")
+        _require(self.max_steps is None or self.max_steps > 0, "train.max_steps",
+                 f"must be > 0 or null, got {self.max_steps}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment, completely."""
+
+    name: str = "experiment"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    gradient: GradientConfig = field(default_factory=GradientConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# dict -> dataclass with type checking
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key)
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a schema bug, not a user error
+
+
+def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    where = prefix or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {full!r}{hint} (valid keys here: {', '.join(names)})")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, source: str = "<dict>") -> Config:
+    """Build a validated `Config`; errors name the key and `source`."""
+    try:
+        return _from_dict(Config, data)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def to_dict(config: Config) -> dict:
+    """The config as plain nested dicts (for saving beside a run)."""
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` overrides (values parsed as YAML) to a nested dict, returning a copy."""
+    data = _deep_copy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        path, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = data
+        parts = path.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_copy(data: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file, apply overrides, validate. Raises `ConfigError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    source = str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
+    return from_dict(apply_overrides(data, overrides or []), source)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the full config (defaults filled in) as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

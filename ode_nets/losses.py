@@ -1,0 +1,42 @@
+"""Loss = cross entropy + the smoothness regulariser of eq 113."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, Int
+
+from ode_nets.fields.time_params import PiecewiseConstant, is_time_param
+
+
+def cross_entropy(logits: Float[Array, "B K"], labels: Int[Array, " B"], weights: Float[Array, " B"] | None = None
+                  ) -> Float[Array, ""]:
+    """Mean softmax cross entropy; `weights` (0/1) mask padded examples of a partial batch."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if weights is None:
+        return jnp.mean(losses)
+    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def smoothness(model: eqx.Module) -> Float[Array, ""]:
+    """(1/2) sum_l ||q~_l - q~_{l-1}||^2 over every piecewise-constant scaled parameter (eq 113).
+
+    For the cubic fields these are w~ and b~ (kappa~ and b~ for the conv field), eq 110.
+    Time-independent parameters do not vary between layers and contribute 0.
+    """
+    params = [p for p in jax.tree_util.tree_leaves(model, is_leaf=is_time_param) if isinstance(p, PiecewiseConstant)]
+    total = jnp.zeros(())
+    for p in params:
+        total = total + jnp.sum(jnp.diff(p.values, axis=0) ** 2)
+    return 0.5 * total
+
+
+def accuracy(logits: Float[Array, "B K"], labels: Int[Array, " B"], weights: Float[Array, " B"] | None = None
+             ) -> Float[Array, ""]:
+    """Fraction of correct argmax predictions (weighted by the padding mask)."""
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    if weights is None:
+        return jnp.mean(correct)
+    return jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -1,0 +1,329 @@
+"""Training: one `eqx.filter_jit` step, the epoch loop, evaluation, the run folder and checkpoints.
+
+A run folder holds `config.yaml`, `metrics.jsonl` (one JSON object per line), `checkpoints/`,
+`model.eqx` (final parameters), `results.json` and `figures/`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ode_nets import checkpoint as ckpt
+from ode_nets.config import Config, OptimConfig, save_config
+from ode_nets.data import Dataset, Split, batch_indices, load_dataset, num_batches
+from ode_nets.losses import accuracy, cross_entropy, smoothness
+from ode_nets.models import ODENet, build_model, count_parameters
+
+
+class TrainingError(RuntimeError):
+    """Training stopped: non-finite loss or gradient, or a solver failure. The message names the step."""
+
+
+class RunDirError(ValueError):
+    """The run folder exists (and neither overwrite nor resume was asked) or cannot be resumed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# pure pieces
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """optax optimizer with the configured schedule (SGD as in the paper by default)."""
+    lr = cfg.learning_rate
+    schedule: Any
+    if cfg.schedule == "constant":
+        schedule = lr
+    elif cfg.schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(lr, max(total_steps, 1))
+    elif cfg.schedule == "exponential":
+        schedule = optax.exponential_decay(lr, max(total_steps, 1), cfg.decay_rate)
+    else:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1))
+    if cfg.name == "sgd":
+        opt = optax.sgd(schedule, momentum=cfg.momentum or None)
+    elif cfg.name == "adam":
+        opt = optax.adam(schedule)
+    else:
+        opt = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    if cfg.clip_norm is not None:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+    return opt
+
+
+def loss_fn(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array, lam: float) -> tuple[jax.Array, dict]:
+    """Cross entropy + lambda * eq-113 regulariser, and metrics."""
+    logits = model(x)
+    ce = cross_entropy(logits, y, mask)
+    reg = smoothness(model)
+    return ce + lam * reg, {"ce": ce, "reg": reg, "acc": accuracy(logits, y, mask)}
+
+
+@eqx.filter_jit
+def train_step(optimizer: optax.GradientTransformation, model: ODENet, opt_state: Any, x: jax.Array, y: jax.Array,
+               mask: jax.Array, lam: float) -> tuple[ODENet, Any, dict]:
+    """One SGD step. A non-finite loss or gradient leaves model and optimizer state unchanged (`ok` = False)."""
+    (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, x, y, mask, lam)
+    updates, new_opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    new_model = eqx.apply_updates(model, updates)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    model = eqx.combine(keep(eqx.filter(new_model, eqx.is_array), eqx.filter(model, eqx.is_array)),
+                        eqx.filter(model, eqx.is_array, inverse=True))
+    opt_state = keep(new_opt_state, opt_state)
+    return model, opt_state, {"loss": loss, "grad_norm": grad_norm, "ok": ok, **aux}
+
+
+@eqx.filter_jit
+def eval_step(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Summed loss and number correct over the unmasked examples of one batch."""
+    logits = model(x)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    return jnp.sum(losses * mask), jnp.sum(correct * mask)
+
+
+def evaluate(model: ODENet, split: Split, batch_size: int) -> dict[str, float]:
+    """Mean cross entropy and accuracy over a whole split."""
+    batch_size = min(batch_size, len(split))
+    total_loss, total_correct = 0.0, 0.0
+    for idx, mask in batch_indices(len(split), batch_size, None):
+        loss, correct = eval_step(model, split.x[idx], split.y[idx], mask)
+        total_loss += float(loss)
+        total_correct += float(correct)
+    return {"loss": total_loss / len(split), "acc": total_correct / len(split)}
+
+
+def predict(model: ODENet, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Class probabilities for all of `x`, (n, classes)."""
+    probs = jax.jit(lambda m, xb: jax.nn.softmax(m(xb), -1))
+    return np.concatenate([np.asarray(probs(model, x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+def learned_gamma(model: ODENet) -> float | None:
+    """The scaled nonlinearity gamma~ of the field, if it has one."""
+    gamma = getattr(model.field, "gamma", None)
+    return None if gamma is None else float(gamma)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class Run:
+    """Everything a training run needs, built from its config."""
+
+    config: Config
+    folder: Path
+    dataset: Dataset
+    model: ODENet
+    optimizer: optax.GradientTransformation
+    steps_per_epoch: int
+    total_steps: int
+
+
+def build_run(config: Config, folder: Path, dataset: Dataset | None = None) -> Run:
+    """Dataset, model and optimizer for `config` (all randomness from `config.seed`)."""
+    k_data, k_model = jax.random.split(jax.random.PRNGKey(config.seed))
+    dataset = dataset or load_dataset(config.data, k_data)
+    if config.train.batch_size > len(dataset.train):
+        raise ValueError(f"train.batch_size = {config.train.batch_size} is larger than the training set "
+                         f"({len(dataset.train)} examples); lower it")
+    model = build_model(config.model, config.solver, config.gradient, dataset.input_shape, dataset.num_classes, k_model)
+    steps_per_epoch = num_batches(len(dataset.train), config.train.batch_size)
+    total = steps_per_epoch * config.train.epochs
+    if config.train.max_steps is not None:
+        total = min(total, config.train.max_steps)
+    return Run(config, folder, dataset, model, make_optimizer(config.optim, total), steps_per_epoch, total)
+
+
+def prepare_folder(folder: Path, config: Config, *, overwrite: bool, resume: bool) -> None:
+    """Create the run folder; refuse to reuse one unless `overwrite` (wipes it) or `resume`."""
+    import shutil
+
+    if resume:
+        if not (folder / "checkpoints").is_dir():
+            raise RunDirError(f"cannot resume: {folder} has no checkpoints/ folder")
+        return
+    if folder.exists() and any(folder.iterdir()):
+        if not overwrite:
+            raise RunDirError(f"run folder {folder} already exists; pass --overwrite to replace it or "
+                              f"--resume {folder} to continue it")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config(config, folder / "config.yaml")
+
+
+class MetricsLog:
+    """Append-only JSON-lines metrics; on resume, lines after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+            kept = [line for line in lines if json.loads(line).get("step", 0) <= resume_step]
+            ckpt.atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _train_state(model: ODENet, opt_state: Any, key: jax.Array) -> dict:
+    return {"model": model, "opt_state": opt_state, "key": key}
+
+
+def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train `run.model`; returns the final results (also written to `results.json`).
+
+    Checkpoints are written every `train.checkpoint_every` steps and at each epoch end; a run
+    resumed from its newest checkpoint reproduces the uninterrupted run bit for bit (same data
+    order, same PRNG keys). Ctrl-C writes a checkpoint and stops cleanly.
+    """
+    cfg, folder = run.config, run.folder
+    model = run.model
+    opt_state = run.optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    key = jax.random.PRNGKey(cfg.seed + 1)
+    position = ckpt.Position(step=0, epoch=0, batch=0)
+    if resume:
+        state, position = ckpt.load_latest(folder / "checkpoints", _train_state(model, opt_state, key))
+        model, opt_state, key = state["model"], state["opt_state"], state["key"]
+    log = MetricsLog(folder / "metrics.jsonl", position.step if resume else None)
+    n_params = count_parameters(model)
+    print(f"{cfg.name}: {n_params:,} trainable parameters; {len(run.dataset.train)} training examples; "
+          f"device {jax.devices()[0].device_kind}")
+    lam = cfg.loss.smoothness
+
+    def save(pos: ckpt.Position) -> None:
+        ckpt.save_checkpoint(folder / "checkpoints", _train_state(model, opt_state, key), pos, cfg.train.keep_checkpoints)
+
+    interrupted = _InterruptFlag()
+    start = time.time()
+    step = position.step
+    done = step >= run.total_steps
+    with interrupted:
+        for epoch in range(position.epoch, cfg.train.epochs):
+            if done:
+                break
+            first_batch = position.batch if epoch == position.epoch else 0
+            order_key = jax.random.fold_in(key, epoch)
+            batches = list(batch_indices(len(run.dataset.train), cfg.train.batch_size, order_key))[first_batch:]
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, leave=False)
+            window_start, window_examples = time.time(), 0
+            for i, (idx, mask) in enumerate(bar, start=first_batch):
+                x, y = run.dataset.train.x[idx], run.dataset.train.y[idx]
+                model, opt_state, metrics = train_step(run.optimizer, model, opt_state, x, y, mask, lam)
+                if not bool(metrics["ok"]):  # the step kept the last good state: checkpoint it and stop
+                    save(ckpt.Position(step, epoch, i))
+                    raise TrainingError(_nonfinite_message(step, cfg, metrics))
+                step += 1
+                window_examples += int(mask.sum())
+                if step % cfg.train.log_every == 0 or i == len(batches) + first_batch - 1:
+                    rate = window_examples / max(time.time() - window_start, 1e-9)
+                    record = {"kind": "train", "step": step, "epoch": epoch, **_floats(metrics),
+                              "gamma": learned_gamma(model), "examples_per_sec": rate}
+                    log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['acc']:.3f}", ex_s=f"{rate:.0f}")
+                    window_start, window_examples = time.time(), 0
+                done = step >= run.total_steps
+                epoch_over = i == len(batches) + first_batch - 1
+                next_pos = ckpt.Position(step, epoch + 1, 0) if epoch_over else ckpt.Position(step, epoch, i + 1)
+                if interrupted.fired:
+                    save(next_pos)
+                    print(f"\ninterrupted at step {step}: checkpoint written; continue with --resume {folder}")
+                    return {"interrupted": True, "step": step}
+                if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and not epoch_over:
+                    save(next_pos)
+                if done:
+                    break
+            bar.close()
+            record = {"kind": "eval", "step": step, "epoch": epoch + 1, **_split_metrics(model, run.dataset, cfg)}
+            log.write(record)
+            print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                                      if isinstance(v, float)))
+            save(ckpt.Position(step, epoch + 1, 0))
+    return finish(run, model, n_params, time.time() - start)
+
+
+def finish(run: Run, model: ODENet, n_params: int, wall_time: float) -> dict:
+    """Save the final model and `results.json`; returns the results."""
+    ckpt.atomic_save_tree(run.folder / "model.eqx", model)
+    test = evaluate(model, run.dataset.test, run.config.train.eval_batch_size)
+    results = {"name": run.config.name, "parameters": n_params, "test_acc": test["acc"], "test_loss": test["loss"],
+               "gamma": learned_gamma(model), "train_wall_time_s": wall_time, "device": jax.devices()[0].device_kind}
+    ckpt.atomic_write_bytes(run.folder / "results.json", json.dumps(results, indent=2).encode())
+    print(f"test accuracy {test['acc']:.4f}; trainable parameters {n_params:,}; "
+          f"learned gamma~ {results['gamma']}; results in {run.folder}")
+    return results
+
+
+def _split_metrics(model: ODENet, dataset: Dataset, cfg: Config) -> dict[str, float]:
+    out = {}
+    for name, split in (("train", dataset.train), ("validation", dataset.validation), ("test", dataset.test)):
+        if split is not None:
+            m = evaluate(model, split, cfg.train.eval_batch_size)
+            out[f"{name}_loss"], out[f"{name}_acc"] = m["loss"], m["acc"]
+    return out
+
+
+def _floats(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k != "ok"}
+
+
+def _nonfinite_message(step: int, cfg: Config, metrics: dict) -> str:
+    what = "loss" if not np.isfinite(float(metrics["loss"])) else "gradient"
+    hint = ("the explicit step dt = T/L may be too large for the stiffness 3*gamma*x^2 of the cubic term "
+            "(raise model.layers, lower optim.learning_rate, or set optim.clip_norm)")
+    if cfg.solver.method not in ("euler", "heun", "midpoint", "ralston"):
+        hint += "; with an adaptive solver, also check solver.max_steps and tolerances"
+    return f"non-finite {what} at step {step} (epoch counted from 0): {hint}. The last good state is checkpointed."
+
+
+class _InterruptFlag:
+    """Context manager: the first Ctrl-C sets `fired` instead of raising, so the loop can checkpoint."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.fired = True
+
+    def __enter__(self) -> "_InterruptFlag":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not in the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def load_run(folder: Path) -> tuple[Config, Dataset, ODENet]:
+    """Config, dataset and final (or newest checkpointed) model of a run folder."""
+    from ode_nets.config import load_config
+
+    config = load_config(folder / "config.yaml")
+    run = build_run(config, folder)
+    if (folder / "model.eqx").is_file():
+        model = ckpt.load_tree(folder / "model.eqx", run.model)
+    else:
+        opt_state = run.optimizer.init(eqx.filter(run.model, eqx.is_inexact_array))
+        state, _ = ckpt.load_latest(folder / "checkpoints", _train_state(run.model, opt_state, jax.random.PRNGKey(0)))
+        model = state["model"]
+    return config, run.dataset, model

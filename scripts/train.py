@@ -1,0 +1,48 @@
+"""Train a model from a config file: python scripts/train.py --config configs/circles_model2.yaml [key.sub=value ...]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ode_nets.cli import run_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", help="YAML experiment file (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=5")
+    parser.add_argument("--run-dir", help="run folder (default: <train.runs_dir>/<name>-<time>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
+    args = parser.parse_args(argv)
+
+    def job() -> None:
+        from ode_nets.config import load_config
+        from ode_nets.train import build_run, fit, prepare_folder
+
+        if args.resume:
+            folder = Path(args.resume)
+            config = load_config(folder / "config.yaml", args.overrides)
+        else:
+            if not args.config:
+                parser.error("--config is required (or --resume RUN_DIR)")
+            config = load_config(args.config, args.overrides)
+            folder = Path(args.run_dir or Path(config.train.runs_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        prepare_folder(folder, config, overwrite=args.overwrite, resume=bool(args.resume))
+        results = fit(build_run(config, folder), resume=bool(args.resume), progress=not args.no_progress)
+        if not args.no_plots and not results.get("interrupted"):
+            from ode_nets.plotting import plot_run
+
+            for path in plot_run(folder):
+                print(f"figure: {path}")
+
+    return run_cli(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
