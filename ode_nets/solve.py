@@ -70,7 +70,7 @@ def solve(field: eqx.Module, x0: PyTree[Array], *, horizon: float, layers: int, 
         controller = diffrax.PIDController(rtol=solver.rtol, atol=solver.atol)
         if jump_ts is not None:
             controller = diffrax.ClipStepSizeController(controller, jump_ts=jump_ts)
-        dt0, max_steps = horizon / layers, solver.max_steps
+        dt0, max_steps = None, solver.max_steps  # diffrax picks the first step (Hairer's heuristic)
     else:
         controller, dt0, max_steps = diffrax.StepTo(ts=step_ts), None, len(step_ts) - 1
     adjoint = make_adjoint(gradient, solver, step_ts=step_ts, forward_adaptive=adaptive, jump_ts=jump_ts)
