@@ -1,0 +1,93 @@
+"""Config files: every shipped config loads; bad keys, types and values give errors naming key and file."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ode_nets.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
+
+CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
+EXPERIMENT_CONFIGS = [p for p in CONFIGS if "bench" not in p.parts]
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    assert isinstance(load_config(path), Config)
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_unknown_key_names_key_file_and_suggestion(tmp_path):
+    path = write(tmp_path, {"model": {"layres": 5}})
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "model.layres" in msg and str(path) in msg and "model.layers" in msg
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'modle'.*did you mean 'model'"):
+        load_config(write(tmp_path, {"modle": {}}))
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"model": {"layers": "20"}}, "model.layers"),
+    ({"model": {"layers": 2.5}}, "model.layers"),
+    ({"model": {"learn_gamma": "yes"}}, "model.learn_gamma"),
+    ({"optim": {"learning_rate": "fast"}}, "optim.learning_rate"),
+    ({"solver": {"method": "rk45"}}, "solver.method"),
+    ({"seed": True}, "seed"),
+    ({"model": 3}, "model"),
+])
+def test_wrong_type_names_key(tmp_path, data, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(write(tmp_path, data))
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"model": {"layers": 0}}, "model.layers"),
+    ({"model": {"layers": -3}}, "model.layers"),
+    ({"loss": {"smoothness": -1.0}}, "loss.smoothness"),
+    ({"model": {"horizon": 0}}, "model.horizon"),
+    ({"train": {"batch_size": 0}}, "train.batch_size"),
+    ({"solver": {"rtol": -1e-3}}, "solver.rtol"),
+])
+def test_impossible_values_name_key(tmp_path, data, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
+        load_config(write(tmp_path, data))
+    assert str(tmp_path) in str(e.value)
+
+
+def test_int_accepted_for_float():
+    assert from_dict({"model": {"horizon": 2}}).model.horizon == 2.0
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_reach_every_key(tmp_path):
+    """`key.sub=value` works for every key of the schema: set each to its own default via an override."""
+    defaults = to_dict(Config())
+    overrides = [f"{section}.{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                 for section, values in defaults.items() if isinstance(values, dict) for k, v in values.items()]
+    overrides += ["seed=7", "name=x"]
+    cfg = load_config(write(tmp_path, {}), overrides)
+    assert cfg.seed == 7 and to_dict(cfg)["model"] == defaults["model"]
+
+
+def test_override_values_are_typed_and_validated(tmp_path):
+    path = write(tmp_path, {"model": {"layers": 20}})
+    assert load_config(path, ["model.layers=7", "optim.name=adam"]).model.layers == 7
+    with pytest.raises(ConfigError, match="model.layers"):
+        load_config(path, ["model.layers=0"])
+    with pytest.raises(ConfigError, match="unknown key 'model.layer'"):
+        load_config(path, ["model.layer=3"])
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_overrides({}, ["model.layers"])
