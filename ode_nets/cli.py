@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -20,10 +21,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def run_cli(job: Callable[[], None]) -> int:
-    """Run `job`; a user error prints `error: <message>` (no traceback) and returns 2,
+    """Run `job` (set ODE_NETS_DEBUG=1 for tracebacks); a user error prints `error: <message>` (no traceback) and returns 2,
     a training failure (non-finite loss, solver failure) returns 1."""
     from ode_nets.train import TrainingError
 
+    if os.environ.get("ODE_NETS_DEBUG"):  # full tracebacks for developers
+        job()
+        return 0
     try:
         job()
     except TrainingError as e:

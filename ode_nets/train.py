@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ode_nets import checkpoint as ckpt
 from ode_nets.config import Config, OptimConfig, save_config
-from ode_nets.data import Dataset, Split, batch_indices, load_dataset, num_batches
+from ode_nets.data import Dataset, Split, batch_indices, check_finite, load_dataset, num_batches
 from ode_nets.losses import accuracy, cross_entropy, smoothness
 from ode_nets.models import ODENet, build_model, count_parameters
 
@@ -138,7 +138,9 @@ class Run:
 def build_run(config: Config, folder: Path, dataset: Dataset | None = None) -> Run:
     """Dataset, model and optimizer for `config` (all randomness from `config.seed`)."""
     k_data, k_model = jax.random.split(jax.random.PRNGKey(config.seed))
-    dataset = dataset or load_dataset(config.data, k_data)
+    if dataset is None:
+        dataset = load_dataset(config.data, k_data)
+    check_finite(dataset)
     if config.train.batch_size > len(dataset.train):
         raise ValueError(f"train.batch_size = {config.train.batch_size} is larger than the training set "
                          f"({len(dataset.train)} examples); lower it")
@@ -165,6 +167,16 @@ def prepare_folder(folder: Path, config: Config, *, overwrite: bool, resume: boo
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_config(config, folder / "config.yaml")
+
+
+def resume_config(folder: Path, overrides: list[str]) -> Config:
+    """The config saved in a run folder (plus overrides), for `--resume`."""
+    from ode_nets.config import load_config
+
+    if not (folder / "config.yaml").is_file() or not (folder / "checkpoints").is_dir():
+        raise RunDirError(f"cannot resume: {folder} is not a run folder with checkpoints "
+                          f"(expected {folder / 'config.yaml'} and {folder / 'checkpoints'}/)")
+    return load_config(folder / "config.yaml", overrides)
 
 
 class MetricsLog:
@@ -225,7 +237,16 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
             window_start, window_examples = time.time(), 0
             for i, (idx, mask) in enumerate(bar, start=first_batch):
                 x, y = run.dataset.train.x[idx], run.dataset.train.y[idx]
-                model, opt_state, metrics = train_step(run.optimizer, model, opt_state, x, y, mask, lam)
+                try:
+                    model, opt_state, metrics = train_step(run.optimizer, model, opt_state, x, y, mask, lam)
+                except Exception as e:  # noqa: BLE001 - diffrax reports solver failures as runtime errors
+                    if "maximum number of solver steps" not in str(e):
+                        raise
+                    save(ckpt.Position(step, epoch, i))  # no donation: `model` is still the last good state
+                    raise TrainingError(f"the adaptive solver hit solver.max_steps = {cfg.solver.max_steps} at step "
+                                        f"{step}: the ODE became too stiff (large gamma~ x^2) for rtol = "
+                                        f"{cfg.solver.rtol}; raise solver.max_steps or loosen the tolerances. "
+                                        f"The last good state is checkpointed.") from None
                 if not bool(metrics["ok"]):  # the step kept the last good state: checkpoint it and stop
                     save(ckpt.Position(step, epoch, i))
                     raise TrainingError(_nonfinite_message(step, cfg, metrics))

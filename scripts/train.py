@@ -23,11 +23,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> None:
         from ode_nets.config import load_config
-        from ode_nets.train import build_run, fit, prepare_folder
+        from ode_nets.train import build_run, fit, prepare_folder, resume_config
 
         if args.resume:
             folder = Path(args.resume)
-            config = load_config(folder / "config.yaml", args.overrides)
+            config = resume_config(folder, args.overrides)
         else:
             if not args.config:
                 parser.error("--config is required (or --resume RUN_DIR)")

@@ -91,3 +91,9 @@ def test_override_values_are_typed_and_validated(tmp_path):
         load_config(path, ["model.layer=3"])
     with pytest.raises(ConfigError, match="key.sub=value"):
         apply_overrides({}, ["model.layers"])
+
+
+def test_scientific_notation_without_dot(tmp_path):
+    """PyYAML reads 1e-3 as a string (YAML 1.1); float keys accept it anyway."""
+    cfg = load_config(write(tmp_path, {"optim": {"learning_rate": "1e-3"}}), ["solver.rtol=1e-7"])
+    assert cfg.optim.learning_rate == 1e-3 and cfg.solver.rtol == 1e-7

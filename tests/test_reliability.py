@@ -1,0 +1,175 @@
+"""Reliability: kill + resume is bit-identical, runs are deterministic, bad input gives one-line
+errors with exit code 2, NaN and solver failures stop cleanly, Ctrl-C checkpoints."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ode_nets.config import load_config
+from ode_nets.data import DataError, Dataset, Split
+from ode_nets.train import TrainingError, build_run, fit, prepare_folder
+
+ROOT = Path(__file__).parent.parent
+CIRCLES = ROOT / "configs" / "circles_model2.yaml"
+QUICK = ["train.epochs=3", "train.log_every=3", "train.checkpoint_every=4"]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_cli(argv, capsys) -> tuple[int, str]:
+    code = load_script("train").main(argv)
+    return code, capsys.readouterr().err
+
+
+def stable_metrics(folder: Path) -> list[dict]:
+    """metrics.jsonl without wall-clock fields."""
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in records]
+
+
+def test_same_seed_gives_identical_runs(tmp_path):
+    cfg = load_config(CIRCLES, QUICK)
+    for name in ("a", "b"):
+        prepare_folder(tmp_path / name, cfg, overwrite=False, resume=False)
+        fit(build_run(cfg, tmp_path / name), progress=False)
+    assert stable_metrics(tmp_path / "a") == stable_metrics(tmp_path / "b")
+    assert (tmp_path / "a" / "model.eqx").read_bytes() == (tmp_path / "b" / "model.eqx").read_bytes()
+
+
+def _train_cmd(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(CIRCLES), "--run-dir", str(run_dir),
+            "--no-progress", "--no-plots", *extra]
+
+
+SLOW = ["train.epochs=12", "train.checkpoint_every=5", "train.log_every=5", "model.layers=200", "train.batch_size=20"]
+
+
+def _wait_for_checkpoint(folder: Path, proc: subprocess.Popen, min_step: int, timeout: float = 300) -> None:
+    start = time.time()
+    while time.time() - start < timeout:
+        steps = [int(p.stem.split("-")[1]) for p in (folder / "checkpoints").glob("ckpt-*.json")]
+        if steps and max(steps) >= min_step:
+            return
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cmd(reference, *SLOW), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed, *SLOW), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_checkpoint(killed, proc, min_step=30)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.eqx").exists(), "the run finished before the kill"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--resume", str(killed), "--no-progress",
+                    "--no-plots"], check=True, env=env, capture_output=True)
+
+    assert (killed / "model.eqx").read_bytes() == (reference / "model.eqx").read_bytes()
+    assert stable_metrics(killed) == stable_metrics(reference)
+    final = lambda f: {k: v for k, v in json.loads((f / "results.json").read_text()).items()  # noqa: E731
+                       if k != "train_wall_time_s"}
+    assert final(killed) == final(reference)
+
+
+def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    folder = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(folder, *SLOW), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(folder, proc, min_step=5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted at step" in out and "--resume" in out
+    assert not (folder / "model.eqx").exists()
+    steps = sorted(int(p.stem.split("-")[1]) for p in (folder / "checkpoints").glob("ckpt-*.json"))
+    assert steps[-1] > 5  # the interrupt wrote a checkpoint beyond the periodic one
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["model.layres=3"], "did you mean 'model.layers'"),
+    (["model.layers=abc"], "model.layers: expected an integer"),
+    (["model.layers=0"], "model.layers: must be a positive number"),
+    (["loss.smoothness=-1"], "loss.smoothness: must be >= 0"),
+    (["train.batch_size=5000"], "larger than the training set"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path, capsys, overrides, expected):
+    code, err = train_cli(["--config", str(CIRCLES), "--run-dir", str(tmp_path / "r"), *overrides], capsys)
+    assert code == 2
+    assert expected in err and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    code, err = train_cli(["--config", str(tmp_path / "missing.yaml")], capsys)
+    assert code == 2 and "not found" in err
+
+
+def test_existing_run_dir_is_refused_and_kept(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "results.json").write_text("precious")
+    code, err = train_cli(["--config", str(CIRCLES), "--run-dir", str(folder)], capsys)
+    assert code == 2 and "--overwrite" in err and "--resume" in err
+    assert (folder / "results.json").read_text() == "precious"
+
+
+def test_corrupt_checkpoint_is_reported_and_not_overwritten(tmp_path, capsys):
+    folder = tmp_path / "run"
+    cfg = load_config(CIRCLES, QUICK)
+    prepare_folder(folder, cfg, overwrite=False, resume=False)
+    fit(build_run(cfg, folder), progress=False)
+    newest = sorted((folder / "checkpoints").glob("ckpt-*.eqx"))[-1]
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    before = {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    code, err = train_cli(["--resume", str(folder), "--no-progress", "--no-plots"], capsys)
+    assert code == 2 and "corrupt" in err and newest.name in err
+    assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_resume_without_checkpoints(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    code, err = train_cli(["--resume", str(tmp_path / "run")], capsys)
+    assert code == 2 and "not a run folder" in err
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(tmp_path, capsys):
+    folder = tmp_path / "run"
+    code, err = train_cli(["--config", str(CIRCLES), "--run-dir", str(folder), "--no-progress", "--no-plots",
+                           "optim.learning_rate=1e6", "optim.clip_norm=null", "optim.schedule=constant",
+                           "model.init=normal", "model.init_scale=1.0"], capsys)
+    assert code == 1
+    assert "non-finite" in err and "at step" in err
+    checkpoints = list((folder / "checkpoints").glob("ckpt-*.eqx"))
+    assert checkpoints and not (folder / "model.eqx").exists()
+
+
+def test_adaptive_solver_max_steps_is_a_clear_error(tmp_path):
+    cfg = load_config(CIRCLES, ["solver.method=tsit5", "solver.max_steps=3", "train.epochs=1"])
+    prepare_folder(tmp_path / "run", cfg, overwrite=False, resume=False)
+    with pytest.raises(TrainingError, match="solver.max_steps = 3"):
+        fit(build_run(cfg, tmp_path / "run"), progress=False)
+
+
+def test_data_with_nan_is_refused(tmp_path):
+    x = np.zeros((10, 2), np.float32)
+    x[3, 1] = np.nan
+    split = Split(x, np.zeros(10, np.int32))
+    with pytest.raises(DataError, match="NaN.*index 3"):
+        build_run(load_config(CIRCLES, ["train.batch_size=5"]), tmp_path, Dataset(split, split, 2))
