@@ -14,6 +14,7 @@ from ode_nets.models import count_parameters
 from ode_nets.train import build_run, fit, prepare_folder
 
 CONFIGS = Path(__file__).parent.parent / "configs"
+CIRCLES_CFG = CONFIGS / "circles_model2.yaml"
 
 
 @pytest.mark.parametrize("name,expected", [("circles_model1", 601), ("circles_model2", 240)])
@@ -58,3 +59,19 @@ def test_short_training_lowers_the_loss(tmp_path, strategy, solver):
     assert evals[-1]["train_loss"] < 0.9 * np.log(2)
     assert results["parameters"] == 240
     assert (tmp_path / "run" / "model.eqx").is_file() and (tmp_path / "run" / "results.json").is_file()
+
+
+def test_depth_is_a_loop_not_unrolled(tmp_path):
+    """The traced training loss has the same size for L = 10 and L = 200: layers are a lax loop
+    inside diffrax, so compile time does not grow with depth."""
+    import equinox as eqx
+
+    from ode_nets.train import loss_fn
+
+    sizes = []
+    for layers in (10, 200):
+        run = build_run(load_config(CIRCLES_CFG, [f"model.layers={layers}"]), tmp_path)
+        x, y = run.dataset.train.x[:8], run.dataset.train.y[:8]
+        grad = eqx.filter_grad(lambda m: loss_fn(m, x, y, np.ones(8, np.float32), 1.0)[0])
+        sizes.append(len(str(jax.make_jaxpr(grad)(run.model))))
+    assert sizes[1] <= 1.05 * sizes[0]
