@@ -10,10 +10,15 @@ import equinox as eqx
 from jaxtyping import PRNGKeyArray
 
 from ode_nets.config import ModelConfig
+from ode_nets.fields.antisymmetric import AntisymmetricField
 from ode_nets.fields.cubic import ConvCubicField, CubicField
+from ode_nets.fields.hamiltonian import HamiltonianField
+from ode_nets.fields.resnet import ResNetField, SingleLayerField
 from ode_nets.fields.time_params import Constant, PiecewiseConstant, is_time_param
 
-FIELDS: dict[str, type] = {"cubic": CubicField, "conv_cubic": ConvCubicField}
+FIELDS: dict[str, type] = {"cubic": CubicField, "conv_cubic": ConvCubicField, "resnet": ResNetField,
+                           "single_layer": SingleLayerField, "antisymmetric": AntisymmetricField,
+                           "hamiltonian": HamiltonianField}
 
 
 def build_field(cfg: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> eqx.Module:

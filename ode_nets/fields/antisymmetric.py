@@ -1,0 +1,49 @@
+"""Antisymmetric ResNet field (Haber & Ruthotto 2017; Ruthotto 2019 slides, "Enforcing stability").
+
+dy/dt = sigma((K(t) - K(t)^T - gamma I) y + b(t)). The Jacobian is diag(sigma'(.)) (K - K^T - gamma I);
+for gamma = 0 and where sigma' = 1 (identity activation, or tanh at zero pre-activation) its
+eigenvalues are purely imaginary: the continuous forward propagation neither grows nor decays.
+gamma > 0 shifts them to real part -gamma (slightly dissipative, as on the slides). Forward Euler
+is unstable for purely imaginary eigenvalues (|1 + h i lambda| > 1): use AB3 (`solver.method: ab3`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ode_nets.config import ModelConfig
+from ode_nets.fields.resnet import activation, param_factory
+from ode_nets.fields.time_params import TimeParam
+
+
+class AntisymmetricField(eqx.Module):
+    """dy/dt = sigma((K(t) - K(t)^T - gamma I) y + b(t)); gamma = `model.gamma`, fixed (not trained).
+
+    State `y`: (..., N). Parameters: K (L, N, N), b (L, N).
+    """
+
+    K: TimeParam
+    b: TimeParam
+    gamma: float = eqx.field(static=True, default=0.0)
+    activation: str = eqx.field(static=True, default="tanh")
+    feature_axis: ClassVar[int] = -1
+
+    def matrix(self, t: Float[Array, ""]) -> Float[Array, "N N"]:
+        """K(t) - K(t)^T - gamma I: antisymmetric, shifted by -gamma."""
+        k = self.K(t)
+        return k - k.T - self.gamma * jnp.eye(k.shape[-1], dtype=k.dtype)
+
+    def __call__(self, t: Float[Array, ""], y: Array, args: object = None) -> Array:
+        return activation(self.activation)(y @ self.matrix(t).T + self.b(t))
+
+    @classmethod
+    def init(cls, cfg: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> "AntisymmetricField":
+        (n,) = state_shape
+        kk, kb = jax.random.split(key)
+        make = param_factory(cfg)
+        return cls(K=make((n, n), kk), b=make((n,), kb), gamma=float(cfg.gamma), activation=cfg.activation)

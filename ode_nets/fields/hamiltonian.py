@@ -1,0 +1,63 @@
+"""Hamiltonian-like two-state field (Ruthotto 2019 slides, "Verlet integration for Hamiltonian-inspired NNs").
+
+    dy/dt =  sigma(K(t)^T z + b(t)),      dz/dt = -sigma(K(t) y + b(t)).
+
+The state is one array x = concat(y, z) along the last axis (y: first half, z: second half), so the
+ODENet machinery (augment, solve, linear readout) is unchanged: with inputs of dimension d and
+`model.augment = 2 m - d`, y(0) = (input, 0, ..., 0) has m = `width` entries and z(0) = 0 (Z_{-1/2} = 0
+on the slides). dy/dt depends only on z and dz/dt only on y (a separable system), which is what the
+Verlet / leapfrog discretisation (`ode_nets.solvers.verlet`) exploits; it is exactly reversible.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ode_nets.config import ModelConfig
+from ode_nets.fields.resnet import activation, param_factory
+from ode_nets.fields.time_params import TimeParam
+
+
+def split_state(x: Array) -> tuple[Array, Array]:
+    """(y, z) halves of the last axis of x = concat(y, z)."""
+    m = x.shape[-1] // 2
+    return x[..., :m], x[..., m:]
+
+
+class HamiltonianField(eqx.Module):
+    """d/dt (y, z) = (sigma(K^T z + b), -sigma(K y + b)); state concat(y, z) of shape (..., 2m).
+
+    Parameters: K (L, m, m), b (L, m).
+    """
+
+    K: TimeParam
+    b: TimeParam
+    activation: str = eqx.field(static=True, default="tanh")
+    feature_axis: ClassVar[int] = -1
+
+    def y_dot(self, t: Float[Array, ""], z: Array) -> Array:
+        """dy/dt = sigma(K(t)^T z + b(t)); depends on z only."""
+        return activation(self.activation)(z @ self.K(t) + self.b(t))
+
+    def z_dot(self, t: Float[Array, ""], y: Array) -> Array:
+        """dz/dt = -sigma(K(t) y + b(t)); depends on y only."""
+        return -activation(self.activation)(y @ self.K(t).T + self.b(t))
+
+    def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
+        y, z = split_state(x)
+        return jnp.concatenate([self.y_dot(t, z), self.z_dot(t, y)], axis=-1)
+
+    @classmethod
+    def init(cls, cfg: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> "HamiltonianField":
+        (n,) = state_shape
+        if n % 2:
+            raise ValueError(f"model.augment: the hamiltonian field needs an even state (y, z), got {n} dimensions; "
+                             f"set model.augment = 2*width - input dimension")
+        kk, kb = jax.random.split(key)
+        make = param_factory(cfg)
+        return cls(K=make((n // 2, n // 2), kk), b=make((n // 2,), kb), activation=cfg.activation)
