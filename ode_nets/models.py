@@ -93,6 +93,10 @@ def build_model(model: ModelConfig, solver: SolverConfig, gradient: GradientConf
     state_shape[axis] += model.augment
     k_field, k_head = jax.random.split(key)
     field = build_field(model, tuple(state_shape), k_field)
+    if solver.method == "lm2":  # eq 111: the per-layer k_l are trainable parameters held beside the field
+        from ode_nets.solvers import with_two_step_memory
+
+        field = with_two_step_memory(field, model)
     head = None
     if model.readout == "linear_softmax":
         size = 1

@@ -19,6 +19,7 @@ from jaxtyping import Array, PyTree
 from ode_nets.config import GradientConfig, SolverConfig
 from ode_nets.fields.time_params import PiecewiseConstant, layer_grid
 from ode_nets.gradients import make_adjoint
+from ode_nets.solvers import AdamsBashforth3, TwoStepLM, Verlet, reversible_solve
 
 # name -> (constructor, adaptive?)
 SOLVERS: dict[str, tuple[Callable[[], diffrax.AbstractSolver], bool]] = {
@@ -30,6 +31,9 @@ SOLVERS: dict[str, tuple[Callable[[], diffrax.AbstractSolver], bool]] = {
     "tsit5": (diffrax.Tsit5, True),
     "dopri5": (diffrax.Dopri5, True),
     "dopri8": (diffrax.Dopri8, True),
+    "verlet": (Verlet, False),  # Hamiltonian two-state fields (Haber–Ruthotto)
+    "ab3": (AdamsBashforth3, False),
+    "lm2": (TwoStepLM, False),  # Ruseckas eq 111; k_l live in the field (models.build_model wraps it)
 }
 
 
@@ -66,6 +70,10 @@ def solve(field: eqx.Module, x0: PyTree[Array], *, horizon: float, layers: int, 
     saveat = saveat or diffrax.SaveAt(t1=True)
     step_ts = step_grid(horizon, layers, solver.steps_per_layer)
     jump_ts = layer_grid(0.0, horizon, layers)[1:-1] if has_jumps(field) else None
+    if gradient.strategy == "reversible":  # memory-free Verlet backprop (custom_vjp), not a diffrax adjoint
+        if solver.method != "verlet":
+            raise ValueError(f"gradient.strategy 'reversible' needs solver.method 'verlet', got {solver.method!r}")
+        return reversible_solve(field, x0, step_ts, saveat, args)
     if adaptive:
         controller = diffrax.PIDController(rtol=solver.rtol, atol=solver.atol)
         if jump_ts is not None:

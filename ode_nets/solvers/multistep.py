@@ -1,0 +1,146 @@
+"""Explicit linear multistep networks as diffrax solvers: Adams–Bashforth 3 and Ruseckas' two-step eq 111.
+
+The solver state carries the history (previous field values or increments) from step to step, so
+the layers stay one `lax` loop inside `diffrax.diffeqsolve`. Both assume the uniform step grids of
+`ode_nets.solve.step_grid`. The history crosses layer boundaries on purpose: AB3 combines
+f(Y_j, theta_j), f(Y_{j-1}, theta_{j-1}), f(Y_{j-2}, theta_{j-2}) exactly as on the slides.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float
+
+from ode_nets.config import ModelConfig
+from ode_nets.fields.time_params import TimeParam, make_param
+
+_AB2 = (1.5, -0.5, 0.0)
+_AB3 = (23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0)
+
+
+class AdamsBashforth3(diffrax.AbstractSolver):
+    """Third-order Adams–Bashforth: y_{n+1} = y_n + h/12 (23 f_n - 16 f_{n-1} + 5 f_{n-2}) (Ruthotto slides).
+
+    Start-up (no history yet): step 0 is the explicit midpoint rule (local error O(h^3), stage at
+    t0 + h/2 so it stays inside the layer), step 1 is AB2 (local error O(h^3)); from step 2 on AB3.
+    Both start-up steps are of lower order but their O(h^3) local errors keep the global error O(h^3)
+    (a forward-Euler start, local O(h^2), would make the whole method second order).
+    Solver state: (step counter n, f_{n-1}, f_{n-2}).
+    """
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+    interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = diffrax.LocalLinearInterpolation
+
+    def order(self, terms: Any) -> int:
+        return 3
+
+    def init(self, terms: Any, t0: Any, t1: Any, y0: Array, args: Any) -> tuple[Array, Array, Array]:
+        return jnp.zeros((), jnp.int32), jnp.zeros_like(y0), jnp.zeros_like(y0)
+
+    def step(self, terms: Any, t0: Any, t1: Any, y0: Array, args: Any, solver_state: tuple, made_jump: Any
+             ) -> tuple[Array, None, dict, tuple, diffrax.RESULTS]:
+        del made_jump  # the history deliberately spans the parameter jumps at layer boundaries
+        n, f1, f2 = solver_state
+        h = t1 - t0
+        f0 = terms.vf(t0, y0, args)
+
+        def start() -> Array:  # explicit midpoint
+            return y0 + h * terms.vf(t0 + 0.5 * h, y0 + 0.5 * h * f0, args)
+
+        def multistep() -> Array:
+            c0, c1, c2 = (jnp.where(n == 1, a, b) for a, b in zip(_AB2, _AB3))
+            return y0 + h * (c0 * f0 + c1 * f1 + c2 * f2)
+
+        y1 = lax.cond(n == 0, start, multistep)
+        return y1, None, dict(y0=y0, y1=y1), (n + 1, f0, f1), diffrax.RESULTS.successful
+
+    def func(self, terms: Any, t0: Any, y0: Array, args: Any) -> Array:
+        return terms.vf(t0, y0, args)
+
+
+class TwoStepField(eqx.Module):
+    """A vector field together with the per-layer coefficients k_l of eq 111 (trainable model parameters).
+
+    Evaluates as the wrapped field; `TwoStepLM` reads `k(t)`. Built by `with_two_step_memory`.
+    """
+
+    field: eqx.Module
+    k: TimeParam
+    feature_axis: ClassVar[int] = -1
+
+    def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
+        return self.field(t, x, args)
+
+    @property
+    def gamma(self) -> Any:
+        """The wrapped field's gamma~, if any (logged by the training loop)."""
+        return getattr(self.field, "gamma", None)
+
+
+class ConvTwoStepField(TwoStepField):
+    """`TwoStepField` around a convolutional field (channels at axis -3)."""
+
+    feature_axis: ClassVar[int] = -3
+
+
+def with_two_step_memory(field: eqx.Module, cfg: ModelConfig, k_init: float = 0.0) -> TwoStepField:
+    """Wrap `field` with k_l, one scalar per layer (or one for all t), initialised to `k_init` (0: ResNet, eq 109)."""
+    k = make_param((), time_dependent=cfg.time_dependent, layers=cfg.layers, horizon=cfg.horizon, init="zeros",
+                   scale=0.0, key=jax.random.PRNGKey(0))
+    k = jax.tree_util.tree_map(lambda v: v + k_init, k)
+    wrapper = ConvTwoStepField if type(field).feature_axis == -3 else TwoStepField
+    return wrapper(field, k)
+
+
+def _vector_field(terms: Any) -> Any:
+    """The user's vector field inside diffrax's term wrappers (`WrapTerm(ODETerm(field))`)."""
+    while hasattr(terms, "term"):
+        terms = terms.term
+    return getattr(terms, "vector_field", None)
+
+
+class TwoStepLM(diffrax.AbstractSolver):
+    """Ruseckas eq 111: x_{l+1} = (1 - k_l) x_l + k_l x_{l-1} + h f(t_l, x_l), k_l trainable.
+
+    Written with increments d_l = x_{l+1} - x_l: x_{l+1} = x_l - k_l d_{l-1} + h f_l; k = 0 is forward
+    Euler (eq 109). Characteristic roots 1 and -k_l: zero-stable for -1 < k_l <= 1. For constant k the
+    scheme is a consistent linear multistep method for the *rescaled* ODE (1 + k) dx/dt = f (first
+    order; second order, the leapfrog x_{l+1} = x_{l-1} + h f_l, for k = 1), so k_l also acts as a
+    learned per-layer step size h/(1 + k_l). Start-up: the missing x_{-1} is taken so that
+    d_{-1} = h f_0 / (1 + k_0) (the steady increment), i.e. the first step is Euler for the rescaled ODE.
+    Needs the field wrapped in `TwoStepField` (done by `build_model` for `solver.method: lm2`).
+    Solver state: (first step?, d_{l-1}).
+    """
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+    interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = diffrax.LocalLinearInterpolation
+
+    def order(self, terms: Any) -> int:
+        return 1
+
+    def init(self, terms: Any, t0: Any, t1: Any, y0: Array, args: Any) -> tuple[Array, Array]:
+        return jnp.ones((), bool), jnp.zeros_like(y0)
+
+    def step(self, terms: Any, t0: Any, t1: Any, y0: Array, args: Any, solver_state: tuple, made_jump: Any
+             ) -> tuple[Array, None, dict, tuple, diffrax.RESULTS]:
+        del made_jump
+        first, d_prev = solver_state
+        field = _vector_field(terms)
+        if not isinstance(field, TwoStepField):
+            raise ValueError("solver.method 'lm2' needs a model built by build_model (field wrapped with its k_l) "
+                             "and gradient.strategy discretize_then_optimize")
+        k = field.k(t0)
+        h = t1 - t0
+        f = terms.vf(t0, y0, args)
+        d_prev = jnp.where(first, h * f / (1 + k), d_prev)
+        y1 = y0 - k * d_prev + h * f
+        return y1, None, dict(y0=y0, y1=y1), (jnp.zeros((), bool), y1 - y0), diffrax.RESULTS.successful
+
+    def func(self, terms: Any, t0: Any, y0: Array, args: Any) -> Array:
+        return terms.vf(t0, y0, args)
