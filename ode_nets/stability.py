@@ -1,0 +1,80 @@
+"""Stability of forward propagation (Ruthotto 2019 slides, "Stability of forward propagation").
+
+The ODE dy/dt = f(t, y) is (locally) stable where the Jacobian J = df/dy has eigenvalues with
+non-positive real parts; `max_real_eigenvalue` tracks the largest real part along a trajectory
+(for non-stationary weights this is the "J changes slowly" heuristic of the slides, not a proof).
+`revnet_iterates` is the slides' RevNet example, showing that an algebraically reversible
+network can still blow up: Y_{j+1} - (2 + alpha beta) Y_j + Y_{j-1} = 0 grows when |a| > 1,
+a = (2 + alpha beta) / 2.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, Float
+
+
+def jacobian(field: Callable, t: Float[Array, ""], y: Float[Array, " N"]) -> Float[Array, "N N"]:
+    """J_ij = d f_i / d y_j at (t, y) for one unbatched state y, by forward-mode autodiff."""
+    return jax.jacfwd(lambda v: field(t, v, None))(y)
+
+
+def jacobian_eigenvalues(field: Callable, t: Float[Array, ""], y: Float[Array, " N"]) -> Array:
+    """Complex eigenvalues of the Jacobian at (t, y)."""
+    return jnp.linalg.eigvals(jacobian(field, t, y))
+
+
+def max_real_eigenvalue(field: Callable, ts: Float[Array, " S"], ys: Float[Array, "S B N"]) -> Float[Array, " S"]:
+    """max over examples and eigenvalues of Re lambda(J(t_s, y_s)) at each saved time (e.g. `ODENet.trajectory`).
+
+    Fields whose parameters jump at layer boundaries are evaluated at the saved time itself, i.e. with
+    the parameters of the layer that starts there (the last time uses the last layer).
+    """
+    ts = jnp.asarray(ts)
+
+    def at(t: Array, batch: Array) -> Array:
+        eig = jax.vmap(lambda y: jacobian_eigenvalues(field, t, y))(batch)
+        return jnp.max(jnp.real(eig))
+
+    return jnp.stack([at(ts[s], ys[s]) for s in range(len(ts))])  # eager: eigvals is host-side on CPU
+
+
+def network_max_real_eigenvalue(model: object, x: Array) -> np.ndarray:
+    """`max_real_eigenvalue` for an `ODENet` along the trajectory of inputs x, at every layer boundary."""
+    from ode_nets.fields.time_params import layer_grid
+
+    ts = layer_grid(0.0, model.model.horizon, model.model.layers)
+    ys = model.trajectory(x)
+    return np.asarray(max_real_eigenvalue(model.field, ts, ys))
+
+
+def revnet_iterates(alpha: float, beta: float, y0: float, steps: int) -> Float[Array, " S"]:
+    """Y_0..Y_steps of the slides' linear RevNet Z_{j+1/2} = Z_{j-1/2} - alpha Y_j, Y_{j+1} = Y_j + beta Z_{j+1/2}, Z_{-1/2} = 0.
+
+    Subtracting two Y updates gives Y_{j+1} - 2 Y_j + Y_{j-1} = beta (Z_{j+1/2} - Z_{j-1/2}) = -alpha beta Y_j.
+    The slides write "+ alpha beta Y_j", i.e. 2 + alpha beta below: a sign slip (the same as alpha -> -alpha);
+    the recursion of *this* update is Y_{j+1} - (2 - alpha beta) Y_j + Y_{j-1} = 0.
+    """
+    def body(carry: tuple[Array, Array], _: None) -> tuple[tuple[Array, Array], Array]:
+        y, z = carry
+        z = z - alpha * y
+        y = y + beta * z
+        return (y, z), y
+
+    y0 = jnp.asarray(y0, dtype=float)
+    _, ys = lax.scan(body, (y0, jnp.zeros_like(y0)), None, length=steps)
+    return jnp.concatenate([y0[None], ys])
+
+
+def revnet_growth_factor(alpha: float, beta: float) -> float:
+    """Largest |xi| over the roots of xi^2 - 2 a xi + 1 = 0, a = (2 - alpha beta)/2 (the update of `revnet_iterates`).
+
+    |xi| = 1 (stable) if a^2 <= 1; otherwise |a| + sqrt(a^2 - 1) > 1 and the iterates grow geometrically.
+    """
+    a = (2.0 - alpha * beta) / 2.0
+    return 1.0 if a * a <= 1.0 else abs(a) + float(np.sqrt(a * a - 1.0))
