@@ -167,6 +167,8 @@ class TrainConfig:
     runs_dir: str = "runs"
     devices: int = 1  # data-parallel over this many devices (batch axis sharded)
     max_steps: Optional[int] = None  # stop after this many steps (quick runs, tests)
+    levels: tuple[int, ...] = ()  # multilevel training (scripts/multilevel.py): layers per level, e.g. [32, 64]
+    prolongation: Literal["constant", "linear"] = "constant"  # how per-layer parameters go from L to r*L layers
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
@@ -178,6 +180,8 @@ class TrainConfig:
         _require(self.devices > 0, "train.devices", f"must be > 0, got {self.devices}")
         _require(self.max_steps is None or self.max_steps > 0, "train.max_steps",
                  f"must be > 0 or null, got {self.max_steps}")
+        _require(all(n > 0 for n in self.levels) and all(b % a == 0 and b > a for a, b in zip(self.levels, self.levels[1:])),
+                 "train.levels", f"must be increasing positive layer counts, each dividing the next, got {list(self.levels)}")
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}")
         return value
+    if origin is tuple:  # tuple[X, ...], written as a YAML list
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r} ({type(value).__name__})")
