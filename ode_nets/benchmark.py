@@ -1,0 +1,461 @@
+"""Benchmarks: compile time, step time, memory and FLOP/s of a training step over a grid of depths and
+batch sizes, with a PyTorch + torchdiffeq peer of the conv model (`ode_nets.peer_torch`).
+
+A bench YAML (`configs/bench/*.yaml`) names a model preset, the solver, a list of gradient
+settings, and the depth and batch-size grid; every combination is one case. Data are random
+arrays of the right shapes. Results go to `<out>/results.json`, `results.md` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+
+from ode_nets.config import Config, ConfigError, Strategy, _coerce, _from_dict, from_dict
+from ode_nets.models import ODENet, build_model, count_parameters
+from ode_nets.train import loss_fn, train_step
+
+# model presets: the experiment-config sections, input shape (no batch axis) and number of classes
+PRESETS: dict[str, dict[str, Any]] = {
+    "mnist_conv": {  # §5.2: 1 + 9 zero channels, 3x3 kernels, global max pool over 10 channels
+        "model": {"field": "conv_cubic", "augment": 9, "readout": "max_pool_softmax", "gamma": 0.01,
+                  "init": "normal", "init_scale": 0.01},
+        "input_shape": (1, 28, 28), "classes": 10},
+    "circles_dense": {  # §5.1 model 1: N = 2, softmax of the final state
+        "model": {"field": "cubic", "readout": "softmax", "gamma": 0.01, "init": "normal", "init_scale": 0.1},
+        "input_shape": (2,), "classes": 2},
+}
+
+
+@dataclass(frozen=True)
+class GradientCase:
+    """One gradient setting of the grid (`gradient.strategy`, `gradient.checkpoints`)."""
+
+    strategy: Strategy = "discretize_then_optimize"
+    checkpoints: Optional[int] = None
+
+    @property
+    def label(self) -> str:
+        short = {"discretize_then_optimize": "DTO", "optimize_then_discretize": "OTD"}.get(self.strategy, self.strategy)
+        if self.strategy != "discretize_then_optimize":
+            return short
+        return f"{short} ckpt={'every step' if self.checkpoints is None else self.checkpoints}"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A bench YAML: model preset x solver x gradient settings x depths x batch sizes."""
+
+    name: str = "bench"
+    model: str = "mnist_conv"
+    solver: str = "euler"
+    layers: list = field(default_factory=lambda: [20])
+    batch_sizes: list = field(default_factory=lambda: [128])
+    gradients: list = field(default_factory=lambda: [{"strategy": "discretize_then_optimize"}])
+    warmup: int = 3
+    steps: int = 20
+    smoothness: float = 0.1  # lambda of eq 113
+    learning_rate: float = 0.01
+    peer: bool = False  # also time the PyTorch + torchdiffeq twin (mnist_conv only)
+    threads: Optional[int] = None  # torch threads (null: os.cpu_count(), what XLA's CPU client uses)
+    seed: int = 0
+    out_dir: str = "runs/bench"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, key: str, message: str) -> None:
+            if not ok:
+                raise ConfigError(f"{key}: {message}")
+
+        need(self.model in PRESETS, "model", f"expected one of {', '.join(PRESETS)}, got {self.model!r}")
+        for key in ("layers", "batch_sizes"):
+            values = getattr(self, key)
+            need(isinstance(values, list) and len(values) > 0
+                 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values),
+                 key, f"expected a non-empty list of positive integers, got {values!r}")
+        need(isinstance(self.gradients, list) and len(self.gradients) > 0, "gradients",
+             f"expected a non-empty list of {{strategy, checkpoints}} mappings, got {self.gradients!r}")
+        need(self.warmup >= 1, "warmup", f"must be >= 1 (the first call compiles), got {self.warmup}")
+        need(self.steps >= 20, "steps", f"must be >= 20 timed steps, got {self.steps}")
+        need(self.smoothness >= 0, "smoothness", f"must be >= 0, got {self.smoothness}")
+        need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        need(not self.peer or self.model == "mnist_conv", "peer", "the torchdiffeq peer exists for mnist_conv only")
+        need(self.threads is None or self.threads > 0, "threads", f"must be > 0 or null, got {self.threads}")
+        for i, g in enumerate(self.gradient_cases()):
+            # validated by the experiment schema, so errors name the real key
+            experiment_config(self, 20, 8, g, source=f"gradients[{i}]")
+
+    def gradient_cases(self) -> list[GradientCase]:
+        return [_from_dict(GradientCase, g, f"gradients[{i}]") for i, g in enumerate(self.gradients)]
+
+
+def load_bench_config(path: str | Path, overrides: list[str] | None = None) -> BenchConfig:
+    """Parse and validate a bench YAML (plus `key=value` overrides); `ConfigError` names file and key."""
+    from ode_nets.config import apply_overrides
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"bench config {str(path)!r} not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        return bench_from_dict(apply_overrides(data, overrides or []))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def bench_from_dict(data: Any) -> BenchConfig:
+    """A validated `BenchConfig`: unknown keys (with the closest valid one) and wrong types are `ConfigError`s."""
+    import difflib
+    import typing
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of keys, got {data!r}")
+    names = [f.name for f in dataclasses.fields(BenchConfig)]
+    hints = typing.get_type_hints(BenchConfig)
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {key!r}{hint} (valid keys: {', '.join(names)})")
+    return BenchConfig(**{k: v if hints[k] is list else _coerce(v, hints[k], k) for k, v in data.items()})
+
+
+def experiment_config(bench: BenchConfig, layers: int, batch_size: int, gradient: GradientCase,
+                      source: str = "bench") -> Config:
+    """The experiment `Config` of one case (validated by the experiment schema)."""
+    preset = PRESETS[bench.model]
+    data = {"name": bench.name, "seed": bench.seed, "model": {**preset["model"], "layers": layers},
+            "solver": {"method": bench.solver}, "gradient": dataclasses.asdict(gradient),
+            "loss": {"smoothness": bench.smoothness}, "train": {"batch_size": batch_size}}
+    return from_dict(data, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+
+
+def random_batch(model: str, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random inputs in [0, 1), labels and an all-ones mask of the preset's shapes."""
+    rng = np.random.default_rng(seed)
+    preset = PRESETS[model]
+    x = rng.random((batch_size, *preset["input_shape"]), dtype=np.float32)
+    y = rng.integers(0, preset["classes"], batch_size).astype(np.int32)
+    return x, y, np.ones(batch_size, np.float32)
+
+
+def compiled_step(model: ODENet, optimizer: optax.GradientTransformation, lam: float, example: tuple
+                  ) -> tuple[Callable, Any, Any, float]:
+    """`train_step` jitted on (params, opt_state, x, y, mask) and compiled ahead of time.
+
+    Returns the compiled executable, the initial params and optimizer state, and the compile time
+    (tracing + lowering + XLA compilation) in seconds.
+    """
+    params, static = eqx.partition(model, eqx.is_array)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+
+    def step(params, opt_state, x, y, mask):
+        new, opt_state, metrics = train_step(optimizer, eqx.combine(params, static), opt_state, x, y, mask, lam)
+        return eqx.filter(new, eqx.is_array), opt_state, metrics["loss"]
+
+    start = time.perf_counter()
+    compiled = jax.jit(step).lower(params, opt_state, *example).compile()
+    return compiled, params, opt_state, time.perf_counter() - start
+
+
+def time_steps(compiled: Callable, params: Any, opt_state: Any, example: tuple, warmup: int, steps: int
+               ) -> list[float]:
+    """Wall time of each of `steps` training steps after `warmup` ones (block_until_ready)."""
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        params, opt_state, loss = compiled(params, opt_state, *example)
+        jax.block_until_ready((params, opt_state, loss))
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def memory_report(compiled: Any) -> dict[str, int]:
+    """XLA's buffer assignment: peak = arguments + outputs + temporaries - aliased (bytes)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    out = {k: int(getattr(stats, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}
+    out["peak"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out
+
+
+def cost_report(compiled: Any) -> dict[str, float]:
+    """FLOPs and bytes accessed from XLA's cost analysis (each while-loop body counted once)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list):
+        cost = cost[0] if cost else {}
+    return {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0))}
+
+
+def conv_flops(batch: int, layers: int, channels: int = 10, size: int = 28, convs_per_layer: int = 3) -> float:
+    """Multiply-adds x 2 of the 3x3 convolutions of one training step (forward, input-grad, kernel-grad)."""
+    return 2.0 * batch * size * size * channels * channels * 9 * layers * convs_per_layer
+
+
+def device_peaks(repeats: int = 5) -> dict[str, float]:
+    """Measured (not nominal) peak FLOP/s (2048^2 float32 matmul) and bytes/s (256 MiB streaming add)."""
+    n = 2048
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    big = jnp.ones((64 * 1024 * 1024,), jnp.float32)
+    stream = jax.jit(lambda v: v + 1.0)
+    jax.block_until_ready((matmul(a), stream(big)))
+
+    def best(f, arg) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(f(arg))
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return {"flops_per_s": 2.0 * n ** 3 / best(matmul, a), "bytes_per_s": 2.0 * big.nbytes / best(stream, big),
+            "how": f"best of {repeats}: jnp float32 {n}x{n} matmul; v + 1 over {big.nbytes >> 20} MiB (read + write)"}
+
+
+def device_info() -> dict[str, Any]:
+    """The auto-detected JAX device, and on accelerators its memory statistics."""
+    device = jax.devices()[0]
+    info = {"platform": device.platform, "device_kind": device.device_kind, "device_count": jax.device_count(),
+            "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+            "jax": jax.__version__}
+    if device.platform != "cpu":
+        info["memory_stats"] = device.memory_stats()
+    return info
+
+
+def case_rows(bench: BenchConfig) -> list[tuple[int, int, GradientCase]]:
+    """Every (layers, batch size, gradient) of the grid; checkpoints only matter for discretize-then-optimize."""
+    rows = []
+    for g in bench.gradient_cases():
+        for layers in bench.layers:
+            for batch in bench.batch_sizes:
+                rows.append((layers, batch, g))
+    return rows
+
+
+def run_case(bench: BenchConfig, layers: int, batch: int, gradient: GradientCase) -> tuple[dict, ODENet, tuple]:
+    """Compile and time one case; returns its record, the initial model and the batch."""
+    cfg = experiment_config(bench, layers, batch, gradient)
+    preset = PRESETS[bench.model]
+    model = build_model(cfg.model, cfg.solver, cfg.gradient, preset["input_shape"], preset["classes"],
+                        jax.random.PRNGKey(bench.seed))
+    example = random_batch(bench.model, batch, bench.seed)
+    compiled, params, opt_state, compile_s = compiled_step(model, optax.sgd(bench.learning_rate), bench.smoothness,
+                                                           example)
+    times = time_steps(compiled, params, opt_state, example, bench.warmup, bench.steps)
+    median = statistics.median(times)
+    record = {"layers": layers, "batch_size": batch, "strategy": gradient.strategy,
+              "checkpoints": gradient.checkpoints, "label": gradient.label, "parameters": count_parameters(model),
+              "compile_s": compile_s, "step_median_s": median, "step_min_s": min(times), "step_max_s": max(times),
+              "step_iqr_s": float(np.subtract(*np.percentile(times, [75, 25]))), "examples_per_s": batch / median,
+              "memory": memory_report(compiled), "cost": cost_report(compiled)}
+    return record, model, example
+
+
+def add_throughput(record: dict, peaks: dict[str, float]) -> None:
+    """Achieved FLOP/s and bytes/s of an MNIST step, against the measured device peaks.
+
+    XLA's cost analysis counts each while-loop body once, so `xla x L` scales it by the number
+    of solver steps; `conv` counts only the 3x3 convolutions (3 per step; 4 for the continuous
+    adjoint, which re-solves the state backwards).
+    """
+    median, layers, batch = record["step_median_s"], record["layers"], record["batch_size"]
+    convs = 4 if record["strategy"] == "optimize_then_discretize" else 3
+    flops_conv = conv_flops(batch, layers, convs_per_layer=convs)
+    flops_xla, bytes_xla = record["cost"]["flops"] * layers, record["cost"]["bytes"] * layers
+    record["throughput"] = {"conv_flops": flops_conv, "conv_flops_per_s": flops_conv / median,
+                            "xla_x_L_flops_per_s": flops_xla / median, "xla_x_L_bytes_per_s": bytes_xla / median,
+                            "fraction_of_peak_flops": flops_conv / median / peaks["flops_per_s"],
+                            "fraction_of_peak_bytes": bytes_xla / median / peaks["bytes_per_s"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# the torchdiffeq peer
+
+
+def peer_arrays(model: ODENet, example: tuple) -> dict[str, np.ndarray]:
+    """Weights, layer grid and data of a conv model as NumPy arrays for `ode_nets.peer_torch`."""
+    from ode_nets.fields.time_params import layer_grid
+
+    field_ = model.field
+    return {"kernel": np.asarray(field_.kernel.values), "b": np.asarray(field_.b.values),
+            "gamma": np.asarray(field_.gamma, np.float32), "grid": layer_grid(0.0, model.model.horizon,
+                                                                             model.model.layers),
+            "x": example[0], "y": example[1]}
+
+
+def run_peer(arrays: dict[str, np.ndarray], options: dict) -> dict:
+    """Run `ode_nets.peer_torch` in a subprocess (own threads, own peak RSS) and return its JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "in.npz", Path(tmp) / "out.json"
+        np.savez(source, options=json.dumps(options), **arrays)
+        proc = subprocess.run([sys.executable, "-m", "ode_nets.peer_torch", str(source), str(target)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"torch peer failed:\n{proc.stderr[-3000:]}")
+        return json.loads(target.read_text())
+
+
+def jax_loss_and_grads(model: ODENet, example: tuple, lam: float) -> tuple[float, dict[str, np.ndarray]]:
+    """Loss and gradient (kernel, b, gamma) of the JAX model at its weights."""
+    (loss, _), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, *example, lam)
+    g = grads.field
+    return float(loss), {"kernel": np.asarray(g.kernel.values), "b": np.asarray(g.b.values),
+                         "gamma": np.asarray(g.gamma)}
+
+
+def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b||."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def peer_case(bench: BenchConfig, record: dict, model: ODENet, example: tuple) -> dict:
+    """The torchdiffeq twin of one case: agreement of loss and gradient, then its step time and memory."""
+    adjoint = record["strategy"] == "optimize_then_discretize"
+    options = {"horizon": model.model.horizon, "lam": bench.smoothness, "adjoint": adjoint,
+               "threads": bench.threads or os.cpu_count(), "warmup": bench.warmup, "steps": bench.steps,
+               "learning_rate": bench.learning_rate}
+    out = run_peer(peer_arrays(model, example), options)
+    loss, grads = jax_loss_and_grads(model, example, bench.smoothness)
+    flat = lambda d: np.concatenate([np.ravel(d[k]) for k in ("kernel", "b", "gamma")])  # noqa: E731
+    return {"method": "odeint_adjoint" if adjoint else "odeint", "torch_version": out["torch_version"],
+            "threads": out["threads"], "loss_rel_diff": abs(loss - out["loss"]) / abs(out["loss"]),
+            "grad_rel_diff": relative_difference(flat(grads), flat(out["grads"])),
+            "step_median_s": out["median_s"], "step_min_s": min(out["step_times_s"]),
+            "step_max_s": max(out["step_times_s"]), "peak_rss_delta_bytes": out["peak_rss_delta_bytes"],
+            "time_ratio": record["step_median_s"] / out["median_s"],
+            "memory_ratio": record["memory"].get("peak", float("nan")) / max(out["peak_rss_delta_bytes"], 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def run_bench(bench: BenchConfig, out: Path, log: Callable[[str], None] = print) -> dict:
+    """Every case of the grid; writes results.json, results.md and plots into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    info = device_info()
+    log(f"device: {info['platform']} ({info['device_kind']}), {info['device_count']} device(s), "
+        f"{info['cpu_count']} CPU cores")
+    peaks = device_peaks() if bench.model == "mnist_conv" else None
+    if peaks:
+        log(f"measured peak: {peaks['flops_per_s'] / 1e9:.1f} GFLOP/s, {peaks['bytes_per_s'] / 1e9:.1f} GB/s")
+    records = []
+    for layers, batch, gradient in case_rows(bench):
+        record, model, example = run_case(bench, layers, batch, gradient)
+        if peaks:
+            add_throughput(record, peaks)
+        if bench.peer:
+            record["peer"] = peer_case(bench, record, model, example)
+        records.append(record)
+        log(format_case(record))
+    results = {"bench": dataclasses.asdict(bench), "device": info, "peaks": peaks, "cases": records,
+               "loadavg": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown_table(results))
+    for path in plot_depth(records, out):
+        log(f"figure: {path}")
+    log(f"results: {out / 'results.json'}, {out / 'results.md'}")
+    return results
+
+
+def format_case(r: dict) -> str:
+    line = (f"L={r['layers']:4d} B={r['batch_size']:4d} {r['label']:<20s} compile {r['compile_s']:6.2f} s  "
+            f"step {1e3 * r['step_median_s']:8.1f} ms  peak {r['memory'].get('peak', 0) / 2**20:8.1f} MiB")
+    if "peer" in r:
+        p = r["peer"]
+        line += (f"  | torch {p['method']} {1e3 * p['step_median_s']:7.1f} ms, ratio {p['time_ratio']:.2f}, "
+                 f"grad rel diff {p['grad_rel_diff']:.1e}")
+    return line
+
+
+def markdown_table(results: dict) -> str:
+    """The cases as a markdown table (and the peer columns when present)."""
+    peer = any("peer" in r for r in results["cases"])
+    throughput = any("throughput" in r for r in results["cases"])
+    head = ["L", "batch", "gradient", "compile (s)", "step median (ms)", "step min-max (ms)", "examples/s",
+            "XLA peak (MiB)"]
+    if throughput:
+        head += ["conv GFLOP/s", "% peak FLOP/s", "XLA GB/s (x L)", "% peak B/s"]
+    if peer:
+        head += ["torchdiffeq", "torch step (ms)", "torch peak RSS delta (MiB)", "time ratio", "memory ratio",
+                 "loss rel diff", "grad rel diff"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results["cases"]:
+        cells = [r["layers"], r["batch_size"], r["label"], f"{r['compile_s']:.2f}", f"{1e3 * r['step_median_s']:.1f}",
+                 f"{1e3 * r['step_min_s']:.1f}-{1e3 * r['step_max_s']:.1f}", f"{r['examples_per_s']:.0f}",
+                 f"{r['memory'].get('peak', 0) / 2**20:.1f}"]
+        if throughput:
+            t = r["throughput"]
+            cells += [f"{t['conv_flops_per_s'] / 1e9:.1f}", f"{100 * t['fraction_of_peak_flops']:.0f}%",
+                      f"{t['xla_x_L_bytes_per_s'] / 1e9:.1f}", f"{100 * t['fraction_of_peak_bytes']:.0f}%"]
+        if peer:
+            p = r["peer"]
+            cells += [p["method"], f"{1e3 * p['step_median_s']:.1f}", f"{p['peak_rss_delta_bytes'] / 2**20:.1f}",
+                      f"{p['time_ratio']:.2f}", f"{p['memory_ratio']:.2f}", f"{p['loss_rel_diff']:.1e}",
+                      f"{p['grad_rel_diff']:.1e}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    d, load = results["device"], results["loadavg"]
+    notes = [f"Device: {d['platform']} ({d['device_kind']}), {d['cpu_count']} cores; jax {d['jax']}; "
+             f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} at the end of the run."]
+    if results["peaks"]:
+        p = results["peaks"]
+        notes.append(f"Peaks measured in the same run ({p['how']}): {p['flops_per_s'] / 1e9:.1f} GFLOP/s, "
+                     f"{p['bytes_per_s'] / 1e9:.1f} GB/s.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def plot_depth(records: list[dict], out: Path) -> list[Path]:
+    """Step time, compile time and XLA peak memory against depth L, one line per gradient setting and batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len({r["layers"] for r in records}) < 2:
+        return []
+    series: dict[str, list[dict]] = {}
+    for r in records:
+        series.setdefault(f"{r['label']}, B={r['batch_size']}", []).append(r)
+    paths = []
+    for name, key, scale, unit in (("step_time_vs_L", "step_median_s", 1e3, "step time (ms)"),
+                                   ("compile_time_vs_L", "compile_s", 1.0, "compile time (s)"),
+                                   ("memory_vs_L", "peak", 2.0 ** -20, "XLA peak memory (MiB)")):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label, rows in series.items():
+            rows = sorted(rows, key=lambda r: r["layers"])
+            ys = [(r["memory"].get("peak", 0) if key == "peak" else r[key]) * scale for r in rows]
+            ax.plot([r["layers"] for r in rows], ys, "o-", label=label)
+        ax.set_xlabel("depth L (Euler steps)")
+        ax.set_ylabel(unit)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,115 @@
+"""The PyTorch + torchdiffeq twin of the convolutional cubic model (eq 75), for benchmarks only.
+
+Same network as `ODENet` with `field: conv_cubic`, `readout: max_pool_softmax`, Euler on the
+layer grid: state (B, C, H, W) float32, scaled parameters kappa~ (L, C, C, 3, 3), b~ (L, C) and
+gamma~ (eq 110), loss = cross entropy + lambda * eq 113. Gradients either through the solver
+(`torchdiffeq.odeint`, discretize-then-optimize) or by the continuous adjoint
+(`torchdiffeq.odeint_adjoint`, optimize-then-discretize).
+
+Needs the optional `bench` extra (torch, torchdiffeq). It runs in its own process
+(`python -m ode_nets.peer_torch IN.npz OUT.json`) so that torch's threads and its peak
+resident memory are measured apart from JAX's.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ode_nets.gradients import backward_grid
+
+
+def rss_peak_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def build(arrays: dict[str, np.ndarray], horizon: float, threads: int):
+    """The torch field module, the forward grid, and the loss function of (field, x, y, adjoint)."""
+    import torch
+    import torch.nn.functional as F
+    from torchdiffeq import odeint, odeint_adjoint
+
+    torch.set_num_threads(threads)
+    grid = torch.from_numpy(arrays["grid"].astype(np.float32))
+    layers = len(grid) - 1
+    dt = horizon / layers
+
+    class ConvCubic(torch.nn.Module):
+        """dx/dt = (kappa~(t) * x + b~(t) - gamma~ x^3) / dt, parameters piecewise constant in t (eqs 75, 110)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.kernel = torch.nn.Parameter(torch.from_numpy(arrays["kernel"].copy()))
+            self.b = torch.nn.Parameter(torch.from_numpy(arrays["b"].copy()))
+            self.gamma = torch.nn.Parameter(torch.from_numpy(np.asarray(arrays["gamma"], np.float32).copy()))
+
+        def forward(self, t: "torch.Tensor", x: "torch.Tensor") -> "torch.Tensor":
+            l = torch.clamp(torch.searchsorted(grid, t.reshape(1).to(grid.dtype), right=True) - 1, 0, layers - 1)[0]
+            affine = F.conv2d(x, self.kernel[l], padding=1) + self.b[l][:, None, None]
+            return (affine - self.gamma * x * x * x) / dt
+
+    forward_grid = lambda func, y0, t: grid  # noqa: E731 - torchdiffeq's grid_constructor signature
+    # the adjoint solve T -> 0 steps from one ulp below each boundary, so it uses the layer it traverses
+    # (torchdiffeq hands the constructor real, decreasing time and negates the result itself)
+    backward = torch.from_numpy(backward_grid(arrays["grid"].astype(np.float32)))
+    reverse_grid = lambda func, y0, t: backward  # noqa: E731
+    t_span = torch.tensor([0.0, horizon], dtype=torch.float32)
+
+    def loss_fn(field: ConvCubic, x: "torch.Tensor", y: "torch.Tensor", lam: float, adjoint: bool) -> "torch.Tensor":
+        x0 = torch.cat([x, x.new_zeros(x.shape[0], field.kernel.shape[1] - x.shape[1], *x.shape[2:])], 1)
+        if adjoint:
+            xs = odeint_adjoint(field, x0, t_span, method="euler", options={"grid_constructor": forward_grid},
+                                adjoint_options={"grid_constructor": reverse_grid})
+        else:
+            xs = odeint(field, x0, t_span, method="euler", options={"grid_constructor": forward_grid})
+        logits = torch.amax(xs[-1], dim=(-2, -1))
+        reg = 0.5 * (torch.sum(torch.diff(field.kernel, dim=0) ** 2) + torch.sum(torch.diff(field.b, dim=0) ** 2))
+        return F.cross_entropy(logits, y) + lam * reg
+
+    return ConvCubic(), loss_fn
+
+
+def run(arrays: dict[str, np.ndarray], *, horizon: float, lam: float, adjoint: bool, threads: int, warmup: int,
+        steps: int, learning_rate: float) -> dict:
+    """Loss and gradient at the given weights, then timed SGD steps (forward + backward + update)."""
+    import torch
+
+    field, loss_fn = build(arrays, horizon, threads)
+    x, y = torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"].astype(np.int64))
+    rss_before = rss_peak_bytes()
+    loss = loss_fn(field, x, y, lam, adjoint)
+    loss.backward()
+    out = {"loss": float(loss), "grads": {name: p.grad.detach().numpy().tolist() for name, p in field.named_parameters()}}
+    optimizer = torch.optim.SGD(field.parameters(), lr=learning_rate)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=False)
+        loss_fn(field, x, y, lam, adjoint).backward()
+        optimizer.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    out.update(step_times_s=times, median_s=statistics.median(times), threads=torch.get_num_threads(),
+               peak_rss_delta_bytes=rss_peak_bytes() - rss_before, torch_version=torch.__version__)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """`python -m ode_nets.peer_torch IN.npz OUT.json`; IN.npz holds arrays and a JSON `options` string."""
+    source, target = argv
+    with np.load(source) as data:
+        arrays = {k: data[k] for k in data.files if k != "options"}
+        options = json.loads(str(data["options"]))
+    Path(target).write_text(json.dumps(run(arrays, **options)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
