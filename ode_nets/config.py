@@ -178,6 +178,8 @@ class TrainConfig:
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         _require(self.keep_checkpoints > 0, "train.keep_checkpoints", f"must be > 0, got {self.keep_checkpoints}")
         _require(self.devices > 0, "train.devices", f"must be > 0, got {self.devices}")
+        _require(self.batch_size % self.devices == 0, "train.batch_size",
+                 f"{self.batch_size} is not divisible by train.devices = {self.devices} (data parallel splits the batch)")
         _require(self.max_steps is None or self.max_steps > 0, "train.max_steps",
                  f"must be > 0 or null, got {self.max_steps}")
         _require(all(n > 0 for n in self.levels) and all(b % a == 0 and b > a for a, b in zip(self.levels, self.levels[1:])),

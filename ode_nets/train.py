@@ -213,6 +213,13 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
     if resume:
         state, position = ckpt.load_latest(folder / "checkpoints", _train_state(model, opt_state, key))
         model, opt_state, key = state["model"], state["opt_state"], state["key"]
+    mesh = None
+    if cfg.train.devices > 1:  # data parallel: batch axis sharded, parameters replicated (ode_nets.parallel)
+        from ode_nets import parallel
+
+        parallel.check_devices(cfg.train.devices, cfg.train.batch_size)
+        mesh = parallel.batch_mesh(cfg.train.devices)
+        model, opt_state = parallel.replicate((model, opt_state), mesh)
     log = MetricsLog(folder / "metrics.jsonl", position.step if resume else None)
     n_params = count_parameters(model)
     print(f"{cfg.name}: {n_params:,} trainable parameters; {len(run.dataset.train)} training examples; "
@@ -237,6 +244,8 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
             window_start, window_examples = time.time(), 0
             for i, (idx, mask) in enumerate(bar, start=first_batch):
                 x, y = run.dataset.train.x[idx], run.dataset.train.y[idx]
+                if mesh is not None:
+                    x, y, mask = parallel.shard_batch((x, y, mask), mesh)
                 try:
                     model, opt_state, metrics = train_step(run.optimizer, model, opt_state, x, y, mask, lam)
                 except Exception as e:  # noqa: BLE001 - diffrax reports solver failures as runtime errors
