@@ -96,7 +96,7 @@ def run(arrays: dict[str, np.ndarray], *, horizon: float, lam: float, adjoint: b
         optimizer.step()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    out.update(step_times_s=times, median_s=statistics.median(times), threads=torch.get_num_threads(),
+    out.update(step_times_s=times, median_s=statistics.median(times) if times else None, threads=torch.get_num_threads(),
                peak_rss_delta_bytes=rss_peak_bytes() - rss_before, torch_version=torch.__version__)
     return out
 
