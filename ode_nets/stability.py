@@ -29,28 +29,28 @@ def jacobian_eigenvalues(field: Callable, t: Float[Array, ""], y: Float[Array, "
     return jnp.linalg.eigvals(jacobian(field, t, y))
 
 
-def max_real_eigenvalue(field: Callable, ts: Float[Array, " S"], ys: Float[Array, "S B N"]) -> Float[Array, " S"]:
-    """max over examples and eigenvalues of Re lambda(J(t_s, y_s)) at each saved time (e.g. `ODENet.trajectory`).
+def eigenvalues_along(field: Callable, ts: Float[Array, " S"], ys: Float[Array, "S B N"]) -> Array:
+    """Jacobian eigenvalues (S, B, N) at each saved time t_s and each example of ys[s] (e.g. `ODENet.trajectory`).
 
     Fields whose parameters jump at layer boundaries are evaluated at the saved time itself, i.e. with
     the parameters of the layer that starts there (the last time uses the last layer).
     """
     ts = jnp.asarray(ts)
-
-    def at(t: Array, batch: Array) -> Array:
-        eig = jax.vmap(lambda y: jacobian_eigenvalues(field, t, y))(batch)
-        return jnp.max(jnp.real(eig))
-
-    return jnp.stack([at(ts[s], ys[s]) for s in range(len(ts))])  # eager: eigvals is host-side on CPU
+    at = jax.jit(lambda t, batch: jax.vmap(lambda y: jacobian_eigenvalues(field, t, y))(batch))
+    return jnp.stack([at(ts[s], ys[s]) for s in range(len(ts))])
 
 
-def network_max_real_eigenvalue(model: object, x: Array) -> np.ndarray:
-    """`max_real_eigenvalue` for an `ODENet` along the trajectory of inputs x, at every layer boundary."""
+def max_real_eigenvalue(field: Callable, ts: Float[Array, " S"], ys: Float[Array, "S B N"]) -> Float[Array, " S"]:
+    """max over examples and eigenvalues of Re lambda(J(t_s, y_s)) at each saved time: <= 0 means locally stable."""
+    return jnp.max(jnp.real(eigenvalues_along(field, ts, ys)), axis=(1, 2))
+
+
+def network_eigenvalues(model: object, x: Array) -> np.ndarray:
+    """`eigenvalues_along` for an `ODENet` along the trajectories of inputs x, at every layer boundary, (L+1, B, N)."""
     from ode_nets.fields.time_params import layer_grid
 
     ts = layer_grid(0.0, model.model.horizon, model.model.layers)
-    ys = model.trajectory(x)
-    return np.asarray(max_real_eigenvalue(model.field, ts, ys))
+    return np.asarray(eigenvalues_along(model.field, ts, model.trajectory(x)))
 
 
 def revnet_iterates(alpha: float, beta: float, y0: float, steps: int) -> Float[Array, " S"]:
