@@ -4,6 +4,8 @@
   (`diffrax.RecursiveCheckpointAdjoint`): the exact gradient of the discrete network (eq 112).
 - `optimize_then_discretize`: solve the continuous adjoint equation (eq 11) backwards
   (`diffrax.BacksolveAdjoint`), with its own solver and tolerances if configured.
+- `analytic_adjoint`: the paper's hand-derived backward equations (eqs 62-71, 76-78, 112) as a custom VJP;
+  `solve` dispatches it to `ode_nets.analytic_adjoint` before any diffrax adjoint is needed.
 """
 
 from __future__ import annotations

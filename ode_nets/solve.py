@@ -65,7 +65,14 @@ def solve(field: eqx.Module, x0: PyTree[Array], *, horizon: float, layers: int, 
     """Integrate dx/dt = field(t, x, args) from x(0) = x0 to t = horizon.
 
     `x0` may carry a batch axis: the whole batch is one state (one shared step-size sequence).
+    `gradient.strategy: analytic_adjoint` runs the same forward solve with the paper's backward pass
+    (`ode_nets.analytic_adjoint`).
     """
+    if gradient.strategy == "analytic_adjoint":
+        from ode_nets.analytic_adjoint import solve_analytic  # local import: it calls back into this module
+
+        return solve_analytic(field, x0, horizon=horizon, layers=layers, solver=solver, gradient=gradient,
+                              saveat=saveat)
     method, adaptive = make_solver(solver.method)
     saveat = saveat or diffrax.SaveAt(t1=True)
     step_ts = step_grid(horizon, layers, solver.steps_per_layer)
