@@ -1,0 +1,81 @@
+"""Figures for `ode_nets.diagnostics` and for comparing training runs (PNG, no display needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ode_nets.plotting import _save, plt, read_metrics
+
+
+def diagnose_run(folder: Path, samples: int = 400) -> list[Path]:
+    """Diagnostics of a trained dense-cubic run on (up to) `samples` test points: figures into
+    `<folder>/figures/diagnostics_*.png` and the numbers into `<folder>/diagnostics.json`."""
+    from ode_nets.diagnostics import network_diagnostics
+    from ode_nets.train import load_run
+
+    folder = Path(folder)
+    config, dataset, model = load_run(folder)
+    if config.model.field != "cubic":
+        raise ValueError(f"diagnose: {folder} has model.field {config.model.field!r}; the diagnostics need 'cubic'")
+    x, y = dataset.test.x[:samples], dataset.test.y[:samples]
+    diag = network_diagnostics(model, x, y)
+    (folder / "diagnostics.json").write_text(json.dumps({k: np.asarray(v).tolist() for k, v in diag.items()}))
+    return plot_diagnostics(diag, folder / "figures", config.name)
+
+
+def plot_diagnostics(diag: dict[str, np.ndarray], out: Path, title: str) -> list[Path]:
+    """Energy balance (eqs 103-108), Hamiltonian (eq 21), entropy rate (eq 32), max Re eig dF/dx per layer."""
+    t = diag["t"]
+    dt = float(t[1] - t[0])
+    layer_t = t[:-1]
+    fig, (ax_e, ax_p) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_e.plot(t, diag["E_kinetic"], "o-", ms=3)
+    ax_e.set(xlabel="t", ylabel="mean E = x^2/2", title="kinetic energy (eq 103)")
+    for key, style in (("P_w", "-"), ("P_b", "-"), ("P_gamma", "-"), ("dE_dt", "k-")):
+        values = -diag[key] if key == "P_gamma" else diag[key]
+        ax_p.plot(layer_t, values[:-1], style, label=("-" if key == "P_gamma" else "") + key)
+    ax_p.plot(layer_t, diag["dE_dt_numeric"], "k--", label="(E_{l+1}-E_l)/dt")
+    ax_p.set(xlabel="t (start of layer)", ylabel="power", title=f"energy balance (eqs 104-108), dt = {dt:g}")
+    ax_p.legend(fontsize=8)
+    paths = [_save(_grid(fig), out / "diagnostics_energy.png")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(diag["t_H"], diag["H"], "o-", ms=3)
+    axes[0].set(xlabel="t", ylabel="H = a . F", title="Hamiltonian H = a.F at layer starts (eq 21)")
+    axes[1].plot(t, diag["entropy_rate"], "o-", ms=3)
+    axes[1].axhline(0, color="k", lw=0.5)
+    axes[1].set(xlabel="t", ylabel="E_x[Tr dF/dx]", title="entropy rate dH/dt (eq 32)")
+    axes[2].plot(t, diag["max_real_eig"], "o-", ms=3)
+    axes[2].axhline(0, color="k", lw=0.5)
+    axes[2].set(xlabel="t", ylabel="max Re lambda(dF/dx)", title="stability (eq 61)")
+    fig.suptitle(title)
+    paths.append(_save(_grid(fig), out / "diagnostics_hamiltonian_entropy_stability.png"))
+    return paths
+
+
+def _grid(fig):
+    for ax in fig.axes:
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_training_pair(folders: list[Path], labels: list[str], path: Path) -> Path:
+    """Training loss (per logged step) and test accuracy (per epoch) of several runs in one figure (§2.5)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for folder, label in zip(folders, labels):
+        records = read_metrics(Path(folder))
+        train = [r for r in records if r.get("kind") == "train"]
+        evals = [r for r in records if r.get("kind") == "eval" and "test_acc" in r]
+        if not train:
+            raise ValueError(f"diagnose curves: {folder} has no training records in metrics.jsonl")
+        line, = ax_loss.plot([r["step"] for r in train], [r["ce"] for r in train], label=f"{label}: train CE")
+        if evals:
+            ax_acc.plot([r["step"] for r in evals], [r["test_acc"] for r in evals], "-", color=line.get_color(),
+                        label=f"{label}: test acc")
+    ax_loss.set(xlabel="step", ylabel="cross entropy (batch)", yscale="log")
+    ax_acc.set(xlabel="step", ylabel="test accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.legend(fontsize=8)
+    return _save(_grid(fig), path)

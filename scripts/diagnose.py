@@ -1,0 +1,45 @@
+"""Physical diagnostics of a trained run, or training curves of several runs in one figure.
+
+  python scripts/diagnose.py run <run dir> [--samples 400]
+  python scripts/diagnose.py curves <run dir A> <run dir B> [--labels A B] --out runs/x.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ode_nets.cli import run_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="Hamiltonian, energy balance, entropy rate, stability of one run")
+    run.add_argument("run_dir", type=Path)
+    run.add_argument("--samples", type=int, default=400, help="test points used")
+    curves = sub.add_parser("curves", help="training curves of several runs in one PNG")
+    curves.add_argument("run_dirs", type=Path, nargs="+")
+    curves.add_argument("--labels", nargs="+")
+    curves.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    def job() -> None:
+        from ode_nets import plotting_diagnostics as pd
+
+        if args.command == "run":
+            paths = pd.diagnose_run(args.run_dir, args.samples)
+        else:
+            labels = args.labels or [d.name for d in args.run_dirs]
+            if len(labels) != len(args.run_dirs):
+                raise ValueError("--labels: give one label per run folder")
+            paths = [pd.plot_training_pair(args.run_dirs, labels, args.out)]
+        for path in paths:
+            print(path)
+
+    return run_cli(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
