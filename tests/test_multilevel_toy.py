@@ -11,7 +11,7 @@ import pytest
 
 from ode_nets.config import DataConfig, from_dict
 from ode_nets.data import load_dataset
-from ode_nets.data.toy import make_ellipses, make_peaks, make_swiss_roll, peaks
+from ode_nets.data.toy import ELLIPSE_RINGS, make_ellipses, make_peaks, make_swiss_roll, peaks
 from ode_nets.models import build_model
 from ode_nets.multilevel import level_curves, prolong_values, prolongate, train_multilevel
 
@@ -65,7 +65,7 @@ def test_peaks_labels_are_level_sets():
 def test_ellipses_and_swiss_roll_geometry():
     x, y = make_ellipses(jax.random.PRNGKey(1), 500)
     r = np.sqrt(x[:, 0] ** 2 + (x[:, 1] / 0.5) ** 2)
-    np.testing.assert_array_equal(y, np.floor(3 * r).astype(int) % 2)
+    np.testing.assert_array_equal(y, np.floor(ELLIPSE_RINGS * r).astype(int) % 2)
     x, y = make_swiss_roll(jax.random.PRNGKey(2), 500)
     r = np.linalg.norm(x, axis=1)
     angle = np.arctan2(x[:, 1], x[:, 0])

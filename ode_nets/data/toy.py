@@ -1,7 +1,7 @@
 """2-D toy classification sets of the Haber–Ruthotto experiments (Ruthotto 2019 slides), generated from a key.
 
 - peaks: points uniform in [-3, 3]^2, 5 classes = level sets of MATLAB's `peaks` (slides: 2,000 points);
-- ellipses: points in 3 concentric elliptical rings, 2 alternating classes (slides: 1k train, 2k validation);
+- ellipses: points in 2 concentric elliptical regions (inner ellipse, outer ring), 2 classes (slides: 1k train, 2k validation);
 - swiss_roll: two interleaved spirals, 2 classes (slides: 256 train, 256 validation).
 
 `cfg.n_train` / `cfg.n_test` points are drawn for train / test; `cfg.validation` of the training points
@@ -21,7 +21,7 @@ from ode_nets.config import DataConfig
 from ode_nets.data import Dataset, Split
 
 PEAKS_CLASSES = 5
-ELLIPSE_RINGS = 3  # rings alternate between the 2 classes (0, 1, 0 from the centre)
+ELLIPSE_RINGS = 2  # class 0: inner ellipse, class 1: the ring around it
 ELLIPSE_AXES = (1.0, 0.5)
 SPIRAL_TURNS = 1.5
 
@@ -47,7 +47,7 @@ def make_peaks(key: PRNGKeyArray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_ellipses(key: PRNGKeyArray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """n points with elliptical radius r uniform in [0, 1) (axes 1, 0.5); class = ring index mod 2 (3 rings)."""
+    """n points with elliptical radius r uniform in [0, 1) (axes 1, 0.5); class = ring index mod 2 (2 rings: inside r < 1/2, outside)."""
     kr, ka = jax.random.split(key)
     r = np.asarray(jax.random.uniform(kr, (n,)))
     angle = np.asarray(jax.random.uniform(ka, (n,), maxval=2 * np.pi))
