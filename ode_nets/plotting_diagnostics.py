@@ -79,3 +79,25 @@ def plot_training_pair(folders: list[Path], labels: list[str], path: Path) -> Pa
     for ax in (ax_loss, ax_acc):
         ax.legend(fontsize=8)
     return _save(_grid(fig), path)
+
+
+def summarize_runs(folders: list[Path], target_acc: float = 0.95) -> str:
+    """Markdown table of finished runs: strategy, final train/test accuracy, wall time per epoch, and the first
+    epoch whose test accuracy reaches `target_acc` (a training-speed measure for §2.5)."""
+    from ode_nets.config import load_config
+
+    lines = [f"| run | strategy | time-dependent | params | train acc | test acc | s / epoch | "
+             f"first epoch with test acc >= {target_acc:g} | final train CE |", "|" + "---|" * 9]
+    for folder in map(Path, folders):
+        config = load_config(folder / "config.yaml")
+        results = json.loads((folder / "results.json").read_text())
+        records = read_metrics(folder)
+        evals = [r for r in records if r.get("kind") == "eval"]
+        reached = next((r["epoch"] for r in evals if r.get("test_acc", 0.0) >= target_acc), None)
+        final = evals[-1] if evals else {}
+        per_epoch = results["train_wall_time_s"] / max(final.get("epoch", config.train.epochs), 1)
+        lines.append(f"| {folder.name} | {config.gradient.strategy} | {config.model.time_dependent} | "
+                     f"{results.get('parameters')} | {final.get('train_acc', float('nan')):.4f} | "
+                     f"{results.get('test_acc', float('nan')):.4f} | {per_epoch:.2f} | {reached if reached else '-'} | "
+                     f"{final.get('train_loss', float('nan')):.4f} |")
+    return "\n".join(lines)

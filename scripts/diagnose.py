@@ -2,6 +2,7 @@
 
   python scripts/diagnose.py run <run dir> [--samples 400]
   python scripts/diagnose.py curves <run dir A> <run dir B> [--labels A B] --out runs/x.png
+  python scripts/diagnose.py summary <run dir> ... [--target-acc 0.95]   (markdown table)
 """
 
 from __future__ import annotations
@@ -23,11 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     curves.add_argument("run_dirs", type=Path, nargs="+")
     curves.add_argument("--labels", nargs="+")
     curves.add_argument("--out", type=Path, required=True)
+    summary = sub.add_parser("summary", help="markdown table of finished runs (accuracy, time per epoch)")
+    summary.add_argument("run_dirs", type=Path, nargs="+")
+    summary.add_argument("--target-acc", type=float, default=0.95)
     args = parser.parse_args(argv)
 
     def job() -> None:
         from ode_nets import plotting_diagnostics as pd
 
+        if args.command == "summary":
+            print(pd.summarize_runs(args.run_dirs, args.target_acc))
+            return
         if args.command == "run":
             paths = pd.diagnose_run(args.run_dir, args.samples)
         else:

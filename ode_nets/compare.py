@@ -1,0 +1,236 @@
+"""Gradient strategies side by side (Ruthotto's "Diff->Disc vs Disc->Diff"; Ruseckas §2.1, §3.3, eq 112).
+
+For one batch and one model (from a config, random non-zero init), each (depth L, solver, strategy) gets:
+
+- the relative error of its parameter gradient against a float64 reference: discretize-then-optimize through
+  a Tsit5 solve at rtol 1e-10 (the gradient of the *continuous* model with the same piecewise-constant
+  parameters), and, for small models, against central finite differences of its own forward network;
+- the median wall time of the compiled loss-and-gradient step (float32, >= 20 runs after warm-up);
+- XLA's memory analysis of that compiled step (temp, argument, output bytes);
+- vector-field evaluations: forward from `sol.stats` (steps x stages); backward counted analytically (see
+  `backward_evaluations`), "n/a" where an adaptive backward solve's steps are not exposed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+
+from ode_nets.config import Config, GradientConfig, SolverConfig
+from ode_nets.losses import cross_entropy
+from ode_nets.models import build_model
+
+STRATEGIES = ("discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint")
+STAGES = {"euler": 1, "heun": 2, "midpoint": 2, "ralston": 2, "bosh3": 3, "tsit5": 6, "dopri5": 6, "dopri8": 12}
+REFERENCE = SolverConfig(method="tsit5", rtol=1e-10, atol=1e-12, max_steps=100_000)
+
+
+def parse_solver(spec: str) -> SolverConfig:
+    """'euler', 'midpoint:4' (steps per layer) or 'tsit5:1e-6' (rtol; atol = rtol/1000) -> SolverConfig."""
+    method, _, arg = spec.partition(":")
+    if method not in STAGES:
+        raise ValueError(f"--solvers: unknown solver {method!r} (choose from {', '.join(STAGES)})")
+    adaptive = method in ("bosh3", "tsit5", "dopri5", "dopri8")
+    if not arg:
+        return SolverConfig(method=method)
+    if adaptive:
+        return SolverConfig(method=method, rtol=float(arg), atol=float(arg) / 1000, max_steps=100_000)
+    return SolverConfig(method=method, steps_per_layer=int(arg))
+
+
+def solver_label(solver: SolverConfig) -> str:
+    if solver.method in ("bosh3", "tsit5", "dopri5", "dopri8"):
+        return f"{solver.method} rtol={solver.rtol:g}"
+    return solver.method + (f" x{solver.steps_per_layer}" if solver.steps_per_layer > 1 else "")
+
+
+def make_net(config: Config, layers: int, solver: SolverConfig, strategy: str, input_shape: tuple[int, ...],
+             num_classes: int) -> eqx.Module:
+    """The config's model with L = `layers`, the given solver and strategy; parameters from `config.seed`."""
+    model = dataclasses.replace(config.model, layers=layers)
+    key = jax.random.split(jax.random.PRNGKey(config.seed))[1]
+    return build_model(model, solver, GradientConfig(strategy=strategy), input_shape, num_classes, key)
+
+
+def ce_loss(net: eqx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
+    """Cross entropy of the batch (the regulariser's gradient is the same for every strategy, so it is left out)."""
+    return cross_entropy(net(x), y)
+
+
+def flat_gradient(net: eqx.Module, x: jax.Array, y: jax.Array) -> np.ndarray:
+    grads = eqx.filter_jit(eqx.filter_grad(ce_loss))(net, x, y)
+    return np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_inexact_array))])
+
+
+def finite_differences(net: eqx.Module, x: jax.Array, y: jax.Array, entries: np.ndarray, eps: float = 1e-6
+                       ) -> np.ndarray:
+    """Central differences of the loss w.r.t. the flat trainable entries `entries` (float64)."""
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    loss = jax.jit(lambda f: ce_loss(eqx.combine(unravel(f), static), x, y))
+    out = []
+    for i in entries:
+        e = jnp.zeros_like(flat).at[i].set(eps)
+        out.append((float(loss(flat + e)) - float(loss(flat - e))) / (2 * eps))
+    return np.asarray(out)
+
+
+def relative_error(g: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(g - ref) / max(np.linalg.norm(ref), 1e-300))
+
+
+def timed_step(net: eqx.Module, x: jax.Array, y: jax.Array, repeats: int) -> dict[str, float]:
+    """Median seconds of the compiled loss-and-gradient step, compile time and XLA memory analysis (bytes)."""
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    step = jax.jit(lambda p, xb, yb: eqx.filter_value_and_grad(ce_loss)(eqx.combine(p, static), xb, yb))
+    start = time.perf_counter()
+    compiled = step.lower(params, x, y).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    jax.block_until_ready(compiled(params, x, y))  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(params, x, y))
+        times.append(time.perf_counter() - start)
+    return {"step_ms": 1e3 * statistics.median(times), "compile_s": compile_s,
+            "temp_bytes": int(getattr(memory, "temp_size_in_bytes", -1)),
+            "argument_bytes": int(getattr(memory, "argument_size_in_bytes", -1)),
+            "output_bytes": int(getattr(memory, "output_size_in_bytes", -1))}
+
+
+def forward_steps(net: eqx.Module, x: jax.Array) -> tuple[int, int]:
+    """(accepted + rejected steps, accepted steps) of the forward solve, from `sol.stats`."""
+    stats = eqx.filter_jit(lambda n, xb: n.solve(xb).stats)(net, x)
+    return int(stats["num_steps"]), int(stats["num_accepted_steps"])
+
+
+def backward_evaluations(strategy: str, solver: SolverConfig, steps: int) -> str:
+    """Backward vector-field work, counted analytically from the forward step count.
+
+    - discretize_then_optimize, fixed steps (one checkpoint per step): one VJP of F per stage per step;
+    - optimize_then_discretize / analytic_adjoint, fixed steps: the backward solve takes the forward's steps,
+      each stage one evaluation of the augmented system (F and a dF/dx, plus a dF/dq);
+    - analytic_adjoint with Euler: eq 112, one hand-written a dF/dx per step, no autodiff;
+    - adaptive solves: the backward solve chooses its own steps (DTO: binomial recomputation) -> n/a.
+    """
+    stages = STAGES[solver.method]
+    if solver.method in ("bosh3", "tsit5", "dopri5", "dopri8"):
+        return "n/a (adaptive)"
+    if strategy == "discretize_then_optimize":
+        return f"{steps * stages} VJP"
+    if strategy == "analytic_adjoint" and solver.method == "euler":
+        return f"{steps} eq-112 steps"
+    return f"{steps * stages} augmented"
+
+
+def compare(config: Config, x: np.ndarray, y: np.ndarray, num_classes: int, *, layers: list[int],
+            solvers: list[SolverConfig], strategies: tuple[str, ...] = STRATEGIES, repeats: int = 20,
+            fd_entries: int = 12, fd_max_params: int = 5000) -> list[dict[str, Any]]:
+    """One row per (L, solver, strategy); see the module docstring. Toggles float64 on and back off."""
+    rows = []
+    input_shape = tuple(x.shape[1:])
+    previous = jax.config.jax_enable_x64
+    for depth in layers:
+        jax.config.update("jax_enable_x64", True)
+        x64, y64 = jnp.asarray(x, jnp.float64), jnp.asarray(y)
+        reference = flat_gradient(make_net(config, depth, REFERENCE, "discretize_then_optimize", input_shape,
+                                           num_classes), x64, y64)
+        for solver in solvers:
+            for strategy in strategies:
+                jax.config.update("jax_enable_x64", True)
+                net = make_net(config, depth, solver, strategy, input_shape, num_classes)
+                row: dict[str, Any] = {"L": depth, "solver": solver_label(solver), "strategy": strategy,
+                                       "params": int(reference.size)}
+                try:
+                    grad = flat_gradient(net, x64, y64)
+                    row["err_vs_reference"] = relative_error(grad, reference)
+                    if reference.size <= fd_max_params:
+                        entries = np.random.default_rng(depth).choice(reference.size, min(fd_entries, reference.size),
+                                                                      replace=False)
+                        row["err_vs_fd"] = relative_error(grad[entries], finite_differences(net, x64, y64, entries))
+                    jax.config.update("jax_enable_x64", False)
+                    net32 = make_net(config, depth, solver, strategy, input_shape, num_classes)
+                    x32, y32 = jnp.asarray(x, jnp.float32), jnp.asarray(y)
+                    row.update(timed_step(net32, x32, y32, repeats))
+                    steps, accepted = forward_steps(net32, x32)
+                    row["forward_steps"] = steps
+                    row["forward_evals"] = steps * STAGES[solver.method]
+                    row["backward_evals"] = backward_evaluations(strategy, solver, steps)
+                except Exception as e:  # a strategy that fails (e.g. an unstable backward solve) is a result too
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                print(format_row(row), flush=True)
+                rows.append(row)
+    jax.config.update("jax_enable_x64", previous)
+    return rows
+
+
+COLUMNS = [("L", "L"), ("solver", "solver"), ("strategy", "strategy"), ("err_vs_reference", "rel. err vs ref"),
+           ("err_vs_fd", "rel. err vs FD"), ("step_ms", "step ms"), ("temp_bytes", "temp MiB"),
+           ("argument_bytes", "arg MiB"), ("forward_evals", "fwd evals"), ("backward_evals", "bwd evals"),
+           ("error", "error")]
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if key.endswith("_bytes"):
+        return f"{value / 2**20:.2f}"
+    if key.startswith("err"):
+        return f"{value:.2e}"
+    if key == "step_ms":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def format_row(row: dict[str, Any]) -> str:
+    return " | ".join(_cell(k, row.get(k)) for k, _ in COLUMNS)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = "| " + " | ".join(name for _, name in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    return "\n".join([header, rule, *("| " + format_row(r) + " |" for r in rows)])
+
+
+def plot_comparison(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Error vs reference, step time and temp memory against L, one line per (solver, strategy)."""
+    from ode_nets.plotting import _save, plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    keys = sorted({(r["solver"], r["strategy"]) for r in rows})
+    for solver, strategy in keys:
+        pts = sorted((r["L"], r) for r in rows if (r["solver"], r["strategy"]) == (solver, strategy) and "error" not in r)
+        if not pts:
+            continue
+        ls = [p[0] for p in pts]
+        label = f"{solver} / {strategy.replace('_then_', '->')}"
+        style = {"discretize_then_optimize": "o-", "optimize_then_discretize": "s--", "analytic_adjoint": "^:"}[strategy]
+        axes[0].plot(ls, [max(p[1]["err_vs_reference"], 1e-17) for p in pts], style, label=label)
+        axes[1].plot(ls, [p[1]["step_ms"] for p in pts], style, label=label)
+        axes[2].plot(ls, [p[1]["temp_bytes"] / 2**20 for p in pts], style, label=label)
+    axes[0].set(xlabel="L", ylabel="rel. error vs float64 reference", xscale="log", yscale="log")
+    axes[1].set(xlabel="L", ylabel="compiled step, ms (median)", xscale="log", yscale="log")
+    axes[2].set(xlabel="L", ylabel="XLA temp memory, MiB", xscale="log", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def write_results(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> list[Path]:
+    """results.json, table.md and comparison.png in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / "table.md").write_text(f"`{meta['command']}`\n\n" + markdown_table(rows) + "\n")
+    return [out / "results.json", out / "table.md", plot_comparison(rows, out / "comparison.png")]
