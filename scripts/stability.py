@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run}: field {config.model.field}, solver {config.solver.method}, T = {config.model.horizon}, "
                   f"L = {config.model.layers}: max Re(lambda) = {np.max(eig.real):.4f}, "
                   f"max |h lambda| = {h * np.max(np.abs(eig)):.4f}")
+            k = getattr(model.field, "k", None)  # eq 111 (solver lm2): the trained per-layer k_l
+            if k is not None:
+                values = np.asarray(k.per_layer())
+                print(f"  eq 111 k_l: min {values.min():.4f}, mean {values.mean():.4f}, max {values.max():.4f}")
 
     return run_cli(job)
 

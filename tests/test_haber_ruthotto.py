@@ -196,3 +196,12 @@ def test_verlet_equals_diffrax_semi_implicit_euler(x64):
                               stepsize_controller=diffrax.StepTo(ts=layer_grid(0.0, 2.0, 10)))
     z, y = sol.ys[0][-1], sol.ys[1][-1]
     np.testing.assert_allclose(net.features(x0[:, :2]), jnp.concatenate([y, z], -1), rtol=1e-12, atol=1e-12)
+
+
+def test_hamiltonian_jacobian_is_purely_imaginary(x64):
+    """J = [[0, D1 K^T], [-D2 K, 0]] (D = diag(sigma') > 0): lambda^2 = -eig(D1 K^T D2 K) <= 0."""
+    field = hamiltonian_net("discretize_then_optimize").field
+    x = 2.0 * jax.random.normal(jax.random.PRNGKey(10), (6,))
+    eig = jacobian_eigenvalues(field, jnp.asarray(1.3), x)
+    assert np.max(np.abs(np.imag(eig))) > 0.1
+    np.testing.assert_allclose(np.real(eig), 0.0, atol=1e-10)
