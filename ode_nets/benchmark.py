@@ -358,6 +358,7 @@ def peer_case(bench: BenchConfig, record: dict, model: ODENet, example: tuple) -
 def run_bench(bench: BenchConfig, out: Path, log: Callable[[str], None] = print) -> dict:
     """Every case of the grid; writes results.json, results.md and plots into `out`."""
     out.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()  # the CPU is shared: record how busy it was
     info = device_info()
     log(f"device: {info['platform']} ({info['device_kind']}), {info['device_count']} device(s), "
         f"{info['cpu_count']} CPU cores")
@@ -374,7 +375,7 @@ def run_bench(bench: BenchConfig, out: Path, log: Callable[[str], None] = print)
         records.append(record)
         log(format_case(record))
     results = {"bench": dataclasses.asdict(bench), "device": info, "peaks": peaks, "cases": records,
-               "loadavg": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}
+               "loadavg_start": load_start, "loadavg": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown_table(results))
     for path in plot_depth(records, out):
@@ -400,7 +401,7 @@ def markdown_table(results: dict) -> str:
     head = ["L", "batch", "gradient", "compile (s)", "step median (ms)", "step min-max (ms)", "examples/s",
             "XLA peak (MiB)"]
     if throughput:
-        head += ["conv GFLOP/s", "% peak FLOP/s", "XLA GB/s (x L)", "% peak B/s"]
+        head += ["conv GFLOP/s", "% peak FLOP/s", "XLA bytes accessed GB/s (x L)", "vs streaming B/s"]
     if peer:
         head += ["torchdiffeq", "torch step (ms)", "torch peak RSS delta (MiB)", "time ratio", "memory ratio",
                  "loss rel diff", "grad rel diff"]
@@ -420,8 +421,9 @@ def markdown_table(results: dict) -> str:
                       f"{p['grad_rel_diff']:.1e}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     d, load = results["device"], results["loadavg"]
+    start = results["loadavg_start"]
     notes = [f"Device: {d['platform']} ({d['device_kind']}), {d['cpu_count']} cores; jax {d['jax']}; "
-             f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} at the end of the run."]
+             f"1-min load average {start[0]:.2f} at the start, {load[0]:.2f} at the end of the run (shared CPU)."]
     if results["peaks"]:
         p = results["peaks"]
         notes.append(f"Peaks measured in the same run ({p['how']}): {p['flops_per_s'] / 1e9:.1f} GFLOP/s, "
