@@ -77,6 +77,7 @@ class BenchConfig:
     threads: Optional[int] = None  # torch threads (null: os.cpu_count(), what XLA's CPU client uses)
     seed: int = 0
     out_dir: str = "runs/bench"
+    conv_probe: bool = False  # also time 20 3x3 convs inside a lax.scan vs unrolled (mnist_conv; see conv_loop_probe)
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, message: str) -> None:
@@ -96,6 +97,7 @@ class BenchConfig:
         need(self.smoothness >= 0, "smoothness", f"must be >= 0, got {self.smoothness}")
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(not self.peer or self.model == "mnist_conv", "peer", "the torchdiffeq peer exists for mnist_conv only")
+        need(not self.conv_probe or self.model == "mnist_conv", "conv_probe", "needs model: mnist_conv")
         need(self.threads is None or self.threads > 0, "threads", f"must be > 0 or null, got {self.threads}")
         for i, g in enumerate(self.gradient_cases()):
             # validated by the experiment schema, so errors name the real key
@@ -292,6 +294,63 @@ def add_throughput(record: dict, peaks: dict[str, float]) -> None:
                             "fraction_of_peak_bytes": bytes_xla / median / peaks["bytes_per_s"]}
 
 
+def conv_nhwc(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The NCHW 3x3 'SAME' cross-correlation computed in NHWC/HWIO layout (explicit transposes around it)."""
+    out = jax.lax.conv_general_dilated(jnp.transpose(x, (0, 2, 3, 1)), jnp.transpose(kernel, (2, 3, 1, 0)), (1, 1),
+                                       "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.transpose(out, (0, 3, 1, 2))
+
+
+def conv_loop_probe(batch: int, layers: int, repeats: int = 5) -> dict[str, Any]:
+    """Where XLA CPU's conv time goes: `layers` residual conv steps x + conv(x) - 0.01 x^3 as a `lax.scan`
+    (a while loop, as inside diffrax) or unrolled, for each conv implementation; forward, and forward +
+    gradient. Also the conv's dimension labels in the compiled HLO (bf01 = NCHW kept, b01f = NHWC)."""
+    import re
+
+    from ode_nets.fields.cubic import conv3x3_im2col, conv3x3_xla
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((batch, 10, 28, 28), dtype=np.float32))
+    kernels = jnp.asarray(0.01 * rng.standard_normal((layers, 10, 10, 3, 3), dtype=np.float32))
+
+    def net(conv, unroll):
+        def f(x, ks):
+            final = jax.lax.scan(lambda s, k: (s + conv(s, k) - 0.01 * s ** 3, None), x, ks, unroll=unroll)[0]
+            return jnp.sum(final ** 2)
+        return f
+
+    variants = {}
+    for conv_name, conv in (("xla", conv3x3_xla), ("im2col", conv3x3_im2col), ("nhwc", conv_nhwc)):
+        for loop, unroll in (("scan", 1), ("unrolled", layers)):
+            f = net(conv, unroll)
+            variants[f"{conv_name} {loop} fwd"] = jax.jit(f)
+            variants[f"{conv_name} {loop} fwd+grad"] = jax.jit(jax.grad(f, argnums=(0, 1)))
+    labels = {}
+    for name, f in variants.items():
+        if name.startswith("xla") and name.endswith("fwd"):
+            labels[name] = sorted(set(re.findall(r"dim_labels=([\w>-]+)", f.lower(x, kernels).compile().as_text())))
+        jax.block_until_ready(f(x, kernels))
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):  # interleaved, so that load changes hit every variant alike
+        for name, f in variants.items():
+            start = time.perf_counter()
+            jax.block_until_ready(f(x, kernels))
+            times[name].append(time.perf_counter() - start)
+    return {"batch": batch, "layers": layers, "median_s": {k: statistics.median(v) for k, v in times.items()},
+            "min_s": {k: min(v) for k, v in times.items()}, "dim_labels": labels}
+
+
+def probe_table(probe: dict) -> str:
+    """The conv probe as a markdown table."""
+    lines = [f"Conv probe: {probe['layers']} residual 3x3 conv steps, batch {probe['batch']}, 10 channels, 28x28 "
+             "(`conv_loop_probe`).", "", "| variant | median (ms) | min (ms) |", "|---|---|---|"]
+    for name, median in probe["median_s"].items():
+        lines.append(f"| {name} | {1e3 * median:.1f} | {1e3 * probe['min_s'][name]:.1f} |")
+    lines.append("")
+    lines += [f"XLA conv dim_labels, {name}: {', '.join(v)}" for name, v in probe["dim_labels"].items()]
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # the torchdiffeq peer
 
@@ -374,10 +433,11 @@ def run_bench(bench: BenchConfig, out: Path, log: Callable[[str], None] = print)
             record["peer"] = peer_case(bench, record, model, example)
         records.append(record)
         log(format_case(record))
-    results = {"bench": dataclasses.asdict(bench), "device": info, "peaks": peaks, "cases": records,
+    probe = conv_loop_probe(max(bench.batch_sizes), max(bench.layers)) if bench.conv_probe else None
+    results = {"bench": dataclasses.asdict(bench), "device": info, "peaks": peaks, "cases": records, "conv_probe": probe,
                "loadavg_start": load_start, "loadavg": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown_table(results))
+    (out / "results.md").write_text(markdown_table(results) + ("\n" + probe_table(probe) if probe else ""))
     for path in plot_depth(records, out):
         log(f"figure: {path}")
     log(f"results: {out / 'results.json'}, {out / 'results.md'}")
