@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ode_nets.config import ModelConfig
-from ode_nets.fields.resnet import activation, param_factory
+from ode_nets.fields.resnet import activation, square_layer
 from ode_nets.fields.time_params import TimeParam
 
 
@@ -44,6 +43,5 @@ class AntisymmetricField(eqx.Module):
     @classmethod
     def init(cls, cfg: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> "AntisymmetricField":
         (n,) = state_shape
-        kk, kb = jax.random.split(key)
-        make = param_factory(cfg)
-        return cls(K=make((n, n), kk), b=make((n,), kb), gamma=float(cfg.gamma), activation=cfg.activation)
+        K, b = square_layer(cfg, n, key)
+        return cls(K=K, b=b, gamma=float(cfg.gamma), activation=cfg.activation)

@@ -14,12 +14,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ode_nets.config import ModelConfig
-from ode_nets.fields.resnet import activation, param_factory
+from ode_nets.fields.resnet import activation, square_layer
 from ode_nets.fields.time_params import TimeParam
 
 
@@ -58,6 +57,5 @@ class HamiltonianField(eqx.Module):
         if n % 2:
             raise ValueError(f"model.augment: the hamiltonian field needs an even state (y, z), got {n} dimensions; "
                              f"set model.augment = 2*width - input dimension")
-        kk, kb = jax.random.split(key)
-        make = param_factory(cfg)
-        return cls(K=make((n // 2, n // 2), kk), b=make((n // 2,), kb), activation=cfg.activation)
+        K, b = square_layer(cfg, n // 2, key)
+        return cls(K=K, b=b, activation=cfg.activation)

@@ -36,6 +36,13 @@ def param_factory(cfg: ModelConfig) -> Callable[..., TimeParam]:
     return make
 
 
+def square_layer(cfg: ModelConfig, n: int, key: PRNGKeyArray) -> tuple[TimeParam, TimeParam]:
+    """K(t) of shape (n, n) and b(t) of shape (n,), per layer as `cfg` asks."""
+    kk, kb = jax.random.split(key)
+    make = param_factory(cfg)
+    return make((n, n), kk), make((n,), kb)
+
+
 class SingleLayerField(eqx.Module):
     """dy/dt = sigma(K(t) y + b(t)), the ResNet layer of the slides (J = diag(sigma'(K y + b)) K).
 
@@ -53,9 +60,8 @@ class SingleLayerField(eqx.Module):
     @classmethod
     def init(cls, cfg: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> "SingleLayerField":
         (n,) = state_shape
-        kk, kb = jax.random.split(key)
-        make = param_factory(cfg)
-        return cls(K=make((n, n), kk), b=make((n,), kb), activation=cfg.activation)
+        K, b = square_layer(cfg, n, key)
+        return cls(K=K, b=b, activation=cfg.activation)
 
 
 class ResNetField(eqx.Module):
