@@ -301,7 +301,15 @@ def conv_nhwc(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jnp.transpose(out, (0, 3, 1, 2))
 
 
-def conv_loop_probe(batch: int, layers: int, repeats: int = 5) -> dict[str, Any]:
+def conv_shift(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The same cross-correlation as a sum of 9 shifted 1x1 convolutions (no 9x patch tensor)."""
+    height, width = x.shape[-2:]
+    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)])
+    return sum(jnp.einsum("...chw,oc->...ohw", padded[..., i:i + height, j:j + width], kernel[:, :, i, j])
+               for i in range(3) for j in range(3))
+
+
+def conv_loop_probe(batch: int, layers: int, repeats: int = 3) -> dict[str, Any]:
     """Where XLA CPU's conv time goes: `layers` residual conv steps x + conv(x) - 0.01 x^3 as a `lax.scan`
     (a while loop, as inside diffrax) or unrolled, for each conv implementation; forward, and forward +
     gradient. Also the conv's dimension labels in the compiled HLO (bf01 = NCHW kept, b01f = NHWC)."""
@@ -320,7 +328,7 @@ def conv_loop_probe(batch: int, layers: int, repeats: int = 5) -> dict[str, Any]
         return f
 
     variants = {}
-    for conv_name, conv in (("xla", conv3x3_xla), ("im2col", conv3x3_im2col), ("nhwc", conv_nhwc)):
+    for conv_name, conv in (("xla", conv3x3_xla), ("im2col", conv3x3_im2col), ("nhwc", conv_nhwc), ("shift", conv_shift)):
         for loop, unroll in (("scan", 1), ("unrolled", layers)):
             f = net(conv, unroll)
             variants[f"{conv_name} {loop} fwd"] = jax.jit(f)
