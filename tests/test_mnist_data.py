@@ -133,3 +133,22 @@ def test_real_tfds_test_split_matches_idx():
     def keys(split):
         return sorted(bytes(img.astype(np.uint8)) + bytes([lab]) for img, lab in zip(split.x * 255, split.y))
     assert keys(tfds_test) == keys(idx_test)
+
+
+def test_confusion_matrix_counts():
+    from ode_nets.evaluation import confusion_matrix, format_confusion
+
+    counts = confusion_matrix(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2]), 3)
+    np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+    assert format_confusion(counts).splitlines()[3].split() == ["2", "1", "0", "2"]
+
+
+def test_evaluate_script_refuses_a_missing_run_dir(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate", Path(__file__).resolve().parents[1] / "scripts/evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a run folder" in err[0]

@@ -1,0 +1,44 @@
+"""Test-set evaluation of a trained run: accuracy and the confusion matrix (§5.2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ode_nets.data import Split
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[i, j] = number of examples of true class i predicted as class j."""
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (np.asarray(labels), np.asarray(predictions)), 1)
+    return counts
+
+
+def format_confusion(counts: np.ndarray) -> str:
+    """The matrix as text: rows = true class, columns = predicted class."""
+    width = max(len(str(counts.max())), 3) + 1
+    header = "true\\pred" + "".join(f"{j:>{width}}" for j in range(counts.shape[1]))
+    rows = [f"{i:>9}" + "".join(f"{n:>{width}}" for n in row) for i, row in enumerate(counts)]
+    return "\n".join([header, *rows])
+
+
+def evaluate_split(model, split: Split, num_classes: int, batch_size: int = 1000) -> dict:
+    """Accuracy and confusion matrix of `model` on `split`."""
+    from ode_nets.train import predict
+
+    predictions = np.argmax(predict(model, split.x, batch_size), axis=-1)
+    counts = confusion_matrix(split.y, predictions, num_classes)
+    return {"accuracy": float(np.trace(counts) / counts.sum()), "confusion": counts, "n": int(counts.sum())}
+
+
+def evaluate_run(folder: Path) -> dict:
+    """Load a run folder (final model, else newest checkpoint) and evaluate it on its test split."""
+    from ode_nets.train import RunDirError, load_run
+
+    folder = Path(folder)
+    if not (folder / "config.yaml").is_file():
+        raise RunDirError(f"{folder} is not a run folder (no config.yaml)")
+    config, dataset, model = load_run(folder)
+    return evaluate_split(model, dataset.test, dataset.num_classes, config.train.eval_batch_size)

@@ -1,0 +1,28 @@
+"""Test accuracy and confusion matrix of a trained run: python scripts/evaluate.py <run dir>"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ode_nets.cli import run_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+
+    def job() -> None:
+        from ode_nets.evaluation import evaluate_run, format_confusion
+
+        result = evaluate_run(args.run_dir)
+        print(f"test accuracy {result['accuracy']:.4f} ({result['n']} examples)")
+        print(format_confusion(result["confusion"]))
+
+    return run_cli(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
