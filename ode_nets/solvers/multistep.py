@@ -14,8 +14,9 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 from jax import lax
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PyTree
 
 from ode_nets.config import ModelConfig
 from ode_nets.fields.time_params import TimeParam, make_param
@@ -31,7 +32,7 @@ class AdamsBashforth3(diffrax.AbstractSolver):
     t0 + h/2 so it stays inside the layer), step 1 is AB2 (local error O(h^3)); from step 2 on AB3.
     Both start-up steps are of lower order but their O(h^3) local errors keep the global error O(h^3)
     (a forward-Euler start, local O(h^2), would make the whole method second order).
-    Solver state: (step counter n, f_{n-1}, f_{n-2}).
+    Solver state: (step counter n, f_{n-1}, f_{n-2}). States may be pytrees (as in diffrax's backsolve adjoint).
     """
 
     term_structure: ClassVar = diffrax.AbstractTerm
@@ -40,22 +41,26 @@ class AdamsBashforth3(diffrax.AbstractSolver):
     def order(self, terms: Any) -> int:
         return 3
 
-    def init(self, terms: Any, t0: Any, t1: Any, y0: Array, args: Any) -> tuple[Array, Array, Array]:
-        return jnp.zeros((), jnp.int32), jnp.zeros_like(y0), jnp.zeros_like(y0)
+    def init(self, terms: Any, t0: Any, t1: Any, y0: PyTree, args: Any) -> tuple[Array, PyTree, PyTree]:
+        zeros = jtu.tree_map(jnp.zeros_like, y0)
+        return jnp.zeros((), jnp.int32), zeros, zeros
 
     def step(self, terms: Any, t0: Any, t1: Any, y0: Array, args: Any, solver_state: tuple, made_jump: Any
              ) -> tuple[Array, None, dict, tuple, diffrax.RESULTS]:
         del made_jump  # the history deliberately spans the parameter jumps at layer boundaries
         n, f1, f2 = solver_state
-        h = t1 - t0
+        control = terms.contr(t0, t1)  # h, with the sign diffrax uses for backward solves
+        increment = lambda vf: terms.prod(vf, control)  # noqa: E731  h * f
         f0 = terms.vf(t0, y0, args)
 
-        def start() -> Array:  # explicit midpoint
-            return y0 + h * terms.vf(t0 + 0.5 * h, y0 + 0.5 * h * f0, args)
+        def start() -> PyTree:  # explicit midpoint
+            mid = jtu.tree_map(lambda y, d: y + 0.5 * d, y0, increment(f0))
+            return jtu.tree_map(jnp.add, y0, increment(terms.vf(t0 + 0.5 * (t1 - t0), mid, args)))
 
-        def multistep() -> Array:
+        def multistep() -> PyTree:
             c0, c1, c2 = (jnp.where(n == 1, a, b) for a, b in zip(_AB2, _AB3))
-            return y0 + h * (c0 * f0 + c1 * f1 + c2 * f2)
+            combined = jtu.tree_map(lambda a, b, c: c0 * a + c1 * b + c2 * c, f0, f1, f2)
+            return jtu.tree_map(jnp.add, y0, increment(combined))
 
         y1 = lax.cond(n == 0, start, multistep)
         return y1, None, dict(y0=y0, y1=y1), (n + 1, f0, f1), diffrax.RESULTS.successful
@@ -125,21 +130,19 @@ class TwoStepLM(diffrax.AbstractSolver):
         return 1
 
     def init(self, terms: Any, t0: Any, t1: Any, y0: Array, args: Any) -> tuple[Array, Array]:
+        if not isinstance(_vector_field(terms), TwoStepField) or not eqx.is_array(y0):
+            raise ValueError("solver.method 'lm2' needs a model built by build_model (field wrapped with its k_l) "
+                             "and gradient.strategy discretize_then_optimize (k_l has no meaning in a backsolve)")
         return jnp.ones((), bool), jnp.zeros_like(y0)
 
     def step(self, terms: Any, t0: Any, t1: Any, y0: Array, args: Any, solver_state: tuple, made_jump: Any
              ) -> tuple[Array, None, dict, tuple, diffrax.RESULTS]:
         del made_jump
         first, d_prev = solver_state
-        field = _vector_field(terms)
-        if not isinstance(field, TwoStepField):
-            raise ValueError("solver.method 'lm2' needs a model built by build_model (field wrapped with its k_l) "
-                             "and gradient.strategy discretize_then_optimize")
-        k = field.k(t0)
-        h = t1 - t0
-        f = terms.vf(t0, y0, args)
-        d_prev = jnp.where(first, h * f / (1 + k), d_prev)
-        y1 = y0 - k * d_prev + h * f
+        k = _vector_field(terms).k(t0)
+        hf = terms.vf_prod(t0, y0, args, terms.contr(t0, t1))  # h f(t_l, x_l)
+        d_prev = jnp.where(first, hf / (1 + k), d_prev)
+        y1 = y0 - k * d_prev + hf
         return y1, None, dict(y0=y0, y1=y1), (jnp.zeros((), bool), y1 - y0), diffrax.RESULTS.successful
 
     def func(self, terms: Any, t0: Any, y0: Array, args: Any) -> Array:

@@ -56,6 +56,9 @@ class Verlet(diffrax.AbstractSolver):
         return 1
 
     def init(self, terms: Any, t0: Any, t1: Any, y0: Array, args: Any) -> None:
+        if not eqx.is_array(y0):
+            raise ValueError("solver.method 'verlet' steps one concatenated (y, z) array; use gradient.strategy "
+                             "discretize_then_optimize or reversible (a backsolve's state is a tuple)")
         return None
 
     def step(self, terms: Any, t0: Any, t1: Any, y0: Array, args: Any, solver_state: None, made_jump: Any
