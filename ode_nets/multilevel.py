@@ -152,3 +152,36 @@ def plot_curves(folders: dict[str, Path], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def plot_regions(folder: Path, path: Path, levels: list[int] | None = None, grid: int = 150) -> Path:
+    """Predicted class over the input plane after each level (2-D inputs), validation points on top (one PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ode_nets.train import load_run, predict
+
+    subs = sorted(Path(folder).glob("level_*"))
+    if levels:
+        subs = [s for s in subs if int(s.name.split("_")[1]) in levels]
+    fig, axes = plt.subplots(1, len(subs), figsize=(3.2 * len(subs), 3.2), squeeze=False)
+    for ax, sub in zip(axes[0], subs):
+        config, dataset, model = load_run(sub)
+        split = dataset.validation or dataset.test
+        lo, hi = split.x.min(0) - 0.1, split.x.max(0) + 0.1
+        u, v = np.meshgrid(np.linspace(lo[0], hi[0], grid), np.linspace(lo[1], hi[1], grid))
+        plane = np.stack([u.ravel(), v.ravel()], -1).astype(np.float32)
+        classes = predict(model, plane).argmax(-1).reshape(u.shape)
+        ax.contourf(u, v, classes, levels=np.arange(dataset.num_classes + 1) - 0.5, cmap="tab10", alpha=0.35,
+                    vmin=0, vmax=9)
+        ax.scatter(split.x[:, 0], split.x[:, 1], c=split.y, cmap="tab10", vmin=0, vmax=9, s=3)
+        ax.set_title(f"L = {config.model.layers}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

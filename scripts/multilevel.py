@@ -2,6 +2,7 @@
 
     python scripts/multilevel.py train --config configs/peaks_stable.yaml [key.sub=value ...] [--run-dir D --overwrite]
     python scripts/multilevel.py plot RUN_DIR [RUN_DIR ...] --labels a b --out figure.png
+    python scripts/multilevel.py regions RUN_DIR [--levels 2 8 64] --out figure.png
 """
 
 from __future__ import annotations
@@ -27,11 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("runs", nargs="+")
     plot.add_argument("--labels", nargs="*")
     plot.add_argument("--out", required=True)
+    regions = sub.add_parser("regions", help="predicted classes over the input plane after each level (2-D data)")
+    regions.add_argument("run")
+    regions.add_argument("--levels", nargs="*", type=int, help="only these levels (default: all)")
+    regions.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
     def job() -> None:
         from ode_nets import multilevel
 
+        if args.command == "regions":
+            print(f"figure: {multilevel.plot_regions(Path(args.run), Path(args.out), args.levels)}")
+            return
         if args.command == "plot":
             labels = args.labels or [Path(r).name for r in args.runs]
             if len(labels) != len(args.runs):
