@@ -45,9 +45,9 @@ def verlet_inverse(field: Callable, t: Float[Array, ""], h: Float[Array, ""], x:
 
 
 class Verlet(diffrax.AbstractSolver):
-    """`verlet_step` as a diffrax solver (second order, symplectic; on the slides: "1st order Verlet"
-    because Z lives on the half steps). Equivalent to `diffrax.SemiImplicitEuler` with Z updated first,
-    but on the single concatenated state the ODENet uses."""
+    """`verlet_step` as a diffrax solver: symplectic, first order for (y(t_j), z(t_j)) with Z_{-1/2} = z(0) as on the
+    slides ("1st order Verlet"; second order if Z is read as z at the half steps). Equivalent to
+    `diffrax.SemiImplicitEuler` with Z updated first, but on the single concatenated state the ODENet uses."""
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = diffrax.LocalLinearInterpolation
