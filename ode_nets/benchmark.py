@@ -274,6 +274,9 @@ def run_case(bench: BenchConfig, layers: int, batch: int, gradient: GradientCase
               "compile_s": compile_s, "step_median_s": median, "step_min_s": min(times), "step_max_s": max(times),
               "step_iqr_s": float(np.subtract(*np.percentile(times, [75, 25]))), "examples_per_s": batch / median,
               "memory": memory_report(compiled), "cost": cost_report(compiled)}
+    device = jax.devices()[0]
+    if device.platform != "cpu":  # the allocator's own peak (cumulative over the process) on accelerators
+        record["device_memory_stats"] = device.memory_stats()
     return record, model, example
 
 
