@@ -2,6 +2,7 @@
 
 For one batch and one model (from a config, random non-zero init), each (depth L, solver, strategy) gets:
 
+- (the continuous model is the same at every L: scaled parameters are rescaled with dt, see `make_net`)
 - the relative error of its parameter gradient against a float64 reference: discretize-then-optimize through
   a Tsit5 solve at rtol 1e-10 (the gradient of the *continuous* model with the same piecewise-constant
   parameters), and, for small models, against central finite differences of its own forward network;
@@ -56,8 +57,15 @@ def solver_label(solver: SolverConfig) -> str:
 
 def make_net(config: Config, layers: int, solver: SolverConfig, strategy: str, input_shape: tuple[int, ...],
              num_classes: int) -> eqx.Module:
-    """The config's model with L = `layers`, the given solver and strategy; parameters from `config.seed`."""
-    model = dataclasses.replace(config.model, layers=layers)
+    """The config's model with L = `layers`, the given solver and strategy; parameters from `config.seed`.
+
+    The *continuous* model is kept fixed across depths: the scaled gamma~ and the init std of the scaled
+    w~, b~ are multiplied by L_config / L (eq 110: q~ = dt q), so the unscaled gamma and the spread of
+    w(t), b(t) do not grow with L, and the discretisation error can shrink as L grows.
+    """
+    ratio = config.model.layers / layers
+    model = dataclasses.replace(config.model, layers=layers, gamma=config.model.gamma * ratio,
+                                init_scale=config.model.init_scale * ratio)
     key = jax.random.split(jax.random.PRNGKey(config.seed))[1]
     return build_model(model, solver, GradientConfig(strategy=strategy), input_shape, num_classes, key)
 
@@ -185,11 +193,11 @@ def _cell(key: str, value: Any) -> str:
     if value is None:
         return ""
     if key.endswith("_bytes"):
-        return f"{value / 2**20:.2f}"
+        return f"{value / 2**20:.3g}"
     if key.startswith("err"):
         return f"{value:.2e}"
     if key == "step_ms":
-        return f"{value:.2f}"
+        return f"{value:.3g}"
     return str(value)
 
 
@@ -234,3 +242,9 @@ def write_results(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     (out / "table.md").write_text(f"`{meta['command']}`\n\n" + markdown_table(rows) + "\n")
     return [out / "results.json", out / "table.md", plot_comparison(rows, out / "comparison.png")]
+
+
+def rerender(out: Path) -> list[Path]:
+    """Rewrite table.md and comparison.png from an existing results.json (no recomputation)."""
+    data = json.loads((out / "results.json").read_text())
+    return write_results(data["rows"], out, data["meta"])

@@ -4,7 +4,8 @@
       --solvers euler midpoint tsit5:1e-6 --out runs/compare_circles [key.sub=value ...]
 
 Writes results.json, table.md and comparison.png to --out (default runs/compare_<config name>).
-The model uses a random non-zero init unless overridden (model.init=normal, model.init_scale=0.1).
+The model uses a random non-zero init unless overridden (model.init=normal, model.init_scale=0.05 at the config's L;
+scaled parameters are rescaled by L_config / L so that the continuous model is the same at every depth).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from ode_nets.cli import run_cli
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--rerender", type=Path, default=None, help="only rewrite table.md/comparison.png of DIR")
     parser.add_argument("--layers", type=int, nargs="+", default=[10, 20, 50, 100, 200])
     parser.add_argument("--solvers", nargs="+", default=["euler"], help="euler | midpoint:4 | tsit5:1e-6 ...")
     parser.add_argument("--strategies", nargs="+", default=None)
@@ -38,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         from ode_nets.config import load_config
         from ode_nets.data import load_dataset
 
-        overrides = ["model.init=normal", "model.init_scale=0.1", *args.overrides]
+        if args.rerender:
+            for path in compare.rerender(args.rerender):
+                print(path)
+            return
+        if args.config is None:
+            raise ValueError("--config is required")
+        overrides = ["model.init=normal", "model.init_scale=0.05", *args.overrides]
         config = load_config(args.config, overrides)
         solvers = [compare.parse_solver(s) for s in args.solvers]
         strategies = tuple(args.strategies or compare.STRATEGIES)
