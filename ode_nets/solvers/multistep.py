@@ -12,14 +12,13 @@ from typing import Any, Callable, ClassVar
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jax import lax
 from jaxtyping import Array, Float, PyTree
 
 from ode_nets.config import ModelConfig
-from ode_nets.fields.time_params import TimeParam, make_param
+from ode_nets.fields.time_params import Constant, PiecewiseConstant, TimeParam
 
 _AB2 = (1.5, -0.5, 0.0)
 _AB3 = (23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0)
@@ -96,9 +95,8 @@ class ConvTwoStepField(TwoStepField):
 
 def with_two_step_memory(field: eqx.Module, cfg: ModelConfig, k_init: float = 0.0) -> TwoStepField:
     """Wrap `field` with k_l, one scalar per layer (or one for all t), initialised to `k_init` (0: ResNet, eq 109)."""
-    k = make_param((), time_dependent=cfg.time_dependent, layers=cfg.layers, horizon=cfg.horizon, init="zeros",
-                   scale=0.0, key=jax.random.PRNGKey(0))
-    k = jax.tree_util.tree_map(lambda v: v + k_init, k)
+    k: TimeParam = (PiecewiseConstant(jnp.full((cfg.layers,), k_init), 0.0, cfg.horizon) if cfg.time_dependent
+                    else Constant(jnp.asarray(k_init, dtype=float)))
     wrapper = ConvTwoStepField if type(field).feature_axis == -3 else TwoStepField
     return wrapper(field, k)
 
