@@ -83,19 +83,17 @@ def conv_adjoint(p: LayerParams, x: Array, a: Array, dt: float, mu: float, impl:
     return (_CONV_IMPLS[impl](a, flipped) - mu * p.gamma * jnp.abs(x) ** (mu - 1) * a) / dt
 
 
-def shifted_patches(x: Array) -> Array:
-    """patches[..., c, p, h, w] = x_{c, (h, w) + shift_p} for the 9 shifts of a zero-padded 3x3 window."""
+def conv_densities(x: Array, a: Array, dt: float, mu: float) -> LayerParams:
+    """dL/dkappa~_{o,c,p} = sum_j a_{o,j} x_{c,j+p} / dt (eq 77), dL/db~_o = sum_j a_{o,j} / dt (eq 78), eq 71.
+
+    One contraction per kernel offset p (9 of them) over the zero-padded x: no 9x patch tensor in memory.
+    """
     height, width = x.shape[-2:]
     padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)])
-    return jnp.stack([padded[..., i:i + height, j:j + width] for i in range(3) for j in range(3)], axis=-3)
-
-
-def conv_densities(x: Array, a: Array, dt: float, mu: float) -> LayerParams:
-    """dL/dkappa~_{o,c,p} = sum_j a_{o,j} x_{c,j+p} / dt (eq 77), dL/db~_o = sum_j a_{o,j} / dt (eq 78), eq 71."""
-    channels = x.shape[-3]
-    kernel = jnp.einsum("...ohw,...cphw->ocp", a, shifted_patches(x)).reshape(a.shape[-3], channels, 3, 3)
+    kernel = jnp.stack([jnp.einsum("...ohw,...chw->oc", a, padded[..., i:i + height, j:j + width])
+                        for i in range(3) for j in range(3)], axis=-1)
     bias = jnp.sum(a, axis=tuple(i for i in range(a.ndim) if i != a.ndim - 3))
-    return LayerParams(kernel / dt, bias / dt, -jnp.sum(a * odd_power(x, mu)) / dt)
+    return LayerParams(kernel.reshape(*kernel.shape[:2], 3, 3) / dt, bias / dt, -jnp.sum(a * odd_power(x, mu)) / dt)
 
 
 class FieldOps(NamedTuple):
@@ -178,13 +176,14 @@ def forward_grid(horizon: float, layers: int, solver: SolverConfig, gradient: Gr
     return layer_grid(0.0, horizon, layers)
 
 
-def euler_backward(field: eqx.Module, xs: Array, cts: Array, *, layers: int, steps_per_layer: int
-                   ) -> tuple[Array, LayerParams, Array]:
+def euler_backward(field: eqx.Module, xs: Array, cts: Array, *, layers: int, steps_per_layer: int,
+                   keep_adjoints: bool = False) -> tuple[Array, LayerParams, Array | None]:
     """Discrete adjoint of forward Euler (eq 112, with s = steps_per_layer steps of h = dt/s per layer).
 
     xs, cts: (K+1, ...) states x_k at every step and the cotangents of the loss w.r.t. them.
     a_k = a_{k+1} + h (a_{k+1} dF/dx)(x_k) + ct_k; dL/dq_l = h sum_{k in layer l} (a_{k+1} dF/dq)(x_k).
-    Returns a(0), the per-layer gradients (L, ...) and the adjoints at every step (K+1, ...).
+    Returns a(0), the per-layer gradients (L, ...) and, if `keep_adjoints`, the adjoints at every step (K+1, ...)
+    (not kept in training: they would cost one state per step of memory).
     """
     ops, dt, mu = field_ops(field), field.dt, field.mu
     h = dt / steps_per_layer
@@ -195,11 +194,11 @@ def euler_backward(field: eqx.Module, xs: Array, cts: Array, *, layers: int, ste
         p = layer_params(field, k // steps_per_layer)
         grads = jax.tree_util.tree_map(lambda g: h * g, ops.densities(x, a_next, dt, mu))
         a = a_next + h * ops.adjoint(p, x, a_next, dt, mu) + ct
-        return a, (grads, a)
+        return a, (grads, a if keep_adjoints else None)
 
     a0, (grads, adjoints) = lax.scan(step, cts[-1], (xs[:-1], cts[:-1], jnp.arange(steps)), reverse=True)
     per_layer = jax.tree_util.tree_map(lambda g: jnp.sum(g.reshape(layers, steps_per_layer, *g.shape[1:]), 1), grads)
-    return a0, per_layer, jnp.concatenate([adjoints, cts[-1:]])
+    return a0, per_layer, _with_final(adjoints, cts)
 
 
 def _backward_solver(solver: SolverConfig, gradient: GradientConfig) -> tuple[diffrax.AbstractSolver, bool]:
@@ -208,13 +207,19 @@ def _backward_solver(solver: SolverConfig, gradient: GradientConfig) -> tuple[di
     return make_solver(gradient.adjoint_method or solver.method)
 
 
+def _with_final(adjoints: Array | None, cts: Array) -> Array | None:
+    return None if adjoints is None else jnp.concatenate([adjoints, cts[-1:]])
+
+
 def continuous_backward(field: eqx.Module, xs: Array, cts: Array, *, horizon: float, layers: int,
-                        solver: SolverConfig, gradient: GradientConfig) -> tuple[Array, LayerParams, Array]:
+                        solver: SolverConfig, gradient: GradientConfig, keep_adjoints: bool = False
+                        ) -> tuple[Array, LayerParams, Array | None]:
     """The continuous adjoint (eqs 62/63/76) and gradient integrals (eqs 65, 66, 71, 77, 78), layer by layer.
 
     xs, cts: (L+1, ...) states at the layer boundaries and the loss cotangents there. On layer l, the system
     dx/dt = F, da/dt = -a dF/dx, dG/dt = -a dF/dq (G: the integral of the density from t to t_{l+1}) is solved
-    with diffrax from t_{l+1} (x = xs[l+1], a, G = 0) down to t_l. Returns a(0), per-layer gradients, a(t_l).
+    with diffrax from t_{l+1} (x = xs[l+1], a, G = 0) down to t_l. Returns a(0), per-layer gradients and, if
+    `keep_adjoints`, a(t_l).
     """
     ops, dt, mu = field_ops(field), field.dt, field.mu
     method, adaptive = _backward_solver(solver, gradient)
@@ -245,20 +250,22 @@ def continuous_backward(field: eqx.Module, xs: Array, cts: Array, *, horizon: fl
                                   adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=1))
         _, a_start, grads = jax.tree_util.tree_map(lambda y: y[-1], sol.ys)
         a_start = a_start + ct
-        return a_start, (grads, a_start)
+        return a_start, (grads, a_start if keep_adjoints else None)
 
     inputs = (xs[1:], cts[:-1], jnp.arange(layers), jnp.asarray(layer_points, dtype=xs.dtype))
     a0, (per_layer, adjoints) = lax.scan(layer, cts[-1], inputs, reverse=True)
-    return a0, per_layer, jnp.concatenate([adjoints, cts[-1:]])
+    return a0, per_layer, _with_final(adjoints, cts)
 
 
 def backward(field: eqx.Module, xs: Array, cts: Array, *, horizon: float, layers: int, solver: SolverConfig,
-             gradient: GradientConfig) -> tuple[Array, LayerParams, Array]:
-    """a(0), per-layer parameter gradients and the adjoint on the stored grid (see `forward_grid`)."""
+             gradient: GradientConfig, keep_adjoints: bool = False) -> tuple[Array, LayerParams, Array | None]:
+    """a(0), per-layer parameter gradients and (if `keep_adjoints`) the adjoint on the stored grid (`forward_grid`)."""
     _check_layers(field, layers)
     if uses_discrete_adjoint(solver, gradient):
-        return euler_backward(field, xs, cts, layers=layers, steps_per_layer=solver.steps_per_layer)
-    return continuous_backward(field, xs, cts, horizon=horizon, layers=layers, solver=solver, gradient=gradient)
+        return euler_backward(field, xs, cts, layers=layers, steps_per_layer=solver.steps_per_layer,
+                              keep_adjoints=keep_adjoints)
+    return continuous_backward(field, xs, cts, horizon=horizon, layers=layers, solver=solver, gradient=gradient,
+                               keep_adjoints=keep_adjoints)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,5 +341,6 @@ def adjoint_on_grid(field: eqx.Module, x0: Array, loss: Callable[[Array], Array]
     sol = _forward(field, x0, horizon, layers, solver, gradient)
     xs = sol.ys
     cts = jnp.zeros_like(xs).at[-1].set(jax.grad(loss)(xs[-1]))
-    _, _, adjoints = backward(field, xs, cts, horizon=horizon, layers=layers, solver=solver, gradient=gradient)
+    _, _, adjoints = backward(field, xs, cts, horizon=horizon, layers=layers, solver=solver, gradient=gradient,
+                              keep_adjoints=True)
     return sol.ts, xs, adjoints
