@@ -176,12 +176,12 @@ def forward_grid(horizon: float, layers: int, solver: SolverConfig, gradient: Gr
     return layer_grid(0.0, horizon, layers)
 
 
-def euler_backward(field: eqx.Module, xs: Array, cts: Array, *, layers: int, steps_per_layer: int,
+def euler_backward(field: eqx.Module, xs: Array, a_final: Array, *, layers: int, steps_per_layer: int,
                    keep_adjoints: bool = False) -> tuple[Array, LayerParams, Array | None]:
     """Discrete adjoint of forward Euler (eq 112, with s = steps_per_layer steps of h = dt/s per layer).
 
-    xs, cts: (K+1, ...) states x_k at every step and the cotangents of the loss w.r.t. them.
-    a_k = a_{k+1} + h (a_{k+1} dF/dx)(x_k) + ct_k; dL/dq_l = h sum_{k in layer l} (a_{k+1} dF/dq)(x_k).
+    xs: (K+1, ...) states x_k at every step; a_final = dL/dx(T) (eq 10).
+    a_k = a_{k+1} + h (a_{k+1} dF/dx)(x_k); dL/dq_l = h sum_{k in layer l} (a_{k+1} dF/dq)(x_k).
     Returns a(0), the per-layer gradients (L, ...) and, if `keep_adjoints`, the adjoints at every step (K+1, ...)
     (not kept in training: they would cost one state per step of memory).
     """
@@ -189,16 +189,16 @@ def euler_backward(field: eqx.Module, xs: Array, cts: Array, *, layers: int, ste
     h = dt / steps_per_layer
     steps = xs.shape[0] - 1
 
-    def step(a_next: Array, inputs: tuple[Array, Array, Array]) -> tuple[Array, tuple[LayerParams, Array]]:
-        x, ct, k = inputs
+    def step(a_next: Array, k: Array) -> tuple[Array, tuple[LayerParams, Array | None]]:
+        x = xs[k]  # indexed, not sliced: no copy of the stored states
         p = layer_params(field, k // steps_per_layer)
         grads = jax.tree_util.tree_map(lambda g: h * g, ops.densities(x, a_next, dt, mu))
-        a = a_next + h * ops.adjoint(p, x, a_next, dt, mu) + ct
+        a = a_next + h * ops.adjoint(p, x, a_next, dt, mu)
         return a, (grads, a if keep_adjoints else None)
 
-    a0, (grads, adjoints) = lax.scan(step, cts[-1], (xs[:-1], cts[:-1], jnp.arange(steps)), reverse=True)
+    a0, (grads, adjoints) = lax.scan(step, a_final, jnp.arange(steps), reverse=True)
     per_layer = jax.tree_util.tree_map(lambda g: jnp.sum(g.reshape(layers, steps_per_layer, *g.shape[1:]), 1), grads)
-    return a0, per_layer, _with_final(adjoints, cts)
+    return a0, per_layer, _with_final(adjoints, a_final)
 
 
 def _backward_solver(solver: SolverConfig, gradient: GradientConfig) -> tuple[diffrax.AbstractSolver, bool]:
@@ -207,16 +207,16 @@ def _backward_solver(solver: SolverConfig, gradient: GradientConfig) -> tuple[di
     return make_solver(gradient.adjoint_method or solver.method)
 
 
-def _with_final(adjoints: Array | None, cts: Array) -> Array | None:
-    return None if adjoints is None else jnp.concatenate([adjoints, cts[-1:]])
+def _with_final(adjoints: Array | None, a_final: Array) -> Array | None:
+    return None if adjoints is None else jnp.concatenate([adjoints, a_final[None]])
 
 
-def continuous_backward(field: eqx.Module, xs: Array, cts: Array, *, horizon: float, layers: int,
+def continuous_backward(field: eqx.Module, xs: Array, a_final: Array, *, horizon: float, layers: int,
                         solver: SolverConfig, gradient: GradientConfig, keep_adjoints: bool = False
                         ) -> tuple[Array, LayerParams, Array | None]:
     """The continuous adjoint (eqs 62/63/76) and gradient integrals (eqs 65, 66, 71, 77, 78), layer by layer.
 
-    xs, cts: (L+1, ...) states at the layer boundaries and the loss cotangents there. On layer l, the system
+    xs: (L+1, ...) states at the layer boundaries; a_final = dL/dx(T). On layer l, the system
     dx/dt = F, da/dt = -a dF/dx, dG/dt = -a dF/dq (G: the integral of the density from t to t_{l+1}) is solved
     with diffrax from t_{l+1} (x = xs[l+1], a, G = 0) down to t_l. Returns a(0), per-layer gradients and, if
     `keep_adjoints`, a(t_l).
@@ -235,8 +235,9 @@ def continuous_backward(field: eqx.Module, xs: Array, cts: Array, *, horizon: fl
         return (ops.forward(p, x, dt, mu), -ops.adjoint(p, x, a, dt, mu),
                 jax.tree_util.tree_map(jnp.negative, dens))
 
-    def layer(a_end: Array, inputs: tuple[Array, Array, Array, Array]) -> tuple[Array, tuple[LayerParams, Array]]:
-        x_end, ct, l, ts = inputs
+    def layer(a_end: Array, inputs: tuple[Array, Array]) -> tuple[Array, tuple[LayerParams, Array | None]]:
+        l, ts = inputs
+        x_end = xs[l + 1]
         p = layer_params(field, l)
         zero = jax.tree_util.tree_map(jnp.zeros_like, p)
         if adaptive:
@@ -249,22 +250,21 @@ def continuous_backward(field: eqx.Module, xs: Array, cts: Array, *, horizon: fl
                                   stepsize_controller=controller, max_steps=max_steps,
                                   adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=1))
         _, a_start, grads = jax.tree_util.tree_map(lambda y: y[-1], sol.ys)
-        a_start = a_start + ct
         return a_start, (grads, a_start if keep_adjoints else None)
 
-    inputs = (xs[1:], cts[:-1], jnp.arange(layers), jnp.asarray(layer_points, dtype=xs.dtype))
-    a0, (per_layer, adjoints) = lax.scan(layer, cts[-1], inputs, reverse=True)
-    return a0, per_layer, _with_final(adjoints, cts)
+    inputs = (jnp.arange(layers), jnp.asarray(layer_points, dtype=xs.dtype))
+    a0, (per_layer, adjoints) = lax.scan(layer, a_final, inputs, reverse=True)
+    return a0, per_layer, _with_final(adjoints, a_final)
 
 
-def backward(field: eqx.Module, xs: Array, cts: Array, *, horizon: float, layers: int, solver: SolverConfig,
+def backward(field: eqx.Module, xs: Array, a_final: Array, *, horizon: float, layers: int, solver: SolverConfig,
              gradient: GradientConfig, keep_adjoints: bool = False) -> tuple[Array, LayerParams, Array | None]:
     """a(0), per-layer parameter gradients and (if `keep_adjoints`) the adjoint on the stored grid (`forward_grid`)."""
     _check_layers(field, layers)
     if uses_discrete_adjoint(solver, gradient):
-        return euler_backward(field, xs, cts, layers=layers, steps_per_layer=solver.steps_per_layer,
+        return euler_backward(field, xs, a_final, layers=layers, steps_per_layer=solver.steps_per_layer,
                               keep_adjoints=keep_adjoints)
-    return continuous_backward(field, xs, cts, horizon=horizon, layers=layers, solver=solver, gradient=gradient,
+    return continuous_backward(field, xs, a_final, horizon=horizon, layers=layers, solver=solver, gradient=gradient,
                                keep_adjoints=keep_adjoints)
 
 
@@ -285,7 +285,12 @@ def _forward(field: eqx.Module, x0: Array, horizon: float, layers: int, solver: 
 def _solve_stored(vjp_arg: tuple[eqx.Module, Array], horizon: float, layers: int, solver: SolverConfig,
                   gradient: GradientConfig) -> diffrax.Solution:
     field, x0 = vjp_arg
-    return _forward(field, x0, horizon, layers, solver, gradient)
+    return _final_only(_forward(field, x0, horizon, layers, solver, gradient))
+
+
+def _final_only(sol: diffrax.Solution) -> diffrax.Solution:
+    """The Solution with only its last saved time (x(T)), as `solve` returns for SaveAt(t1=True)."""
+    return eqx.tree_at(lambda s: (s.ts, s.ys), sol, (sol.ts[-1:], sol.ys[-1:]))
 
 
 @_solve_stored.def_fwd
@@ -294,7 +299,7 @@ def _solve_stored_fwd(perturbed: Any, vjp_arg: tuple[eqx.Module, Array], horizon
     del perturbed
     field, x0 = vjp_arg
     sol = _forward(field, x0, horizon, layers, solver, gradient)
-    return sol, sol.ys
+    return _final_only(sol), sol.ys
 
 
 @_solve_stored.def_bwd
@@ -303,8 +308,8 @@ def _solve_stored_bwd(xs: Array, grad_obj: diffrax.Solution, perturbed: Any, vjp
                       ) -> tuple[eqx.Module, Array]:
     del perturbed
     field, _ = vjp_arg
-    cts = grad_obj.ys if grad_obj.ys is not None else jnp.zeros_like(xs)
-    a0, per_layer, _ = backward(field, xs, cts, horizon=horizon, layers=layers, solver=solver, gradient=gradient)
+    a_final = grad_obj.ys[-1] if grad_obj.ys is not None else jnp.zeros_like(xs[-1])
+    a0, per_layer, _ = backward(field, xs, a_final, horizon=horizon, layers=layers, solver=solver, gradient=gradient)
     return fold_gradients(field, per_layer), a0
 
 
@@ -321,8 +326,7 @@ def solve_analytic(field: eqx.Module, x0: Array, *, horizon: float, layers: int,
 
         return solve(field, x0, horizon=horizon, layers=layers, solver=solver, gradient=GradientConfig(),
                      saveat=saveat)
-    sol = _solve_stored((field, x0), horizon, layers, solver, gradient)
-    return eqx.tree_at(lambda s: (s.ts, s.ys), sol, (sol.ts[-1:], sol.ys[-1:]))
+    return _solve_stored((field, x0), horizon, layers, solver, gradient)
 
 
 def _is_t1_only(saveat: diffrax.SaveAt) -> bool:
@@ -340,7 +344,6 @@ def adjoint_on_grid(field: eqx.Module, x0: Array, loss: Callable[[Array], Array]
     _check_layers(field, layers)
     sol = _forward(field, x0, horizon, layers, solver, gradient)
     xs = sol.ys
-    cts = jnp.zeros_like(xs).at[-1].set(jax.grad(loss)(xs[-1]))
-    _, _, adjoints = backward(field, xs, cts, horizon=horizon, layers=layers, solver=solver, gradient=gradient,
+    _, _, adjoints = backward(field, xs, jax.grad(loss)(xs[-1]), horizon=horizon, layers=layers, solver=solver, gradient=gradient,
                               keep_adjoints=True)
     return sol.ts, xs, adjoints
