@@ -14,6 +14,7 @@ import diffrax
 import numpy as np
 
 from ode_nets.config import GradientConfig, SolverConfig
+from ode_nets.solvers.layer_steps import LayerSteps
 
 
 def make_adjoint(gradient: GradientConfig, solver: SolverConfig, *, step_ts: np.ndarray, forward_adaptive: bool,
@@ -41,14 +42,17 @@ def backsolve_adjoint(gradient: GradientConfig, solver: SolverConfig, *, step_ts
     A fixed-step backward solver steps back over the forward grid (see `backward_grid`); an adaptive one uses a PID
     controller with `adjoint_rtol`/`adjoint_atol` (default: the forward tolerances).
     """
-    from ode_nets.solve import make_solver  # local import: solve.py imports this module
+    from ode_nets.solve import MULTISTAGE_FIXED, make_solver  # local import: solve.py imports this module
 
-    backward, adaptive = make_solver(gradient.adjoint_method or solver.method)
+    method = gradient.adjoint_method or solver.method
+    backward, adaptive = make_solver(method)
     if adaptive:
         controller = diffrax.PIDController(rtol=gradient.adjoint_rtol or solver.rtol,
                                            atol=gradient.adjoint_atol or solver.atol)
         if jump_ts is not None:
             controller = diffrax.ClipStepSizeController(controller, jump_ts=jump_ts)
+    elif jump_ts is not None and method in MULTISTAGE_FIXED:  # stages at both ends: split one-sidedly at the jumps
+        controller = LayerSteps.over(step_ts[::-1].copy(), jump_ts)
     else:
         controller = diffrax.StepTo(ts=backward_grid(step_ts))
     return diffrax.BacksolveAdjoint(solver=backward, stepsize_controller=controller)

@@ -20,6 +20,7 @@ from ode_nets.config import GradientConfig, SolverConfig
 from ode_nets.fields.time_params import PiecewiseConstant, layer_grid
 from ode_nets.gradients import make_adjoint
 from ode_nets.solvers import AdamsBashforth3, TwoStepLM, Verlet, reversible_solve
+from ode_nets.solvers.layer_steps import LayerSteps
 
 # name -> (constructor, adaptive?)
 SOLVERS: dict[str, tuple[Callable[[], diffrax.AbstractSolver], bool]] = {
@@ -35,6 +36,20 @@ SOLVERS: dict[str, tuple[Callable[[], diffrax.AbstractSolver], bool]] = {
     "ab3": (AdamsBashforth3, False),
     "lm2": (TwoStepLM, False),  # Ruseckas eq 111; k_l live in the field (models.build_model wraps it)
 }
+# Fixed-step Runge-Kutta methods with stages after the step start: with parameter jumps they step with
+# `LayerSteps` (each step ends one ulp before the next layer), so no stage reads the next layer's parameters.
+MULTISTAGE_FIXED = ("heun", "midpoint", "ralston")
+
+
+def fixed_step_controller(method: str, step_ts: np.ndarray,
+                          jump_ts: np.ndarray | None) -> diffrax.AbstractStepSizeController:
+    """Steps on `step_ts` (either direction): `StepTo`, or `LayerSteps` for multi-stage methods with jumps.
+
+    Euler keeps exact `StepTo` steps, so its solve stays bit-identical to the residual network (eq 109).
+    """
+    if jump_ts is not None and method in MULTISTAGE_FIXED:
+        return LayerSteps.over(step_ts, jump_ts)
+    return diffrax.StepTo(ts=step_ts)
 
 
 def make_solver(method: str) -> tuple[diffrax.AbstractSolver, bool]:
@@ -87,7 +102,7 @@ def solve(field: eqx.Module, x0: PyTree[Array], *, horizon: float, layers: int, 
             controller = diffrax.ClipStepSizeController(controller, jump_ts=jump_ts)
         dt0, max_steps = None, solver.max_steps  # diffrax picks the first step (Hairer's heuristic)
     else:
-        controller, dt0, max_steps = diffrax.StepTo(ts=step_ts), None, len(step_ts) - 1
+        controller, dt0, max_steps = fixed_step_controller(solver.method, step_ts, jump_ts), None, len(step_ts) - 1
     adjoint = make_adjoint(gradient, solver, step_ts=step_ts, forward_adaptive=adaptive, jump_ts=jump_ts)
     return diffrax.diffeqsolve(diffrax.ODETerm(field), method, 0.0, horizon, dt0, x0, args=args, saveat=saveat,
                                stepsize_controller=controller, adjoint=adjoint, max_steps=max_steps)
