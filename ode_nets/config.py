@@ -161,6 +161,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     eval_batch_size: int = 1000
+    eval_train_examples: Optional[int] = None  # per-epoch train metrics on the first N training examples (null: all)
     log_every: int = 10  # steps between metric lines
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end of each epoch)
     keep_checkpoints: int = 3
@@ -174,6 +175,8 @@ class TrainConfig:
         _require(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
         _require(self.batch_size > 0, "train.batch_size", f"must be > 0, got {self.batch_size}")
         _require(self.eval_batch_size > 0, "train.eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
+        _require(self.eval_train_examples is None or self.eval_train_examples > 0, "train.eval_train_examples",
+                 f"must be > 0 or null, got {self.eval_train_examples}")
         _require(self.log_every > 0, "train.log_every", f"must be > 0, got {self.log_every}")
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         _require(self.keep_checkpoints > 0, "train.keep_checkpoints", f"must be > 0, got {self.keep_checkpoints}")

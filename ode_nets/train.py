@@ -302,7 +302,10 @@ def finish(run: Run, model: ODENet, n_params: int, wall_time: float) -> dict:
 
 def _split_metrics(model: ODENet, dataset: Dataset, cfg: Config) -> dict[str, float]:
     out = {}
-    for name, split in (("train", dataset.train), ("validation", dataset.validation), ("test", dataset.test)):
+    train = dataset.train
+    if cfg.train.eval_train_examples is not None and cfg.train.eval_train_examples < len(train):
+        train = Split(train.x[:cfg.train.eval_train_examples], train.y[:cfg.train.eval_train_examples])
+    for name, split in (("train", train), ("validation", dataset.validation), ("test", dataset.test)):
         if split is not None:
             m = evaluate(model, split, cfg.train.eval_batch_size)
             out[f"{name}_loss"], out[f"{name}_acc"] = m["loss"], m["acc"]

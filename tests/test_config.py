@@ -56,6 +56,7 @@ def test_wrong_type_names_key(tmp_path, data, key):
     ({"model": {"horizon": 0}}, "model.horizon"),
     ({"train": {"batch_size": 0}}, "train.batch_size"),
     ({"solver": {"rtol": -1e-3}}, "solver.rtol"),
+    ({"train": {"eval_train_examples": 0}}, "train.eval_train_examples"),
 ])
 def test_impossible_values_name_key(tmp_path, data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:

@@ -61,6 +61,21 @@ def test_short_training_lowers_the_loss(tmp_path, strategy, solver):
     assert (tmp_path / "run" / "model.eqx").is_file() and (tmp_path / "run" / "results.json").is_file()
 
 
+def test_eval_train_examples_limits_the_train_metrics(tmp_path):
+    """train.eval_train_examples: per-epoch train metrics on the first N examples, equal to evaluating them directly."""
+    from ode_nets.data import Split
+    from ode_nets.train import _split_metrics, evaluate
+
+    cfg = load_config(CIRCLES_CFG, ["train.eval_train_examples=7", "model.init=normal"])
+    run = build_run(cfg, tmp_path)
+    metrics = _split_metrics(run.model, run.dataset, cfg)
+    first = evaluate(run.model, Split(run.dataset.train.x[:7], run.dataset.train.y[:7]), 1000)
+    assert metrics["train_loss"] == pytest.approx(first["loss"]) and metrics["train_acc"] == pytest.approx(first["acc"])
+    assert metrics["train_acc"] * 7 == pytest.approx(round(metrics["train_acc"] * 7))  # a multiple of 1/7
+    everything = evaluate(run.model, run.dataset.train, 1000)
+    assert metrics["train_loss"] != pytest.approx(everything["loss"])
+
+
 def test_depth_is_a_loop_not_unrolled(tmp_path):
     """The traced training loss has the same size for L = 10 and L = 200: layers are a lax loop
     inside diffrax, so compile time does not grow with depth."""
