@@ -49,7 +49,7 @@ def test_batches_cover_every_example_once_and_pad_the_last():
                                              ("optimize_then_discretize", "tsit5")])
 def test_short_training_lowers_the_loss(tmp_path, strategy, solver):
     cfg = load_config(CONFIGS / "circles_model2.yaml",
-                      ["train.epochs=12", "train.log_every=5", "optim.schedule=constant", "optim.learning_rate=0.5",
+                      ["train.epochs=12", "train.log_every=5", "optim.schedule=constant", "optim.learning_rate=0.2",
                        f"gradient.strategy={strategy}", f"solver.method={solver}"])
     prepare_folder(tmp_path / "run", cfg, overwrite=False, resume=False)
     results = fit(build_run(cfg, tmp_path / "run"), progress=False)
