@@ -83,6 +83,19 @@ class ODENet(eqx.Module):
         return self.solve(x, diffrax.SaveAt(ts=ts)).ys
 
 
+def project_parameters(model: ODENet) -> ODENet:
+    """Keep a learned gamma~ >= 0 (projected gradient step, applied after every optimizer update).
+
+    gamma > 0 makes -gamma x^3 a damping (eq 52, as `model.gamma` requires); a negative learned gamma~
+    turns it into growth that blows up in finite time (seen on MNIST: gamma~ drifted to -3.5e-5 and the
+    state overflowed within 5 layers once |x| ~ 100). A fixed gamma (a Python float) is left alone.
+    """
+    gamma = getattr(model.field, "gamma", None)
+    if not eqx.is_array(gamma):
+        return model
+    return eqx.tree_at(lambda m: m.field.gamma, model, jnp.maximum(gamma, 0.0))
+
+
 def build_model(model: ModelConfig, solver: SolverConfig, gradient: GradientConfig, input_shape: tuple[int, ...],
                 num_classes: int, key: PRNGKeyArray) -> ODENet:
     """An ODENet for inputs of `input_shape` (no batch axis)."""

@@ -24,7 +24,7 @@ from ode_nets import checkpoint as ckpt
 from ode_nets.config import Config, OptimConfig, save_config
 from ode_nets.data import Dataset, Split, batch_indices, check_finite, load_dataset, num_batches
 from ode_nets.losses import accuracy, cross_entropy, smoothness
-from ode_nets.models import ODENet, build_model, count_parameters
+from ode_nets.models import ODENet, build_model, count_parameters, project_parameters
 
 
 class TrainingError(RuntimeError):
@@ -73,10 +73,13 @@ def loss_fn(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array, lam: flo
 @eqx.filter_jit
 def train_step(optimizer: optax.GradientTransformation, model: ODENet, opt_state: Any, x: jax.Array, y: jax.Array,
                mask: jax.Array, lam: float) -> tuple[ODENet, Any, dict]:
-    """One SGD step. A non-finite loss or gradient leaves model and optimizer state unchanged (`ok` = False)."""
+    """One optimizer step (then gamma~ >= 0, `project_parameters`).
+
+    A non-finite loss or gradient leaves model and optimizer state unchanged (`ok` = False).
+    """
     (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, x, y, mask, lam)
     updates, new_opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-    new_model = eqx.apply_updates(model, updates)
+    new_model = project_parameters(eqx.apply_updates(model, updates))
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731

@@ -10,7 +10,7 @@ import pytest
 from ode_nets.config import load_config
 from ode_nets.data import batch_indices
 from ode_nets.losses import smoothness
-from ode_nets.models import count_parameters
+from ode_nets.models import count_parameters, project_parameters
 from ode_nets.train import build_run, fit, prepare_folder
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -59,6 +59,24 @@ def test_short_training_lowers_the_loss(tmp_path, strategy, solver):
     assert evals[-1]["train_loss"] < 0.9 * np.log(2)
     assert results["parameters"] == 240
     assert (tmp_path / "run" / "model.eqx").is_file() and (tmp_path / "run" / "results.json").is_file()
+
+
+def test_learned_gamma_is_kept_nonnegative(tmp_path):
+    """An update that would make gamma~ negative (cubic growth, finite-time blow-up) stops at gamma~ = 0."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import optax
+
+    from ode_nets.train import train_step
+
+    run = build_run(load_config(CONFIGS / "circles_model1.yaml", ["model.gamma=0.3"]), tmp_path)
+    push_down = optax.stateless(lambda updates, params: jax.tree_util.tree_map(lambda u: -jnp.ones_like(u), updates))
+    x, y = jnp.asarray(run.dataset.train.x[:8]), jnp.asarray(run.dataset.train.y[:8])
+    model, _, metrics = train_step(push_down, run.model, push_down.init(None), x, y, jnp.ones(8), 1.0)
+    assert bool(metrics["ok"]) and float(model.field.gamma) == 0.0
+    assert np.all(np.asarray(model.field.w.values) == -1.0)  # the other parameters took the full step
+    fixed = build_run(load_config(CONFIGS / "circles_model2.yaml"), tmp_path / "fixed").model
+    assert eqx.tree_equal(project_parameters(fixed), fixed)  # a fixed gamma (a float) is not touched
 
 
 def test_eval_train_examples_limits_the_train_metrics(tmp_path):
