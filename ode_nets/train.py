@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import yaml
 from tqdm.auto import tqdm
 
 from ode_nets import checkpoint as ckpt
@@ -172,6 +173,36 @@ def prepare_folder(folder: Path, config: Config, *, overwrite: bool, resume: boo
     save_config(config, folder / "config.yaml")
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def record_resume(folder: Path, config: Config) -> None:
+    """On `--resume` with overrides: save the new config.yaml and log what changed to `resumes.jsonl`.
+
+    The run folder then always holds the config that is running, and the history of changes (with the
+    checkpoint step each took effect from) stays readable next to it.
+    """
+    from ode_nets.config import load_config, to_dict
+
+    old, new = _flat(to_dict(load_config(folder / "config.yaml"))), _flat(to_dict(config))
+    changed = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
+    if not changed:
+        return
+    checkpoints = ckpt.list_checkpoints(folder / "checkpoints")
+    step = int(checkpoints[-1].stem.split("-")[1]) if checkpoints else None
+    with (folder / "resumes.jsonl").open("a") as f:
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": step, "changed": changed}) + "\n")
+    ckpt.atomic_write_bytes(folder / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
+
+
 def resume_config(folder: Path, overrides: list[str]) -> Config:
     """The config saved in a run folder (plus overrides), for `--resume`."""
     from ode_nets.config import load_config
@@ -216,6 +247,7 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
     if resume:
         state, position = ckpt.load_latest(folder / "checkpoints", _train_state(model, opt_state, key))
         model, opt_state, key = state["model"], state["opt_state"], state["key"]
+        record_resume(folder, cfg)  # only once the checkpoint has loaded: a failed resume changes nothing
     mesh = None
     if cfg.train.devices > 1:  # data parallel: batch axis sharded, parameters replicated (ode_nets.parallel)
         from ode_nets import parallel

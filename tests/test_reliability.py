@@ -143,6 +143,21 @@ def test_corrupt_checkpoint_is_reported_and_not_overwritten(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
+def test_resume_with_overrides_records_the_change(tmp_path, capsys):
+    folder = tmp_path / "run"
+    cfg = load_config(CIRCLES, QUICK)
+    prepare_folder(folder, cfg, overwrite=False, resume=False)
+    fit(build_run(cfg, folder), progress=False)
+    code, _ = train_cli(["--resume", str(folder), "--no-progress", "--no-plots", "train.epochs=4",
+                         "optim.learning_rate=0.05"], capsys)
+    assert code == 0
+    record = json.loads((folder / "resumes.jsonl").read_text())
+    assert record["from_step"] == 30
+    assert record["changed"] == {"train.epochs": [3, 4], "optim.learning_rate": [0.1, 0.05]}
+    saved = load_config(folder / "config.yaml")
+    assert saved.train.epochs == 4 and saved.optim.learning_rate == 0.05
+
+
 def test_resume_without_checkpoints(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     code, err = train_cli(["--resume", str(tmp_path / "run")], capsys)
