@@ -77,6 +77,7 @@ class BenchConfig:
     threads: Optional[int] = None  # torch threads (null: os.cpu_count(), what XLA's CPU client uses)
     seed: int = 0
     out_dir: str = "runs/bench"
+    conv_impl: Optional[str] = None  # mnist_conv: model.conv_impl of the cases (null: the schema's default)
     conv_probe: bool = False  # also time 20 3x3 convs inside a lax.scan vs unrolled (mnist_conv; see conv_loop_probe)
 
     def __post_init__(self) -> None:
@@ -98,6 +99,7 @@ class BenchConfig:
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(not self.peer or self.model == "mnist_conv", "peer", "the torchdiffeq peer exists for mnist_conv only")
         need(not self.conv_probe or self.model == "mnist_conv", "conv_probe", "needs model: mnist_conv")
+        need(self.conv_impl is None or self.model == "mnist_conv", "conv_impl", "needs model: mnist_conv")
         need(self.threads is None or self.threads > 0, "threads", f"must be > 0 or null, got {self.threads}")
         for i, g in enumerate(self.gradient_cases()):
             # validated by the experiment schema, so errors name the real key
@@ -142,7 +144,8 @@ def experiment_config(bench: BenchConfig, layers: int, batch_size: int, gradient
                       source: str = "bench") -> Config:
     """The experiment `Config` of one case (validated by the experiment schema)."""
     preset = PRESETS[bench.model]
-    data = {"name": bench.name, "seed": bench.seed, "model": {**preset["model"], "layers": layers},
+    impl = {} if bench.conv_impl is None else {"conv_impl": bench.conv_impl}  # validated by the schema
+    data = {"name": bench.name, "seed": bench.seed, "model": {**preset["model"], **impl, "layers": layers},
             "solver": {"method": bench.solver}, "gradient": dataclasses.asdict(gradient),
             "loss": {"smoothness": bench.smoothness}, "train": {"batch_size": batch_size}}
     return from_dict(data, source)

@@ -33,10 +33,17 @@ def small_model(bench, layers, batch, gradient):
     ({"gradients": [{"strategy": "discretize_then_optimize", "checkpoints": 0}]}, "gradient.checkpoints"),
     ({"steps": 5}, "steps: must be >= 20"),
     ({"model": "circles_dense", "peer": True}, "peer"),
+    ({"conv_impl": "fft"}, "model.conv_impl: expected one of"),
+    ({"model": "circles_dense", "conv_impl": "xla"}, "conv_impl: needs model: mnist_conv"),
 ])
 def test_bench_config_errors_name_the_key(data, match):
     with pytest.raises(ConfigError, match=match):
         bench_from_dict(data)
+
+
+def test_conv_impl_reaches_the_cases():
+    bench = bench_from_dict({"conv_impl": "xla"})
+    assert experiment_config(bench, 20, 8, GradientCase()).model.conv_impl == "xla"
 
 
 def test_memory_grows_with_depth_only_when_every_step_is_stored():
