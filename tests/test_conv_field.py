@@ -69,6 +69,19 @@ def test_im2col_equals_lax_conv_with_gradients():
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("batch", [3, 8])  # 8: the kernel gradient is accumulated 4 images at a time
+def test_split_conv_gradients_equal_lax_conv_with_an_uneven_kernel(batch):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((batch, 10, 6, 5)))
+    kernel = jnp.asarray(rng.standard_normal((7, 10, 3, 3)))
+    weights = jnp.asarray(rng.standard_normal((batch, 7, 6, 5)))
+    loss = lambda f, xx, kk: jnp.sum(weights * f(xx, kk) ** 2)  # noqa: E731
+    g_split = jax.grad(lambda xx, kk: loss(_CONV_IMPLS["xla_split"], xx, kk), argnums=(0, 1))(x, kernel)
+    g_ref = jax.grad(lambda xx, kk: loss(conv3x3_xla, xx, kk), argnums=(0, 1))(x, kernel)
+    for a, b in zip(g_split, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
 def random_model(cfg, input_shape, key, scale=0.05):
     """A paper-config model with random (non-zero) scaled parameters and gamma~ = 0.02."""
     model = build_model(cfg.model, cfg.solver, cfg.gradient, input_shape, 10, jax.random.PRNGKey(0))

@@ -103,7 +103,68 @@ def conv3x3_im2col_nhwc(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 
     return jnp.moveaxis(out, -1, 1).reshape((*x.shape[:-3], out_channels, height, width))
 
 
-_CONV_IMPLS = {"xla": conv3x3_xla, "im2col": conv3x3_im2col, "im2col_nhwc": conv3x3_im2col_nhwc}
+def _conv_nhwc(x: Float[Array, "B H W C"], kernel: Float[Array, "3 3 C O"]) -> Float[Array, "B H W O"]:
+    return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _patches_nhwc(x: Float[Array, "B H W C"]) -> Float[Array, "BHW 9C"]:
+    """The 9 shifted copies of the zero-padded image side by side, columns ordered (i, j, c)."""
+    height, width = x.shape[1:3]
+    padded = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    patches = jnp.concatenate([padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)], axis=-1)
+    return patches.reshape(-1, patches.shape[-1])
+
+
+@jax.custom_vjp
+def conv3x3_nhwc_split(x: Float[Array, "B H W C"], kernel: Float[Array, "3 3 C O"]) -> Float[Array, "B H W O"]:
+    """NHWC 3x3 cross-correlation whose gradient avoids XLA's slow kernel-gradient convolution."""
+    return _conv_nhwc(x, kernel)
+
+
+def _conv_split_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return _conv_nhwc(x, kernel), (x, kernel)
+
+
+def _conv_split_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    """Input gradient: the transposed conv (flipped kernel, in/out swapped); kernel gradient: patches^T g."""
+    x, kernel = res
+    dx = _conv_nhwc(g, jnp.swapaxes(kernel[::-1, ::-1], 2, 3))
+    return dx, _kernel_gradient(x, g).reshape(kernel.shape)
+
+
+def _kernel_gradient(x: Float[Array, "B H W C"], g: Float[Array, "B H W O"], chunk: int = 4) -> Float[Array, "9C O"]:
+    """sum over pixels of patches(x)^T g, `chunk` images at a time so that the patches stay in cache."""
+    batch = x.shape[0]
+    if batch % chunk:
+        return _patches_nhwc(x).T @ g.reshape(-1, g.shape[-1])
+
+    def add_chunk(total: Array, xg: tuple[Array, Array]) -> tuple[Array, None]:
+        xc, gc = xg
+        return total + _patches_nhwc(xc).T @ gc.reshape(-1, gc.shape[-1]), None
+
+    split = lambda a: a.reshape(batch // chunk, chunk, *a.shape[1:])  # noqa: E731
+    zeros = jnp.zeros((9 * x.shape[-1], g.shape[-1]), x.dtype)
+    return lax.scan(add_chunk, zeros, (split(x), split(g)))[0]
+
+
+conv3x3_nhwc_split.defvjp(_conv_split_fwd, _conv_split_bwd)
+
+
+def conv3x3_xla_split(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... O H W"]:
+    """XLA's convolution in channels-last layout for the output and input gradient, im2col for the kernel gradient.
+
+    Inside a while loop (every diffrax solve) XLA's CPU layout assignment keeps the loop's NCHW layout and
+    its convolution is several times slower than in NHWC; its kernel-gradient convolution is slow in any
+    layout (docs/performance.md, profiling findings 1-2). Same cross-correlation as `conv3x3_xla`.
+    """
+    channels, height, width = x.shape[-3:]
+    nhwc = jnp.moveaxis(x.reshape((-1, channels, height, width)), 1, -1)
+    out = conv3x3_nhwc_split(nhwc, jnp.transpose(kernel, (2, 3, 1, 0)))
+    return jnp.moveaxis(out, -1, 1).reshape((*x.shape[:-3], kernel.shape[0], height, width))
+
+
+_CONV_IMPLS = {"xla": conv3x3_xla, "im2col": conv3x3_im2col, "im2col_nhwc": conv3x3_im2col_nhwc,
+               "xla_split": conv3x3_xla_split}
 
 
 class ConvCubicField(eqx.Module):
