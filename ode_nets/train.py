@@ -268,6 +268,7 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
     start = time.time()
     step = position.step
     done = step >= run.total_steps
+    skipped = 0  # consecutive batches skipped for a non-finite loss or gradient (train.skip_nonfinite)
     with interrupted:
         for epoch in range(position.epoch, cfg.train.epochs):
             if done:
@@ -291,9 +292,14 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
                                         f"{step}: the ODE became too stiff (large gamma~ x^2) for rtol = "
                                         f"{cfg.solver.rtol}; raise solver.max_steps or loosen the tolerances. "
                                         f"The last good state is checkpointed.") from None
-                if not bool(metrics["ok"]):  # the step kept the last good state: checkpoint it and stop
-                    save(ckpt.Position(step, epoch, i))
-                    raise TrainingError(_nonfinite_message(step, cfg, metrics))
+                if bool(metrics["ok"]):
+                    skipped = 0
+                else:  # the step kept the last good state: skip the batch, or checkpoint that state and stop
+                    skipped += 1
+                    if skipped > cfg.train.skip_nonfinite:
+                        save(ckpt.Position(step, epoch, i))
+                        raise TrainingError(_nonfinite_message(step, cfg, metrics, skipped))
+                    log.write({"kind": "skipped", "step": step, "epoch": epoch, "batch": i, **_floats(metrics)})
                 step += 1
                 window_examples += int(mask.sum())
                 if step % cfg.train.log_every == 0 or i == len(batches) + first_batch - 1:
@@ -351,12 +357,16 @@ def _floats(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k != "ok"}
 
 
-def _nonfinite_message(step: int, cfg: Config, metrics: dict) -> str:
+def _nonfinite_message(step: int, cfg: Config, metrics: dict, consecutive: int = 1) -> str:
     what = "loss" if not np.isfinite(float(metrics["loss"])) else "gradient"
     hint = ("the explicit step dt = T/L may be too large for the stiffness 3*gamma*x^2 of the cubic term "
             "(raise model.layers, lower optim.learning_rate, or set optim.clip_norm)")
     if cfg.solver.method not in ("euler", "heun", "midpoint", "ralston"):
         hint += "; with an adaptive solver, also check solver.max_steps and tolerances"
+    if cfg.train.skip_nonfinite:
+        hint += f" ({consecutive} consecutive batches, more than train.skip_nonfinite = {cfg.train.skip_nonfinite})"
+    else:
+        hint += "; train.skip_nonfinite=N skips up to N such batches in a row"
     return f"non-finite {what} at step {step} (epoch counted from 0): {hint}. The last good state is checkpointed."
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -173,6 +174,39 @@ def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(tmp_path, capsys):
     assert "non-finite" in err and "at step" in err
     checkpoints = list((folder / "checkpoints").glob("ckpt-*.eqx"))
     assert checkpoints and not (folder / "model.eqx").exists()
+
+
+def test_skip_nonfinite_stops_after_that_many_consecutive_batches(tmp_path, capsys):
+    folder = tmp_path / "run"
+    code, err = train_cli(["--config", str(CIRCLES), "--run-dir", str(folder), "--no-progress", "--no-plots",
+                           "optim.learning_rate=1e6", "optim.clip_norm=null", "optim.schedule=constant",
+                           "model.init=normal", "model.init_scale=1.0", "train.skip_nonfinite=2"], capsys)
+    assert code == 1 and "3 consecutive batches, more than train.skip_nonfinite = 2" in err
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if r["kind"] == "skipped"]
+    assert len(skipped) == 2 and skipped[1]["step"] == skipped[0]["step"] + 1
+
+
+def test_skip_nonfinite_skips_one_bad_batch_and_keeps_training(tmp_path, monkeypatch):
+    import ode_nets.train as train_module
+
+    real_step, calls = train_module.train_step, []
+
+    def one_bad_step(optimizer, model, opt_state, *args):
+        calls.append(1)
+        new_model, new_state, metrics = real_step(optimizer, model, opt_state, *args)
+        if len(calls) == 3:  # what train_step returns for a non-finite gradient: the old state, ok = False
+            return model, opt_state, {**metrics, "grad_norm": jnp.asarray(jnp.nan), "ok": jnp.asarray(False)}
+        return new_model, new_state, metrics
+
+    monkeypatch.setattr(train_module, "train_step", one_bad_step)
+    cfg = load_config(CIRCLES, ["train.epochs=2", "train.skip_nonfinite=1"])
+    folder = tmp_path / "run"
+    prepare_folder(folder, cfg, overwrite=False, resume=False)
+    fit(build_run(cfg, folder), progress=False)
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "skipped"] == [2]
+    assert (folder / "model.eqx").exists() and len(calls) == 20
 
 
 def test_adaptive_solver_max_steps_is_a_clear_error(tmp_path):

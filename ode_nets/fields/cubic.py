@@ -103,8 +103,14 @@ def conv3x3_im2col_nhwc(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 
     return jnp.moveaxis(out, -1, 1).reshape((*x.shape[:-3], out_channels, height, width))
 
 
-def _conv_nhwc(x: Float[Array, "B H W C"], kernel: Float[Array, "3 3 C O"]) -> Float[Array, "B H W O"]:
-    return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def _conv_nhwc(x: Float[Array, "B H W C"], kernel: Float[Array, "3 3 C O"], lanes: int = 8) -> Float[Array, "B H W O"]:
+    """XLA's 3x3 convolution, channels zero-padded to a multiple of `lanes` (10 -> 16 runs faster on the CPU)."""
+    channels, out_channels = kernel.shape[2:]
+    pad_in, pad_out = -channels % lanes, -out_channels % lanes
+    x = jnp.pad(x, [(0, 0)] * 3 + [(0, pad_in)])
+    kernel = jnp.pad(kernel, [(0, 0), (0, 0), (0, pad_in), (0, pad_out)])
+    out = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return out[..., :out_channels]
 
 
 def _patches_nhwc(x: Float[Array, "B H W C"]) -> Float[Array, "BHW 9C"]:
