@@ -46,7 +46,7 @@ class ModelConfig:
     readout: Readout = "softmax"
     width: int = 0  # hidden width for the resnet field (0: same as the state)
     activation: Literal["tanh", "relu", "identity"] = "tanh"
-    conv_impl: Literal["xla", "im2col", "im2col_nhwc", "xla_split"] = "im2col_nhwc"  # 3x3 conv, eq 72 (docs/mnist.md)
+    conv_impl: Literal["xla", "im2col", "im2col_nhwc", "xla_split"] = "xla_split"  # 3x3 conv, eq 72 (docs/performance.md)
 
     def __post_init__(self) -> None:
         _require(self.layers > 0, "model.layers", f"must be a positive number of layers, got {self.layers}")

@@ -87,19 +87,25 @@ def conv3x3_im2col(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 3"]
     return jnp.einsum("...cphw,ocp->...ohw", patches, kernel.reshape(out_channels, in_channels, 9))
 
 
+def _patches_nhwc(x: Float[Array, "B H W C"]) -> Float[Array, "BHW 9C"]:
+    """The 9 shifted copies of the zero-padded image side by side, columns ordered (i, j, c)."""
+    height, width = x.shape[1:3]
+    padded = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    patches = jnp.concatenate([padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)], axis=-1)
+    return patches.reshape(-1, patches.shape[-1])
+
+
 def conv3x3_im2col_nhwc(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... O H W"]:
     """The same cross-correlation in channels-last layout: one (B*H*W, 9C) x (9C, O) matmul.
 
-    The state is transposed to NHWC and back around the matmul; on the CPU this is the
-    fastest of the three (measurements in docs/mnist.md).
+    The state is transposed to NHWC and back around the matmul; faster than `xla` and `im2col` inside
+    a solve on the CPU, slower than `xla_split` (measurements in docs/mnist.md, docs/performance.md).
     """
     channels, height, width = x.shape[-3:]
     out_channels = kernel.shape[0]
     nhwc = jnp.moveaxis(x.reshape((-1, channels, height, width)), 1, -1)
-    padded = jnp.pad(nhwc, [(0, 0), (1, 1), (1, 1), (0, 0)])
-    patches = jnp.concatenate([padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)], axis=-1)
     matrix = jnp.transpose(kernel, (2, 3, 1, 0)).reshape(9 * channels, out_channels)  # rows ordered (i, j, c)
-    out = (patches.reshape(-1, 9 * channels) @ matrix).reshape((*nhwc.shape[:-1], out_channels))
+    out = (_patches_nhwc(nhwc) @ matrix).reshape((*nhwc.shape[:-1], out_channels))
     return jnp.moveaxis(out, -1, 1).reshape((*x.shape[:-3], out_channels, height, width))
 
 
@@ -111,14 +117,6 @@ def _conv_nhwc(x: Float[Array, "B H W C"], kernel: Float[Array, "3 3 C O"], lane
     kernel = jnp.pad(kernel, [(0, 0), (0, 0), (0, pad_in), (0, pad_out)])
     out = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return out[..., :out_channels]
-
-
-def _patches_nhwc(x: Float[Array, "B H W C"]) -> Float[Array, "BHW 9C"]:
-    """The 9 shifted copies of the zero-padded image side by side, columns ordered (i, j, c)."""
-    height, width = x.shape[1:3]
-    padded = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
-    patches = jnp.concatenate([padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)], axis=-1)
-    return patches.reshape(-1, patches.shape[-1])
 
 
 @jax.custom_vjp
@@ -184,7 +182,7 @@ class ConvCubicField(eqx.Module):
     gamma: Array | float
     dt: float = eqx.field(static=True)
     mu: float = eqx.field(static=True, default=3.0)
-    conv_impl: str = eqx.field(static=True, default="im2col_nhwc")
+    conv_impl: str = eqx.field(static=True, default="xla_split")
     feature_axis: ClassVar[int] = -3
 
     def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
