@@ -103,9 +103,11 @@ class LossConfig:
     """Loss = cross entropy + smoothness regulariser (eq 113)."""
 
     smoothness: float = 0.0  # lambda of eq 113
+    label_smoothing: float = 0.0  # training targets (1 - eps) one_hot + eps / K (bounds the logits; 0: off)
 
     def __post_init__(self) -> None:
         _require(self.smoothness >= 0, "loss.smoothness", f"must be >= 0 (lambda of eq 113), got {self.smoothness}")
+        _require(0 <= self.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass(frozen=True)

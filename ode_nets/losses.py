@@ -11,10 +11,18 @@ from jaxtyping import Array, Float, Int
 from ode_nets.fields.time_params import PiecewiseConstant, is_time_param
 
 
-def cross_entropy(logits: Float[Array, "B K"], labels: Int[Array, " B"], weights: Float[Array, " B"] | None = None
-                  ) -> Float[Array, ""]:
-    """Mean softmax cross entropy; `weights` (0/1) mask padded examples of a partial batch."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def cross_entropy(logits: Float[Array, "B K"], labels: Int[Array, " B"], weights: Float[Array, " B"] | None = None,
+                  label_smoothing: float = 0.0) -> Float[Array, ""]:
+    """Mean softmax cross entropy; `weights` (0/1) mask padded examples of a partial batch.
+
+    `label_smoothing` = eps trains against (1 - eps) one_hot + eps / K: the optimal logit margin is then
+    finite (log(1 + K (1 - eps) / eps)), so the loss stops rewarding ever larger activations.
+    """
+    if label_smoothing:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+        losses = optax.softmax_cross_entropy(logits, targets)
+    else:
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     if weights is None:
         return jnp.mean(losses)
     return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -53,6 +53,7 @@ def test_wrong_type_names_key(tmp_path, data, key):
     ({"model": {"layers": 0}}, "model.layers"),
     ({"model": {"layers": -3}}, "model.layers"),
     ({"loss": {"smoothness": -1.0}}, "loss.smoothness"),
+    ({"loss": {"label_smoothing": 1.0}}, "loss.label_smoothing"),
     ({"model": {"horizon": 0}}, "model.horizon"),
     ({"train": {"batch_size": 0}}, "train.batch_size"),
     ({"solver": {"rtol": -1e-3}}, "solver.rtol"),

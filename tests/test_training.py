@@ -9,7 +9,7 @@ import pytest
 
 from ode_nets.config import load_config
 from ode_nets.data import batch_indices
-from ode_nets.losses import smoothness
+from ode_nets.losses import cross_entropy, smoothness
 from ode_nets.models import count_parameters, project_parameters
 from ode_nets.train import build_run, fit, prepare_folder
 
@@ -35,6 +35,21 @@ def test_smoothness_is_eq113(tmp_path):
     w, b = np.asarray(field.w.values), np.asarray(field.b.values)
     expected = 0.5 * sum(np.sum((p[l] - p[l - 1]) ** 2) for p in (w, b) for l in range(1, len(p)))
     np.testing.assert_allclose(float(smoothness(field)), expected, rtol=1e-5)
+
+
+def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
+    logits = np.array([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], np.float32)
+    labels = np.array([0, 2])
+    eps = 0.3
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    targets = (1 - eps) * np.eye(3)[labels] + eps / 3
+    expected = -(targets * log_p).sum(-1).mean()
+    np.testing.assert_allclose(cross_entropy(logits, labels, label_smoothing=eps), expected, rtol=1e-6)
+    np.testing.assert_allclose(cross_entropy(logits, labels), -log_p[[0, 1], labels].mean(), rtol=1e-6)
+    # the smoothed loss is minimal at a finite margin log(1 + K (1 - eps) / eps), not at infinity
+    margins = np.linspace(0.0, 20.0, 2001, dtype=np.float32)
+    losses = [float(cross_entropy(np.array([[m, 0.0, 0.0]]), np.array([0]), label_smoothing=eps)) for m in margins]
+    np.testing.assert_allclose(margins[int(np.argmin(losses))], np.log(1 + 3 * (1 - eps) / eps), atol=0.01)
 
 
 def test_batches_cover_every_example_once_and_pad_the_last():
