@@ -22,11 +22,13 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class Position:
-    """Where training stands: global step, epoch, and batches already done in that epoch."""
+    """Where training stands: global step, epoch, batches already done in that epoch, and the
+    training wall time spent so far over all sessions of the run (seconds)."""
 
     step: int
     epoch: int
     batch: int
+    elapsed_s: float = 0.0  # absent in older position files
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -82,7 +82,7 @@ def plot_training_pair(folders: list[Path], labels: list[str], path: Path) -> Pa
 
 
 def summarize_runs(folders: list[Path], target_acc: float = 0.95) -> str:
-    """Markdown table of finished runs: strategy, final train/test accuracy, wall time per epoch, and the first
+    """Markdown table of runs (a run without results.json is listed as stopped): strategy, final train/test accuracy, wall time per epoch, and the first
     epoch whose test accuracy reaches `target_acc` (a training-speed measure for §2.5)."""
     from ode_nets.config import load_config
 
@@ -90,8 +90,13 @@ def summarize_runs(folders: list[Path], target_acc: float = 0.95) -> str:
              f"first epoch with test acc >= {target_acc:g} | final train CE |", "|" + "---|" * 9]
     for folder in map(Path, folders):
         config = load_config(folder / "config.yaml")
-        results = json.loads((folder / "results.json").read_text())
         records = read_metrics(folder)
+        if not (folder / "results.json").is_file():  # stopped (non-finite guard, interrupt): no final results
+            steps = [r["step"] for r in records if "step" in r]
+            lines.append(f"| {folder.name} | {config.gradient.strategy} | {config.model.time_dependent} | - | "
+                         f"stopped at step {max(steps, default=0)}, no results.json | - | - | - | - |")
+            continue
+        results = json.loads((folder / "results.json").read_text())
         evals = [r for r in records if r.get("kind") == "eval"]
         reached = next((r["epoch"] for r in evals if r.get("test_acc", 0.0) >= target_acc), None)
         final = evals[-1] if evals else {}

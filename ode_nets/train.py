@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,7 +263,11 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
           f"device {jax.devices()[0].device_kind}")
     lam = cfg.loss.smoothness
 
+    def elapsed() -> float:  # training wall time over all sessions of this run (resumes included)
+        return position.elapsed_s + time.time() - start
+
     def save(pos: ckpt.Position) -> None:
+        pos = dataclasses.replace(pos, elapsed_s=elapsed())
         ckpt.save_checkpoint(folder / "checkpoints", _train_state(model, opt_state, key), pos, cfg.train.keep_checkpoints)
 
     interrupted = _InterruptFlag()
@@ -328,11 +333,11 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
             print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
                                                       if isinstance(v, float)))
             save(ckpt.Position(step, epoch + 1, 0))
-    return finish(run, model, n_params, time.time() - start)
+    return finish(run, model, n_params, elapsed())
 
 
 def finish(run: Run, model: ODENet, n_params: int, wall_time: float) -> dict:
-    """Save the final model and `results.json`; returns the results."""
+    """Save the final model and `results.json` (`train_wall_time_s`: all sessions of the run); returns the results."""
     ckpt.atomic_save_tree(run.folder / "model.eqx", model)
     test = evaluate(model, run.dataset.test, run.config.train.eval_batch_size)
     results = {"name": run.config.name, "parameters": n_params, "test_acc": test["acc"], "test_loss": test["loss"],

@@ -91,3 +91,25 @@ def test_stability_matches_eq61_eigenvalues(x64):
     expected = [max(float(jnp.max(jnp.real(jnp.linalg.eigvals(field.jacobian(t, x))))) for x in xs[s])
                 for s, t in enumerate(ts)]
     assert np.allclose(np.asarray(stability(field, ts, xs)), expected, atol=1e-10)
+
+
+def test_run_summary_lists_finished_and_stopped_runs(tmp_path):
+    import json
+
+    from ode_nets.config import from_dict
+    from ode_nets.plotting_diagnostics import summarize_runs
+    from ode_nets.train import prepare_folder
+
+    cfg = from_dict({"name": "tiny", "train": {"epochs": 2}})
+    finished, stopped = tmp_path / "finished", tmp_path / "stopped"
+    for folder in (finished, stopped):
+        prepare_folder(folder, cfg, overwrite=False, resume=False)
+    evals = [{"kind": "eval", "step": 10 * e, "epoch": e, "train_acc": 0.5 + 0.2 * e, "test_acc": 0.4 + 0.3 * e,
+              "train_loss": 1.0 / e} for e in (1, 2)]
+    (finished / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    (finished / "results.json").write_text(json.dumps({"parameters": 240, "test_acc": 1.0, "train_wall_time_s": 8.0}))
+    (stopped / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 7, "loss": 1.0}) + "\n")
+
+    rows = summarize_runs([finished, stopped], target_acc=0.95).splitlines()[2:]
+    assert rows[0].split(" | ")[3:8] == ["240", "0.9000", "1.0000", "4.00", "2"]  # s/epoch = 8 s / 2, 0.4+0.6 >= 0.95
+    assert "stopped at step 7" in rows[1]

@@ -80,6 +80,10 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model.eqx").exists(), "the run finished before the kill"
+    newest = max((killed / "checkpoints").glob("ckpt-*.json"))
+    position = json.loads(newest.read_text())
+    assert position["elapsed_s"] > 0
+    newest.write_text(json.dumps({**position, "elapsed_s": 1000.0}))  # wall time of earlier sessions is carried on
     subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--resume", str(killed), "--no-progress",
                     "--no-plots"], check=True, env=env, capture_output=True)
 
@@ -88,6 +92,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     final = lambda f: {k: v for k, v in json.loads((f / "results.json").read_text()).items()  # noqa: E731
                        if k != "train_wall_time_s"}
     assert final(killed) == final(reference)
+    assert json.loads((killed / "results.json").read_text())["train_wall_time_s"] > 1000.0
 
 
 def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path):
@@ -222,3 +227,13 @@ def test_data_with_nan_is_refused(tmp_path):
     split = Split(x, np.zeros(10, np.int32))
     with pytest.raises(DataError, match="NaN.*index 3"):
         build_run(load_config(CIRCLES, ["train.batch_size=5"]), tmp_path, Dataset(split, split, 2))
+
+
+def test_position_files_without_wall_time_still_load(tmp_path):
+    from ode_nets import checkpoint as ckpt
+
+    state = {"w": jnp.arange(3.0)}
+    ckpt.save_checkpoint(tmp_path, state, ckpt.Position(step=7, epoch=1, batch=2, elapsed_s=12.5), keep=2)
+    assert ckpt.load_latest(tmp_path, state)[1] == ckpt.Position(7, 1, 2, 12.5)
+    (tmp_path / "ckpt-000000007.json").write_text(json.dumps({"step": 7, "epoch": 1, "batch": 2}))  # older runs
+    assert ckpt.load_latest(tmp_path, state)[1] == ckpt.Position(7, 1, 2, 0.0)
