@@ -380,6 +380,16 @@ def peer_arrays(model: ODENet, example: tuple) -> dict[str, np.ndarray]:
             "x": example[0], "y": example[1]}
 
 
+def check_peer_installed(bench: BenchConfig) -> None:
+    """Before any measurement: `peer: true` needs torch and torchdiffeq (the optional `bench` extra)."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "torchdiffeq") if importlib.util.find_spec(m) is None]
+    if bench.peer and missing:
+        raise ConfigError(f"peer: true needs {' and '.join(missing)}, not installed: pip install -e '.[bench]', "
+                          f"or run without the peer (--set peer=false)")
+
+
 def run_peer(arrays: dict[str, np.ndarray], options: dict) -> dict:
     """Run `ode_nets.peer_torch` in a subprocess (own threads, own peak RSS) and return its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -430,6 +440,7 @@ def peer_case(bench: BenchConfig, record: dict, model: ODENet, example: tuple) -
 
 def run_bench(bench: BenchConfig, out: Path, log: Callable[[str], None] = print) -> dict:
     """Every case of the grid; writes results.json, results.md and plots into `out`."""
+    check_peer_installed(bench)
     out.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()  # the CPU is shared: record how busy it was
     info = device_info()

@@ -76,3 +76,17 @@ def test_torchdiffeq_twin_gives_the_same_loss_and_gradient(strategy):
     for name in ("kernel", "b", "gamma"):
         assert np.linalg.norm(grads[name]) > 0
         assert relative_difference(grads[name], out["grads"][name]) < 1e-4, name
+
+
+def test_peer_without_torch_is_refused_before_measuring(tmp_path, monkeypatch):
+    import importlib.util
+
+    from ode_nets import benchmark
+    from ode_nets.config import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchdiffeq" else real(name, *a))
+    bench = bench_from_dict({"name": "p", "model": "mnist_conv", "layers": [2], "batch_sizes": [2], "peer": True})
+    with pytest.raises(ConfigError, match=r"torchdiffeq.*\[bench\].*peer=false"):
+        benchmark.run_bench(bench, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
