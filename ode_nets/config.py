@@ -104,10 +104,12 @@ class LossConfig:
 
     smoothness: float = 0.0  # lambda of eq 113
     label_smoothing: float = 0.0  # training targets (1 - eps) one_hot + eps / K (bounds the logits; 0: off)
+    logit_penalty: float = 0.0  # beta * mean logsumexp(logits)^2 (z-loss): bounds the logit level (0: off)
 
     def __post_init__(self) -> None:
         _require(self.smoothness >= 0, "loss.smoothness", f"must be >= 0 (lambda of eq 113), got {self.smoothness}")
         _require(0 <= self.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        _require(self.logit_penalty >= 0, "loss.logit_penalty", f"must be >= 0, got {self.logit_penalty}")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,18 @@ def cross_entropy(logits: Float[Array, "B K"], labels: Int[Array, " B"], weights
     return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def logit_level(logits: Float[Array, "B K"], weights: Float[Array, " B"] | None = None) -> Float[Array, ""]:
+    """Mean of logsumexp(logits)^2 (the "z-loss" of PaLM, Chowdhery et al. 2022).
+
+    Softmax is invariant to adding a constant to all logits, so neither cross entropy nor label smoothing
+    bounds the *level* of the max-pooled activations; this term does, pulling logsumexp towards 0.
+    """
+    z = jax.nn.logsumexp(logits, axis=-1) ** 2
+    if weights is None:
+        return jnp.mean(z)
+    return jnp.sum(z * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 def smoothness(model: eqx.Module) -> Float[Array, ""]:
     """(1/2) sum_l ||q~_l - q~_{l-1}||^2 over every piecewise-constant scaled parameter (eq 113).
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ode_nets import checkpoint as ckpt
 from ode_nets.config import Config, OptimConfig, save_config
 from ode_nets.data import Dataset, Split, batch_indices, check_finite, load_dataset, num_batches
-from ode_nets.losses import accuracy, cross_entropy, smoothness
+from ode_nets.losses import accuracy, cross_entropy, logit_level, smoothness
 from ode_nets.models import ODENet, build_model, count_parameters, project_parameters
 
 
@@ -64,23 +64,28 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
     return opt
 
 
-def loss_fn(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array, lam: float, label_smoothing: float = 0.0
-            ) -> tuple[jax.Array, dict]:
-    """Cross entropy (optionally label-smoothed) + lambda * eq-113 regulariser, and metrics."""
+def loss_fn(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array, lam: float, label_smoothing: float = 0.0,
+            logit_penalty: float = 0.0) -> tuple[jax.Array, dict]:
+    """Cross entropy (optionally label-smoothed) + lambda * eq-113 regulariser (+ beta * logit level), and metrics."""
     logits = model(x)
     ce = cross_entropy(logits, y, mask, label_smoothing)
     reg = smoothness(model)
-    return ce + lam * reg, {"ce": ce, "reg": reg, "acc": accuracy(logits, y, mask)}
+    loss = ce + lam * reg
+    if logit_penalty:
+        loss = loss + logit_penalty * logit_level(logits, mask)
+    return loss, {"ce": ce, "reg": reg, "acc": accuracy(logits, y, mask)}
 
 
 @eqx.filter_jit
 def train_step(optimizer: optax.GradientTransformation, model: ODENet, opt_state: Any, x: jax.Array, y: jax.Array,
-               mask: jax.Array, lam: float, label_smoothing: float = 0.0) -> tuple[ODENet, Any, dict]:
+               mask: jax.Array, lam: float, label_smoothing: float = 0.0, logit_penalty: float = 0.0
+               ) -> tuple[ODENet, Any, dict]:
     """One optimizer step (then gamma~ >= 0, `project_parameters`).
 
     A non-finite loss or gradient leaves model and optimizer state unchanged (`ok` = False).
     """
-    (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, x, y, mask, lam, label_smoothing)
+    (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, x, y, mask, lam, label_smoothing,
+                                                                          logit_penalty)
     updates, new_opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
     new_model = project_parameters(eqx.apply_updates(model, updates))
     grad_norm = optax.global_norm(grads)
@@ -290,7 +295,7 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
                     x, y, mask = parallel.shard_batch((x, y, mask), mesh)
                 try:
                     model, opt_state, metrics = train_step(run.optimizer, model, opt_state, x, y, mask, lam,
-                                                            cfg.loss.label_smoothing)
+                                                            cfg.loss.label_smoothing, cfg.loss.logit_penalty)
                 except Exception as e:  # noqa: BLE001 - diffrax reports solver failures as runtime errors
                     if "maximum number of solver steps" not in str(e):
                         raise

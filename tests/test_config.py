@@ -54,6 +54,7 @@ def test_wrong_type_names_key(tmp_path, data, key):
     ({"model": {"layers": -3}}, "model.layers"),
     ({"loss": {"smoothness": -1.0}}, "loss.smoothness"),
     ({"loss": {"label_smoothing": 1.0}}, "loss.label_smoothing"),
+    ({"loss": {"logit_penalty": -0.1}}, "loss.logit_penalty"),
     ({"model": {"horizon": 0}}, "model.horizon"),
     ({"train": {"batch_size": 0}}, "train.batch_size"),
     ({"solver": {"rtol": -1e-3}}, "solver.rtol"),

@@ -9,7 +9,7 @@ import pytest
 
 from ode_nets.config import load_config
 from ode_nets.data import batch_indices
-from ode_nets.losses import cross_entropy, smoothness
+from ode_nets.losses import cross_entropy, logit_level, smoothness
 from ode_nets.models import count_parameters, project_parameters
 from ode_nets.train import build_run, fit, prepare_folder
 
@@ -50,6 +50,21 @@ def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
     margins = np.linspace(0.0, 20.0, 2001, dtype=np.float32)
     losses = [float(cross_entropy(np.array([[m, 0.0, 0.0]]), np.array([0]), label_smoothing=eps)) for m in margins]
     np.testing.assert_allclose(margins[int(np.argmin(losses))], np.log(1 + 3 * (1 - eps) / eps), atol=0.01)
+
+
+def test_logit_penalty_bounds_the_level_that_softmax_ignores():
+    logits = np.array([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], np.float32)
+    labels, mask = np.array([0, 2]), np.array([1.0, 0.0], np.float32)
+    lse = np.log(np.exp(logits).sum(-1))
+    np.testing.assert_allclose(logit_level(logits), np.mean(lse ** 2), rtol=1e-6)
+    np.testing.assert_allclose(logit_level(logits, mask), lse[0] ** 2, rtol=1e-6)  # padded examples ignored
+    # shifting every logit by c leaves the cross entropy unchanged but not the penalty, which is minimal
+    # where logsumexp = 0, i.e. at the shift c = -logsumexp(logits)
+    shifts = np.linspace(-5.0, 5.0, 1001, dtype=np.float32)
+    ce = [float(cross_entropy(logits + c, labels)) for c in (-5.0, 0.0, 5.0)]
+    np.testing.assert_allclose(ce, ce[1], rtol=1e-5)
+    level = [float(logit_level(logits[:1] + c)) for c in shifts]
+    np.testing.assert_allclose(shifts[int(np.argmin(level))], -lse[0], atol=0.01)
 
 
 def test_batches_cover_every_example_once_and_pad_the_last():
