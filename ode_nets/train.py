@@ -70,10 +70,11 @@ def loss_fn(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array, lam: flo
     logits = model(x)
     ce = cross_entropy(logits, y, mask, label_smoothing)
     reg = smoothness(model)
-    loss = ce + lam * reg
+    loss, aux = ce + lam * reg, {"ce": ce, "reg": reg, "acc": accuracy(logits, y, mask)}
     if logit_penalty:
-        loss = loss + logit_penalty * logit_level(logits, mask)
-    return loss, {"ce": ce, "reg": reg, "acc": accuracy(logits, y, mask)}
+        aux["logit_level"] = logit_level(logits, mask)
+        loss = loss + logit_penalty * aux["logit_level"]
+    return loss, aux
 
 
 @eqx.filter_jit

@@ -67,6 +67,17 @@ def test_logit_penalty_bounds_the_level_that_softmax_ignores():
     np.testing.assert_allclose(shifts[int(np.argmin(level))], -lse[0], atol=0.01)
 
 
+def test_loss_adds_the_logit_penalty_and_logs_it(tmp_path):
+    from ode_nets.train import loss_fn
+
+    run = build_run(load_config(CIRCLES_CFG, ["model.init=normal"]), tmp_path)
+    x, y, mask = run.dataset.train.x[:8], run.dataset.train.y[:8], np.ones(8, np.float32)
+    plain, aux = loss_fn(run.model, x, y, mask, 1.0)
+    penalised, aux_p = loss_fn(run.model, x, y, mask, 1.0, 0.0, 0.5)
+    assert "logit_level" not in aux and float(aux_p["logit_level"]) > 0
+    np.testing.assert_allclose(float(penalised), float(plain) + 0.5 * float(logit_level(run.model(x), mask)), rtol=1e-6)
+
+
 def test_batches_cover_every_example_once_and_pad_the_last():
     seen = []
     for idx, mask in batch_indices(10, 4, jax.random.PRNGKey(0)):
