@@ -122,6 +122,12 @@ def test_bad_config_is_one_line_exit_2(tmp_path, capsys, overrides, expected):
     assert expected in err and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_overrides_may_come_before_and_after_the_flags(tmp_path, capsys):
+    argv = ["--config", str(CIRCLES), "train.epochs=1", "--run-dir", str(tmp_path / "r"), "model.layers=0"]
+    code, err = train_cli(argv, capsys)
+    assert code == 2 and "model.layers: must be a positive number" in err  # read as an override, not refused
+
+
 def test_missing_config_file(tmp_path, capsys):
     code, err = train_cli(["--config", str(tmp_path / "missing.yaml")], capsys)
     assert code == 2 and "not found" in err
