@@ -25,12 +25,18 @@ def format_confusion(counts: np.ndarray) -> str:
 
 
 def evaluate_split(model, split: Split, num_classes: int, batch_size: int = 1000) -> dict:
-    """Accuracy and confusion matrix of `model` on `split`."""
+    """Accuracy and confusion matrix of `model` on `split`.
+
+    Examples whose output is not finite (the explicit solve overflowed) count as errors and are left out of
+    the matrix; `non_finite` says how many there were.
+    """
     from ode_nets.train import predict
 
-    predictions = np.argmax(predict(model, split.x, batch_size), axis=-1)
-    counts = confusion_matrix(split.y, predictions, num_classes)
-    return {"accuracy": float(np.trace(counts) / counts.sum()), "confusion": counts, "n": int(counts.sum())}
+    probs = predict(model, split.x, batch_size)
+    finite = np.all(np.isfinite(probs), axis=-1)
+    counts = confusion_matrix(split.y[finite], np.argmax(probs[finite], axis=-1), num_classes)
+    return {"accuracy": float(np.trace(counts) / len(split)), "confusion": counts, "n": len(split),
+            "non_finite": int(np.sum(~finite))}
 
 
 def evaluate_run(folder: Path) -> dict:

@@ -53,10 +53,15 @@ def smoothness(model: eqx.Module) -> Float[Array, ""]:
     return 0.5 * total
 
 
+def predicted_class(logits: Float[Array, "B K"]) -> Int[Array, " B"]:
+    """argmax of each row, or -1 where a row is not finite (an overflowed solve must not count as class 0)."""
+    return jnp.where(jnp.all(jnp.isfinite(logits), -1), jnp.argmax(logits, -1), -1)
+
+
 def accuracy(logits: Float[Array, "B K"], labels: Int[Array, " B"], weights: Float[Array, " B"] | None = None
              ) -> Float[Array, ""]:
-    """Fraction of correct argmax predictions (weighted by the padding mask)."""
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    """Fraction of correct argmax predictions (weighted by the padding mask); non-finite outputs are errors."""
+    correct = (predicted_class(logits) == labels).astype(jnp.float32)
     if weights is None:
         return jnp.mean(correct)
     return jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0)

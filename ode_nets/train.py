@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ode_nets import checkpoint as ckpt
 from ode_nets.config import Config, OptimConfig, save_config
 from ode_nets.data import Dataset, Split, batch_indices, check_finite, load_dataset, num_batches
-from ode_nets.losses import accuracy, cross_entropy, logit_level, smoothness
+from ode_nets.losses import accuracy, cross_entropy, logit_level, predicted_class, smoothness
 from ode_nets.models import ODENet, build_model, count_parameters, project_parameters
 
 
@@ -103,7 +103,7 @@ def eval_step(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array) -> tup
     """Summed loss and number correct over the unmasked examples of one batch."""
     logits = model(x)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    correct = (predicted_class(logits) == y).astype(jnp.float32)
     return jnp.sum(losses * mask), jnp.sum(correct * mask)
 
 

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
 
         result = evaluate_run(args.run_dir)
         print(f"test accuracy {result['accuracy']:.4f} ({result['n']} examples)")
+        if result["non_finite"]:
+            print(f"{result['non_finite']} examples with a non-finite output (counted as errors, not in the matrix)")
         print(format_confusion(result["confusion"]))
 
     return run_cli(job)

@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -149,3 +151,26 @@ def test_depth_is_a_loop_not_unrolled(tmp_path):
         grad = eqx.filter_grad(lambda m: loss_fn(m, x, y, np.ones(8, np.float32), 1.0)[0])
         sizes.append(len(str(jax.make_jaxpr(grad)(run.model))))
     assert sizes[1] <= 1.05 * sizes[0]
+
+
+class _OverflowingNet(eqx.Module):
+    """Logits (x0, -x0), NaN where x0 > 5: stands in for a model whose explicit solve overflowed."""
+
+    def __call__(self, x):
+        logits = jnp.concatenate([x[:, :1], -x[:, :1]], axis=-1)
+        return jnp.where(x[:, :1] > 5, jnp.nan, logits)
+
+
+def test_nonfinite_outputs_count_as_errors_not_as_class_0():
+    from ode_nets.data import Split
+    from ode_nets.evaluation import evaluate_split
+    from ode_nets.losses import accuracy
+    from ode_nets.train import evaluate
+
+    x = np.array([[1.0, 0.0], [-1.0, 0.0], [9.0, 0.0], [7.0, 0.0]], np.float32)
+    y = np.array([0, 1, 0, 1], np.int32)  # rows 3 and 4 overflow; argmax of a NaN row would say class 0
+    assert float(accuracy(_OverflowingNet()(jnp.asarray(x)), jnp.asarray(y))) == 0.5
+    assert evaluate(_OverflowingNet(), Split(x, y), 4)["acc"] == 0.5
+    result = evaluate_split(_OverflowingNet(), Split(x, y), 2)
+    assert result["accuracy"] == 0.5 and result["non_finite"] == 2 and result["n"] == 4
+    np.testing.assert_array_equal(result["confusion"], [[1, 0], [0, 1]])
