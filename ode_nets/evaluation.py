@@ -30,11 +30,12 @@ def evaluate_split(model, split: Split, num_classes: int, batch_size: int = 1000
     Examples whose output is not finite (the explicit solve overflowed) count as errors and are left out of
     the matrix; `non_finite` says how many there were.
     """
+    from ode_nets.losses import predicted_class
     from ode_nets.train import predict
 
-    probs = predict(model, split.x, batch_size)
-    finite = np.all(np.isfinite(probs), axis=-1)
-    counts = confusion_matrix(split.y[finite], np.argmax(probs[finite], axis=-1), num_classes)
+    predictions = np.asarray(predicted_class(predict(model, split.x, batch_size)))
+    finite = predictions >= 0
+    counts = confusion_matrix(split.y[finite], predictions[finite], num_classes)
     return {"accuracy": float(np.trace(counts) / len(split)), "confusion": counts, "n": len(split),
             "non_finite": int(np.sum(~finite))}
 
