@@ -173,6 +173,7 @@ class TrainConfig:
     devices: int = 1  # data-parallel over this many devices (batch axis sharded)
     max_steps: Optional[int] = None  # stop after this many steps (quick runs, tests)
     skip_nonfinite: int = 0  # skip up to this many consecutive batches with a non-finite loss/gradient (0: stop)
+    input_noise: float = 0.0  # std of Gaussian noise added to each training input at every step (0: off)
     levels: tuple[int, ...] = ()  # multilevel training (scripts/multilevel.py): layers per level, e.g. [32, 64]
     prolongation: Literal["constant", "linear"] = "constant"  # how per-layer parameters go from L to r*L layers
 
@@ -187,6 +188,7 @@ class TrainConfig:
         _require(self.keep_checkpoints > 0, "train.keep_checkpoints", f"must be > 0, got {self.keep_checkpoints}")
         _require(self.devices > 0, "train.devices", f"must be > 0, got {self.devices}")
         _require(self.skip_nonfinite >= 0, "train.skip_nonfinite", f"must be >= 0, got {self.skip_nonfinite}")
+        _require(self.input_noise >= 0, "train.input_noise", f"must be >= 0, got {self.input_noise}")
         _require(self.batch_size % self.devices == 0, "train.batch_size",
                  f"{self.batch_size} is not divisible by train.devices = {self.devices} (data parallel splits the batch)")
         _require(self.max_steps is None or self.max_steps > 0, "train.max_steps",

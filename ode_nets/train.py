@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ode_nets import checkpoint as ckpt
 from ode_nets.config import Config, OptimConfig, save_config
-from ode_nets.data import Dataset, Split, batch_indices, check_finite, load_dataset, num_batches
+from ode_nets.data import Dataset, Split, add_input_noise, batch_indices, check_finite, load_dataset, num_batches
 from ode_nets.losses import accuracy, cross_entropy, logit_level, predicted_class, smoothness
 from ode_nets.models import ODENet, build_model, count_parameters, project_parameters
 
@@ -292,6 +292,8 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
             window_start, window_examples = time.time(), 0
             for i, (idx, mask) in enumerate(bar, start=first_batch):
                 x, y = run.dataset.train.x[idx], run.dataset.train.y[idx]
+                if cfg.train.input_noise:  # a key per (epoch, batch): a resumed run draws the same noise
+                    x = add_input_noise(x, cfg.train.input_noise, jax.random.fold_in(order_key, i))
                 if mesh is not None:
                     x, y, mask = parallel.shard_batch((x, y, mask), mesh)
                 try:

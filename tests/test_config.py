@@ -59,6 +59,7 @@ def test_wrong_type_names_key(tmp_path, data, key):
     ({"train": {"batch_size": 0}}, "train.batch_size"),
     ({"solver": {"rtol": -1e-3}}, "solver.rtol"),
     ({"train": {"eval_train_examples": 0}}, "train.eval_train_examples"),
+    ({"train": {"input_noise": -0.1}}, "train.input_noise"),
 ])
 def test_impossible_values_name_key(tmp_path, data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
