@@ -40,6 +40,22 @@ def evaluate_split(model, split: Split, num_classes: int, batch_size: int = 1000
             "non_finite": int(np.sum(~finite))}
 
 
+def boundary_radii(model, n_angles: int = 72, radii: np.ndarray | None = None) -> np.ndarray:
+    """Along `n_angles` rays from the origin, the first radius predicted as class 1 (NaN if none).
+
+    For the circles set (§5.1) this is the learned decision boundary; a circle gives a constant.
+    """
+    from ode_nets.losses import predicted_class
+    from ode_nets.train import predict
+
+    radii = np.linspace(0.3, 3.0, 271) if radii is None else radii
+    angles = np.linspace(0.0, 2 * np.pi, n_angles, endpoint=False)
+    points = np.stack([np.outer(radii, np.cos(angles)), np.outer(radii, np.sin(angles))], -1).reshape(-1, 2)
+    outer = np.asarray(predicted_class(predict(model, points.astype(np.float32)))).reshape(len(radii), n_angles) == 1
+    first = np.argmax(outer, axis=0)
+    return np.where(outer.any(axis=0), radii[first], np.nan)
+
+
 def evaluate_run(folder: Path) -> dict:
     """Load a run folder (final model, else newest checkpoint) and evaluate it on its test split."""
     from ode_nets.train import RunDirError, load_run
@@ -48,4 +64,11 @@ def evaluate_run(folder: Path) -> dict:
     if not (folder / "config.yaml").is_file():
         raise RunDirError(f"{folder} is not a run folder (no config.yaml)")
     config, dataset, model = load_run(folder)
-    return evaluate_split(model, dataset.test, dataset.num_classes, config.train.eval_batch_size)
+    result = evaluate_split(model, dataset.test, dataset.num_classes, config.train.eval_batch_size)
+    if config.data.name == "circles":  # the best any classifier can do on these points, for reference
+        from ode_nets.data.circles import bayes_accuracy, bayes_radius
+
+        result["bayes_accuracy"] = bayes_accuracy(dataset.test.x, dataset.test.y, config.data.noise)
+        result["bayes_radius"] = bayes_radius(config.data.noise)
+        result["boundary_radii"] = boundary_radii(model)
+    return result

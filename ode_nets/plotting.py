@@ -108,12 +108,12 @@ def plot_run(folder: Path) -> list[Path]:
     out = folder / "figures"
     paths = [plot_curves(read_metrics(folder), out / "curves.png"), plot_parameters(model.field, out / "parameters.png")]
     if config.model.field == "cubic":
-        x = dataset.test.x
+        x, y = dataset.test.x[:1000], dataset.test.y[:1000]  # enough points to see the flow; more hide each other
         features = np.asarray(model.features(x))
         probs = predict(model, x)[:, 1]
         paths.append(plot_transformed(features, probs, out / "transformed.png", f"{config.name}: output x(T)"))
         trajectory = np.asarray(model.trajectory(x[:1]))[:, 0]
-        paths.append(plot_trajectory(x, dataset.test.y, trajectory, out / "trajectory.png"))
+        paths.append(plot_trajectory(x, y, trajectory, out / "trajectory.png"))
     if config.model.field == "conv_cubic":
         paths.extend(plot_conv_activations(model, dataset, out))
     return paths

@@ -1,6 +1,6 @@
 """Gradient strategies side by side: accuracy, time, memory and evaluations vs depth L.
 
-  python scripts/compare_gradients.py --config configs/circles_model2.yaml --layers 10 20 50 \
+  python scripts/compare_gradients.py --config configs/circles_model2_sgd.yaml --layers 10 20 50 \
       --solvers euler midpoint tsit5:1e-6 --out runs/compare_circles [key.sub=value ...]
 
 Writes results.json, table.md and comparison.png to --out (default runs/compare_<config name>).

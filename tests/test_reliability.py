@@ -165,7 +165,7 @@ def test_resume_with_overrides_records_the_change(tmp_path, capsys):
     assert code == 0
     record = json.loads((folder / "resumes.jsonl").read_text())
     assert record["from_step"] == 30
-    assert record["changed"] == {"train.epochs": [3, 4], "optim.learning_rate": [0.1, 0.05]}
+    assert record["changed"] == {"train.epochs": [3, 4], "optim.learning_rate": [cfg.optim.learning_rate, 0.05]}
     saved = load_config(folder / "config.yaml")
     assert saved.train.epochs == 4 and saved.optim.learning_rate == 0.05
 

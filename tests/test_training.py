@@ -114,7 +114,7 @@ def test_training_with_input_noise_is_deterministic_and_differs_from_clean(tmp_p
 @pytest.mark.parametrize("strategy,solver", [("discretize_then_optimize", "euler"),
                                              ("optimize_then_discretize", "tsit5")])
 def test_short_training_lowers_the_loss(tmp_path, strategy, solver):
-    cfg = load_config(CONFIGS / "circles_model2.yaml",
+    cfg = load_config(CONFIGS / "circles_model2_sgd.yaml",
                       ["train.epochs=12", "train.log_every=5", "optim.schedule=constant", "optim.learning_rate=0.2",
                        f"gradient.strategy={strategy}", f"solver.method={solver}"])
     prepare_folder(tmp_path / "run", cfg, overwrite=False, resume=False)
@@ -197,3 +197,37 @@ def test_nonfinite_outputs_count_as_errors_not_as_class_0():
     result = evaluate_split(_OverflowingNet(), Split(x, y), 2)
     assert result["accuracy"] == 0.5 and result["non_finite"] == 2 and result["n"] == 4
     np.testing.assert_array_equal(result["confusion"], [[1, 0], [0, 1]])
+
+
+def test_bayes_radius_is_the_best_circle():
+    """The Bayes boundary of the circles set: the midpoint 1.5 for vanishing noise, and on a large sample no
+    nearby radius classifies better (equal radial likelihoods of the two Rice densities)."""
+    from ode_nets.data.circles import bayes_accuracy, bayes_radius, make_circles
+
+    assert bayes_radius(1e-3) == pytest.approx(1.5, abs=1e-4)
+    r_star = bayes_radius(0.2)
+    assert 1.5 < r_star < 1.53  # noise spreads the outer ring over a larger circumference: boundary moves out
+    x, y = make_circles(jax.random.PRNGKey(0), 400_000, noise=0.2)
+    radius = np.linalg.norm(x, axis=1)
+    best = bayes_accuracy(x, y, 0.2)
+    for r in (r_star - 0.05, r_star + 0.05):
+        assert np.mean((radius > r) == y) < best
+    assert best == pytest.approx(np.mean((radius > r_star) == y))
+
+
+def test_boundary_radii_of_a_circle_and_of_an_ellipse():
+    """`evaluation.boundary_radii` finds where the prediction turns to class 1 along each ray."""
+    from ode_nets.evaluation import boundary_radii
+
+    class Ring(eqx.Module):
+        scale: jax.Array  # class 1 where (x/a)^2 + y^2 > 1.5^2
+
+        def __call__(self, x):
+            r = jnp.sqrt((x[:, 0] / self.scale) ** 2 + x[:, 1] ** 2)
+            return jnp.stack([1.5 - r, r - 1.5], axis=-1)
+
+    radii = np.linspace(0.3, 3.0, 2701)
+    circle = boundary_radii(Ring(jnp.array(1.0)), n_angles=8, radii=radii)
+    np.testing.assert_allclose(circle, 1.5, atol=2e-3)
+    ellipse = boundary_radii(Ring(jnp.array(1.2)), n_angles=4, radii=radii)  # rays at 0, 90, 180, 270 degrees
+    np.testing.assert_allclose(ellipse, [1.8, 1.5, 1.8, 1.5], atol=2e-3)
