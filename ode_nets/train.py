@@ -118,10 +118,15 @@ def evaluate(model: ODENet, split: Split, batch_size: int) -> dict[str, float]:
     return {"loss": total_loss / len(split), "acc": total_correct / len(split)}
 
 
+@eqx.filter_jit
+def _probabilities(model: ODENet, x: jax.Array) -> jax.Array:
+    return jax.nn.softmax(model(x), -1)
+
+
 def predict(model: ODENet, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Class probabilities for all of `x`, (n, classes)."""
-    probs = jax.jit(lambda m, xb: jax.nn.softmax(m(xb), -1))
-    return np.concatenate([np.asarray(probs(model, x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    """Class probabilities for all of `x`, (n, classes); one compiled function shared by all calls."""
+    chunks = [np.asarray(_probabilities(model, x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+    return np.concatenate(chunks)
 
 
 def learned_gamma(model: ODENet) -> float | None:
