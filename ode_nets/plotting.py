@@ -37,11 +37,26 @@ def plot_curves(records: list[dict], path: Path) -> Path:
             ax_acc.plot(steps, accs, "o-", label=f"{split} acc")
             ax_loss.plot(steps, losses, "o-", label=f"{split} loss")
     ax_loss.set(xlabel="step", ylabel="loss", yscale="log")
+    _clip_outliers(ax_loss)
     ax_acc.set(xlabel="step", ylabel="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.legend()
         ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _clip_outliers(ax, factor: float = 100.0) -> None:
+    """Cap the y axis at `factor` x the 95th percentile of the plotted values, so that a few near-overflow
+    losses (an explicit cubic step close to blowing up) do not flatten the curves; says how many are cut off."""
+    values = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax.get_lines()] or [np.zeros(0)])
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size == 0:
+        return
+    top = factor * np.percentile(values, 95)
+    above = int(np.sum(values > top))
+    if above:
+        ax.set_ylim(top=top)
+        ax.set_title(f"{above} point(s) above {top:.3g} not shown", fontsize=9)
 
 
 def plot_parameters(field, path: Path) -> Path:

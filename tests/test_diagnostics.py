@@ -113,3 +113,27 @@ def test_run_summary_lists_finished_and_stopped_runs(tmp_path):
     rows = summarize_runs([finished, stopped], target_acc=0.95).splitlines()[2:]
     assert rows[0].split(" | ")[3:8] == ["240", "0.9000", "1.0000", "4.00", "2"]  # s/epoch = 8 s / 2, 0.4+0.6 >= 0.95
     assert "stopped at step 7" in rows[1]
+
+
+
+def test_curves_figure_caps_the_loss_axis_above_overflow_spikes(tmp_path):
+    """A single near-overflow training loss (1e28) must not flatten the loss curve: the axis is capped and the
+    figure says how many points it leaves out; without an outlier the axis is left alone."""
+    import matplotlib.pyplot as plt
+
+    from ode_nets.plotting import _clip_outliers, plot_curves
+
+    losses = [0.5 / (1 + s) for s in range(200)]
+    losses[100] = 1e28
+    records = [{"kind": "train", "step": s, "loss": v, "acc": 0.9} for s, v in enumerate(losses)]
+    records.append({"kind": "eval", "step": 199, "epoch": 1, "test_loss": 0.01, "test_acc": 0.95})
+    assert plot_curves(records, tmp_path / "curves.png").stat().st_size > 0
+    spiky = plt.figure().add_subplot(yscale="log")
+    spiky.plot(losses)
+    _clip_outliers(spiky)
+    assert spiky.get_ylim()[1] < 1e3 and spiky.get_title().startswith("1 point(s) above")
+    smooth = plt.figure().add_subplot(yscale="log")
+    smooth.plot(losses[:100])
+    _clip_outliers(smooth)
+    assert smooth.get_ylim()[1] < 1.0 and smooth.get_title() == ""
+    plt.close("all")
