@@ -66,9 +66,9 @@ def evaluate_run(folder: Path) -> dict:
     config, dataset, model = load_run(folder)
     result = evaluate_split(model, dataset.test, dataset.num_classes, config.train.eval_batch_size)
     if config.data.name == "circles":  # the best any classifier can do on these points, for reference
-        from ode_nets.data.circles import bayes_accuracy, bayes_radius
+        from ode_nets.data.circles import bayes_radius, circle_accuracy
 
-        result["bayes_accuracy"] = bayes_accuracy(dataset.test.x, dataset.test.y, config.data.noise)
         result["bayes_radius"] = bayes_radius(config.data.noise)
+        result["bayes_accuracy"] = circle_accuracy(dataset.test.x, dataset.test.y, result["bayes_radius"])
         result["boundary_radii"] = boundary_radii(model)
     return result

@@ -115,7 +115,6 @@ def test_run_summary_lists_finished_and_stopped_runs(tmp_path):
     assert "stopped at step 7" in rows[1]
 
 
-
 def test_curves_figure_caps_the_loss_axis_above_overflow_spikes(tmp_path):
     """A single near-overflow training loss (1e28) must not flatten the loss curve: the axis is capped and the
     figure says how many points it leaves out; without an outlier the axis is left alone."""

@@ -202,16 +202,16 @@ def test_nonfinite_outputs_count_as_errors_not_as_class_0():
 def test_bayes_radius_is_the_best_circle():
     """The Bayes boundary of the circles set: the midpoint 1.5 for vanishing noise, and on a large sample no
     nearby radius classifies better (equal radial likelihoods of the two Rice densities)."""
-    from ode_nets.data.circles import bayes_accuracy, bayes_radius, make_circles
+    from ode_nets.data.circles import bayes_radius, circle_accuracy, make_circles
 
     assert bayes_radius(1e-3) == pytest.approx(1.5, abs=1e-4)
     r_star = bayes_radius(0.2)
     assert 1.5 < r_star < 1.53  # noise spreads the outer ring over a larger circumference: boundary moves out
     x, y = make_circles(jax.random.PRNGKey(0), 400_000, noise=0.2)
     radius = np.linalg.norm(x, axis=1)
-    best = bayes_accuracy(x, y, 0.2)
+    best = circle_accuracy(x, y, r_star)
     for r in (r_star - 0.05, r_star + 0.05):
-        assert np.mean((radius > r) == y) < best
+        assert circle_accuracy(x, y, r) < best
     assert best == pytest.approx(np.mean((radius > r_star) == y))
 
 
