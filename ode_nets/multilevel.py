@@ -161,6 +161,7 @@ def plot_regions(folder: Path, path: Path, levels: list[int] | None = None, grid
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ode_nets.losses import predicted_class
     from ode_nets.train import load_run, predict
 
     subs = sorted(Path(folder).glob("level_*"))
@@ -173,7 +174,8 @@ def plot_regions(folder: Path, path: Path, levels: list[int] | None = None, grid
         lo, hi = split.x.min(0) - 0.1, split.x.max(0) + 0.1
         u, v = np.meshgrid(np.linspace(lo[0], hi[0], grid), np.linspace(lo[1], hi[1], grid))
         plane = np.stack([u.ravel(), v.ravel()], -1).astype(np.float32)
-        classes = predict(model, plane).argmax(-1).reshape(u.shape)
+        classes = np.asarray(predicted_class(predict(model, plane))).reshape(u.shape)
+        classes = np.ma.masked_less(classes, 0)  # an overflowed solve is left blank, not painted as class 0
         ax.contourf(u, v, classes, levels=np.arange(dataset.num_classes + 1) - 0.5, cmap="tab10", alpha=0.35,
                     vmin=0, vmax=9)
         ax.scatter(split.x[:, 0], split.x[:, 1], c=split.y, cmap="tab10", vmin=0, vmax=9, s=3)

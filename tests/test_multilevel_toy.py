@@ -13,7 +13,7 @@ from ode_nets.config import DataConfig, from_dict
 from ode_nets.data import load_dataset
 from ode_nets.data.toy import ELLIPSE_RINGS, make_ellipses, make_peaks, make_swiss_roll, peaks
 from ode_nets.models import build_model
-from ode_nets.multilevel import level_curves, prolong_values, prolongate, train_multilevel
+from ode_nets.multilevel import level_curves, plot_regions, prolong_values, prolongate, train_multilevel
 
 
 def net(field: str, layers: int, method: str = "euler", augment: int = 2, horizon: float = 2.0):
@@ -93,3 +93,4 @@ def test_multilevel_training_runs_every_level(tmp_path):
     curves = level_curves(tmp_path)
     np.testing.assert_array_equal(curves["epoch"], [1, 2])
     np.testing.assert_array_equal(curves["level"], [2, 4])
+    assert plot_regions(tmp_path, tmp_path / "regions.png", grid=20).stat().st_size > 0
