@@ -99,6 +99,20 @@ def train_step(optimizer: optax.GradientTransformation, model: ODENet, opt_state
 
 
 @eqx.filter_jit
+def finite_examples(model: ODENet, x: jax.Array) -> jax.Array:
+    """True for the examples whose forward solve stays finite (all logits finite)."""
+    return jnp.all(jnp.isfinite(model(x)), -1)
+
+
+def without_nonfinite(model: ODENet, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, int]:
+    """The batch with the examples whose solve overflows zeroed and masked out (their loss weight is 0),
+    and how many were dropped. Zeroing the input keeps 0 * inf = NaN out of the backward pass."""
+    keep = finite_examples(model, x)
+    x = jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.0)
+    return x, mask * keep, int(jnp.sum((~keep) & (mask > 0)))
+
+
+@eqx.filter_jit
 def eval_step(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Summed loss and number correct over the unmasked examples of one batch."""
     logits = model(x)
@@ -312,6 +326,13 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
                                         f"{step}: the ODE became too stiff (large gamma~ x^2) for rtol = "
                                         f"{cfg.solver.rtol}; raise solver.max_steps or loosen the tolerances. "
                                         f"The last good state is checkpointed.") from None
+                if not bool(metrics["ok"]) and cfg.train.drop_nonfinite_examples:
+                    x, dropped_mask, dropped = without_nonfinite(model, x, mask)
+                    if 0 < dropped < int(mask.sum()):  # retry the step on the examples that stay finite
+                        model, opt_state, metrics = train_step(run.optimizer, model, opt_state, x, y, dropped_mask,
+                                                                lam, cfg.loss.label_smoothing, cfg.loss.logit_penalty)
+                        log.write({"kind": "dropped", "step": step, "epoch": epoch, "batch": i, "examples": dropped,
+                                   "ok": bool(metrics["ok"])})
                 if bool(metrics["ok"]):
                     skipped = 0
                 else:  # the step kept the last good state: skip the batch, or checkpoint that state and stop

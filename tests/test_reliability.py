@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -243,3 +245,51 @@ def test_position_files_without_wall_time_still_load(tmp_path):
     assert ckpt.load_latest(tmp_path, state)[1] == ckpt.Position(7, 1, 2, 12.5)
     (tmp_path / "ckpt-000000007.json").write_text(json.dumps({"step": 7, "epoch": 1, "batch": 2}))  # older runs
     assert ckpt.load_latest(tmp_path, state)[1] == ckpt.Position(7, 1, 2, 0.0)
+
+
+def _circles_with_one_overflowing_example(cfg):
+    """The circles data with training example 5 moved far out, where the explicit cubic step overflows."""
+    import dataclasses
+
+    from ode_nets.data import load_dataset
+
+    data = load_dataset(cfg.data, jax.random.split(jax.random.PRNGKey(cfg.seed))[0])
+    x = data.train.x.copy()
+    x[5] = 1e8
+    return dataclasses.replace(data, train=Split(x, data.train.y))
+
+
+def test_without_nonfinite_drops_only_the_overflowing_examples(tmp_path):
+    from ode_nets.train import train_step, without_nonfinite
+
+    cfg = load_config(CIRCLES)
+    run = build_run(cfg, tmp_path, _circles_with_one_overflowing_example(cfg))
+    x, y, mask = jnp.asarray(run.dataset.train.x[:16]), jnp.asarray(run.dataset.train.y[:16]), jnp.ones(16)
+    opt_state = run.optimizer.init(eqx.filter(run.model, eqx.is_inexact_array))
+    _, _, metrics = train_step(run.optimizer, run.model, opt_state, x, y, mask, 1.0)
+    assert not bool(metrics["ok"])
+    x_kept, mask_kept, dropped = without_nonfinite(run.model, x, mask)
+    assert dropped == 1 and float(mask_kept[5]) == 0.0 and float(jnp.sum(mask_kept)) == 15.0
+    assert np.all(np.asarray(x_kept[5]) == 0) and np.array_equal(np.asarray(x_kept[:5]), np.asarray(x[:5]))
+    model, _, metrics = train_step(run.optimizer, run.model, opt_state, x_kept, y, mask_kept, 1.0)
+    others = np.arange(16) != 5  # the same step as on the 15 finite examples alone
+    reference, _, _ = train_step(run.optimizer, run.model, opt_state, x[others], y[others], jnp.ones(15), 1.0)
+    assert bool(metrics["ok"])
+    np.testing.assert_allclose(np.asarray(model.field.w.values), np.asarray(reference.field.w.values), rtol=1e-5, atol=1e-7)
+
+
+def test_drop_nonfinite_examples_keeps_training_where_skipping_stops(tmp_path):
+    for drop in (False, True):
+        cfg = load_config(CIRCLES, ["train.epochs=2", f"train.drop_nonfinite_examples={str(drop).lower()}"])
+        folder = tmp_path / str(drop)
+        prepare_folder(folder, cfg, overwrite=False, resume=False)
+        run = build_run(cfg, folder, _circles_with_one_overflowing_example(cfg))
+        if not drop:
+            with pytest.raises(TrainingError, match="non-finite"):
+                fit(run, progress=False)
+            continue
+        fit(run, progress=False)
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        dropped = [r for r in records if r["kind"] == "dropped"]
+        assert [(r["examples"], r["ok"]) for r in dropped] == [(1, True), (1, True)]  # once per epoch
+        assert not [r for r in records if r["kind"] == "skipped"] and (folder / "model.eqx").exists()
