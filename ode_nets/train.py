@@ -99,15 +99,25 @@ def train_step(optimizer: optax.GradientTransformation, model: ODENet, opt_state
 
 
 @eqx.filter_jit
-def finite_examples(model: ODENet, x: jax.Array) -> jax.Array:
-    """True for the examples whose forward solve stays finite (all logits finite)."""
-    return jnp.all(jnp.isfinite(model(x)), -1)
+def finite_examples(model: ODENet, x: jax.Array, y: jax.Array, lam: float, label_smoothing: float = 0.0,
+                    logit_penalty: float = 0.0) -> jax.Array:
+    """True for the examples whose own loss and gradient are finite (one vmapped fwd + bwd per example).
+
+    The forward alone is not enough: a solve can stay finite with logits ~1e16 whose backward overflows.
+    """
+    def finite(xi: jax.Array, yi: jax.Array) -> jax.Array:
+        loss, grads = eqx.filter_value_and_grad(lambda m: loss_fn(m, xi[None], yi[None], jnp.ones(1), lam,
+                                                                  label_smoothing, logit_penalty)[0])(model)
+        return jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+
+    return jax.vmap(finite)(x, y)
 
 
-def without_nonfinite(model: ODENet, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, int]:
-    """The batch with the examples whose solve overflows zeroed and masked out (their loss weight is 0),
+def without_nonfinite(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array, lam: float,
+                      label_smoothing: float = 0.0, logit_penalty: float = 0.0) -> tuple[jax.Array, jax.Array, int]:
+    """The batch with the examples whose loss or gradient overflows zeroed and masked out (loss weight 0),
     and how many were dropped. Zeroing the input keeps 0 * inf = NaN out of the backward pass."""
-    keep = finite_examples(model, x)
+    keep = finite_examples(model, x, y, lam, label_smoothing, logit_penalty)
     x = jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.0)
     return x, mask * keep, int(jnp.sum((~keep) & (mask > 0)))
 
@@ -327,7 +337,8 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
                                         f"{cfg.solver.rtol}; raise solver.max_steps or loosen the tolerances. "
                                         f"The last good state is checkpointed.") from None
                 if not bool(metrics["ok"]) and cfg.train.drop_nonfinite_examples:
-                    x, dropped_mask, dropped = without_nonfinite(model, x, mask)
+                    x, dropped_mask, dropped = without_nonfinite(model, x, y, mask, lam, cfg.loss.label_smoothing,
+                                                                 cfg.loss.logit_penalty)
                     if 0 < dropped < int(mask.sum()):  # retry the step on the examples that stay finite
                         model, opt_state, metrics = train_step(run.optimizer, model, opt_state, x, y, dropped_mask,
                                                                 lam, cfg.loss.label_smoothing, cfg.loss.logit_penalty)

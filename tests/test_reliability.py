@@ -268,7 +268,7 @@ def test_without_nonfinite_drops_only_the_overflowing_examples(tmp_path):
     opt_state = run.optimizer.init(eqx.filter(run.model, eqx.is_inexact_array))
     _, _, metrics = train_step(run.optimizer, run.model, opt_state, x, y, mask, 1.0)
     assert not bool(metrics["ok"])
-    x_kept, mask_kept, dropped = without_nonfinite(run.model, x, mask)
+    x_kept, mask_kept, dropped = without_nonfinite(run.model, x, y, mask, 1.0)
     assert dropped == 1 and float(mask_kept[5]) == 0.0 and float(jnp.sum(mask_kept)) == 15.0
     assert np.all(np.asarray(x_kept[5]) == 0) and np.array_equal(np.asarray(x_kept[:5]), np.asarray(x[:5]))
     model, _, metrics = train_step(run.optimizer, run.model, opt_state, x_kept, y, mask_kept, 1.0)
