@@ -173,7 +173,7 @@ class TrainConfig:
     devices: int = 1  # data-parallel over this many devices (batch axis sharded)
     max_steps: Optional[int] = None  # stop after this many steps (quick runs, tests)
     skip_nonfinite: int = 0  # skip up to this many consecutive batches with a non-finite loss/gradient (0: stop)
-    drop_nonfinite_examples: bool = False  # retry a non-finite batch without the examples whose solve overflows
+    drop_nonfinite_examples: bool = False  # retry a non-finite batch without the examples whose loss or gradient overflows
     input_noise: float = 0.0  # std of Gaussian noise added to each training input at every step (0: off)
     levels: tuple[int, ...] = ()  # multilevel training (scripts/multilevel.py): layers per level, e.g. [32, 64]
     prolongation: Literal["constant", "linear"] = "constant"  # how per-layer parameters go from L to r*L layers
