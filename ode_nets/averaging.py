@@ -3,7 +3,7 @@
 Train on at a constant (not annealed) learning rate, keep the checkpoints it passes, and average their
 parameters. The mean of points scattered around a minimum lies nearer its flat centre than any one of them.
 The average is taken offline over the checkpoints of one run folder and written as a new run folder
-(`config.yaml`, `model.eqx`, `results.json`, `averaged.json`) that `scripts/evaluate.py` and
+(`config.yaml`, `model.eqx`, `results.json`, which names the source run and the steps averaged) that `scripts/evaluate.py` and
 `scripts/plot.py` read like any other run; the source run is only read.
 """
 
@@ -30,17 +30,12 @@ def average_models(models: Sequence[PyTree]) -> PyTree:
     return eqx.combine(mean, eqx.filter(models[0], eqx.is_inexact_array, inverse=True))
 
 
-def checkpoint_step(path: Path) -> int:
-    """The global step of `ckpt-<step>.eqx`."""
-    return int(path.stem.split("-")[1])
-
-
 def select_checkpoints(folder: Path, from_step: int, to_step: int | None = None) -> list[Path]:
     """The checkpoints of `folder` with from_step <= step (<= to_step), oldest first; an error if there are none."""
     found = ckpt.list_checkpoints(folder)
-    chosen = [p for p in found if checkpoint_step(p) >= from_step and (to_step is None or checkpoint_step(p) <= to_step)]
+    steps = [ckpt.checkpoint_step(p) for p in found]
+    chosen = [p for p, step in zip(found, steps) if step >= from_step and (to_step is None or step <= to_step)]
     if not chosen:
-        steps = [checkpoint_step(p) for p in found]
         raise ckpt.CheckpointError(f"no checkpoint in {folder} with step in [{from_step}, {to_step or 'end'}] "
                                    f"(it holds steps {steps or 'none'}; train.keep_checkpoints limits how many are kept)")
     return chosen
@@ -55,7 +50,7 @@ def average_run(source: Path, target: Path, from_step: int, to_step: int | None 
     """
     from ode_nets.config import load_config, save_config
     from ode_nets.models import count_parameters
-    from ode_nets.train import RunDirError, _split_metrics, _train_state, build_run, learned_gamma
+    from ode_nets.train import RunDirError, _split_metrics, build_run, checkpoint_template, learned_gamma
 
     source, target = Path(source), Path(target)
     if not (source / "config.yaml").is_file():
@@ -67,7 +62,7 @@ def average_run(source: Path, target: Path, from_step: int, to_step: int | None 
     paths = select_checkpoints(source / "checkpoints", from_step, to_step)
     config = load_config(source / "config.yaml")
     run = build_run(config, target)
-    like = _train_state(run.model, run.optimizer.init(eqx.filter(run.model, eqx.is_inexact_array)), jax.random.PRNGKey(0))
+    like = checkpoint_template(run)
     model = average_models([ckpt.load_tree(p, like)["model"] for p in paths])
     if target.exists():
         shutil.rmtree(target)
@@ -75,10 +70,9 @@ def average_run(source: Path, target: Path, from_step: int, to_step: int | None 
     save_config(config, target / "config.yaml")
     ckpt.atomic_save_tree(target / "model.eqx", model)
     metrics = _split_metrics(model, run.dataset, config)
-    steps = [checkpoint_step(p) for p in paths]
+    steps = [ckpt.checkpoint_step(p) for p in paths]
     results = {"name": config.name, "averaged_from": str(source), "steps": steps, "test_acc": metrics["test_acc"],
                "test_loss": metrics["test_loss"], "train_acc": metrics["train_acc"], "gamma": learned_gamma(model),
                "parameters": count_parameters(model)}
-    ckpt.atomic_write_bytes(target / "averaged.json", json.dumps({"source": str(source), "steps": steps}).encode())
     ckpt.atomic_write_bytes(target / "results.json", json.dumps(results, indent=2).encode())
     return results

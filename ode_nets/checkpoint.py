@@ -77,6 +77,11 @@ def save_checkpoint(folder: Path, state: PyTree, position: Position, keep: int) 
     return path
 
 
+def checkpoint_step(path: Path) -> int:
+    """The global step of `ckpt-<step>.eqx` (or its `.json`)."""
+    return int(path.stem.split("-")[1])
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
     """Checkpoint files with a position file, oldest first."""
     if not folder.is_dir():

@@ -234,7 +234,7 @@ def record_resume(folder: Path, config: Config) -> None:
     if not changed:
         return
     checkpoints = ckpt.list_checkpoints(folder / "checkpoints")
-    step = int(checkpoints[-1].stem.split("-")[1]) if checkpoints else None
+    step = ckpt.checkpoint_step(checkpoints[-1]) if checkpoints else None
     with (folder / "resumes.jsonl").open("a") as f:
         f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": step, "changed": changed}) + "\n")
     ckpt.atomic_write_bytes(folder / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
@@ -267,6 +267,12 @@ class MetricsLog:
 
 def _train_state(model: ODENet, opt_state: Any, key: jax.Array) -> dict:
     return {"model": model, "opt_state": opt_state, "key": key}
+
+
+def checkpoint_template(run: Run) -> dict:
+    """A train state of `run`'s structure (fresh model and optimizer state) to restore checkpoints into."""
+    opt_state = run.optimizer.init(eqx.filter(run.model, eqx.is_inexact_array))
+    return _train_state(run.model, opt_state, jax.random.PRNGKey(0))
 
 
 def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
@@ -453,7 +459,6 @@ def load_run(folder: Path) -> tuple[Config, Dataset, ODENet]:
     if (folder / "model.eqx").is_file():
         model = ckpt.load_tree(folder / "model.eqx", run.model)
     else:
-        opt_state = run.optimizer.init(eqx.filter(run.model, eqx.is_inexact_array))
-        state, _ = ckpt.load_latest(folder / "checkpoints", _train_state(run.model, opt_state, jax.random.PRNGKey(0)))
+        state, _ = ckpt.load_latest(folder / "checkpoints", checkpoint_template(run))
         model = state["model"]
     return config, run.dataset, model

@@ -1,7 +1,7 @@
 """Stochastic weight averaging of a run's checkpoints into a new run folder:
 python scripts/average.py <run dir> <new run dir> --from-step N [--to-step M]
 
-The new folder holds config.yaml, model.eqx (the mean parameters), results.json and averaged.json;
+The new folder holds config.yaml, model.eqx (the mean parameters) and results.json (with the source and steps);
 scripts/evaluate.py and scripts/plot.py read it like any run. The source run is only read.
 """
 

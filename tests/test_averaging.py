@@ -3,14 +3,13 @@
 from pathlib import Path
 
 import equinox as eqx
-import jax
 import numpy as np
 import pytest
 
 from ode_nets import checkpoint as ckpt
 from ode_nets.averaging import average_models, average_run
 from ode_nets.config import load_config
-from ode_nets.train import RunDirError, _train_state, build_run, fit, prepare_folder
+from ode_nets.train import RunDirError, build_run, checkpoint_template, fit, prepare_folder
 from ode_nets.evaluation import evaluate_run
 
 CIRCLES_CFG = Path(__file__).parent.parent / "configs" / "circles_model2.yaml"
@@ -37,12 +36,11 @@ def test_average_run_writes_a_run_of_the_mean_checkpoint(tmp_path):
     paths = ckpt.list_checkpoints(source / "checkpoints")
     assert len(paths) == 4  # one per epoch
     before = {p: p.read_bytes() for p in (source / "checkpoints").iterdir()}
-    like = _train_state(run.model, run.optimizer.init(eqx.filter(run.model, eqx.is_inexact_array)), jax.random.PRNGKey(0))
-    last_two = [ckpt.load_tree(p, like)["model"] for p in paths[2:]]
-    from_step = int(paths[2].stem.split("-")[1])
+    last_two = [ckpt.load_tree(p, checkpoint_template(run))["model"] for p in paths[2:]]
+    from_step = ckpt.checkpoint_step(paths[2])
 
     results = average_run(source, tmp_path / "avg", from_step)
-    assert results["steps"] == [int(p.stem.split("-")[1]) for p in paths[2:]]
+    assert results["steps"] == [ckpt.checkpoint_step(p) for p in paths[2:]]
     saved = ckpt.load_tree(tmp_path / "avg" / "model.eqx", run.model)
     expected = (np.asarray(last_two[0].field.w.values) + np.asarray(last_two[1].field.w.values)) / 2
     np.testing.assert_allclose(np.asarray(saved.field.w.values), expected, rtol=1e-6)

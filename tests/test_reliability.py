@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -247,13 +246,11 @@ def test_position_files_without_wall_time_still_load(tmp_path):
     assert ckpt.load_latest(tmp_path, state)[1] == ckpt.Position(7, 1, 2, 0.0)
 
 
-def _circles_with_one_overflowing_example(cfg):
+def _circles_with_one_overflowing_example(cfg, tmp_path):
     """The circles data with training example 5 moved far out, where the explicit cubic step overflows."""
     import dataclasses
 
-    from ode_nets.data import load_dataset
-
-    data = load_dataset(cfg.data, jax.random.split(jax.random.PRNGKey(cfg.seed))[0])
+    data = build_run(cfg, tmp_path / "data").dataset
     x = data.train.x.copy()
     x[5] = 1e8
     return dataclasses.replace(data, train=Split(x, data.train.y))
@@ -263,7 +260,7 @@ def test_without_nonfinite_drops_only_the_overflowing_examples(tmp_path):
     from ode_nets.train import train_step, without_nonfinite
 
     cfg = load_config(CIRCLES)
-    run = build_run(cfg, tmp_path, _circles_with_one_overflowing_example(cfg))
+    run = build_run(cfg, tmp_path, _circles_with_one_overflowing_example(cfg, tmp_path))
     x, y, mask = jnp.asarray(run.dataset.train.x[:16]), jnp.asarray(run.dataset.train.y[:16]), jnp.ones(16)
     opt_state = run.optimizer.init(eqx.filter(run.model, eqx.is_inexact_array))
     _, _, metrics = train_step(run.optimizer, run.model, opt_state, x, y, mask, 1.0)
@@ -283,7 +280,7 @@ def test_drop_nonfinite_examples_keeps_training_where_skipping_stops(tmp_path):
         cfg = load_config(CIRCLES, ["train.epochs=2", f"train.drop_nonfinite_examples={str(drop).lower()}"])
         folder = tmp_path / str(drop)
         prepare_folder(folder, cfg, overwrite=False, resume=False)
-        run = build_run(cfg, folder, _circles_with_one_overflowing_example(cfg))
+        run = build_run(cfg, folder, _circles_with_one_overflowing_example(cfg, tmp_path))
         if not drop:
             with pytest.raises(TrainingError, match="non-finite"):
                 fit(run, progress=False)
