@@ -50,7 +50,7 @@ def average_run(source: Path, target: Path, from_step: int, to_step: int | None 
     """
     from ode_nets.config import load_config, save_config
     from ode_nets.models import count_parameters
-    from ode_nets.train import RunDirError, _split_metrics, build_run, checkpoint_template, learned_gamma
+    from ode_nets.train import RunDirError, split_metrics, build_run, checkpoint_template, learned_gamma
 
     source, target = Path(source), Path(target)
     if not (source / "config.yaml").is_file():
@@ -69,7 +69,7 @@ def average_run(source: Path, target: Path, from_step: int, to_step: int | None 
     target.mkdir(parents=True)
     save_config(config, target / "config.yaml")
     ckpt.atomic_save_tree(target / "model.eqx", model)
-    metrics = _split_metrics(model, run.dataset, config)
+    metrics = split_metrics(model, run.dataset, config)
     steps = [ckpt.checkpoint_step(p) for p in paths]
     results = {"name": config.name, "averaged_from": str(source), "steps": steps, "test_acc": metrics["test_acc"],
                "test_loss": metrics["test_loss"], "train_acc": metrics["train_acc"], "gamma": learned_gamma(model),

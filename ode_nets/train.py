@@ -379,7 +379,7 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
                 if done:
                     break
             bar.close()
-            record = {"kind": "eval", "step": step, "epoch": epoch + 1, **_split_metrics(model, run.dataset, cfg)}
+            record = {"kind": "eval", "step": step, "epoch": epoch + 1, **split_metrics(model, run.dataset, cfg)}
             log.write(record)
             print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
                                                       if isinstance(v, float)))
@@ -399,7 +399,8 @@ def finish(run: Run, model: ODENet, n_params: int, wall_time: float) -> dict:
     return results
 
 
-def _split_metrics(model: ODENet, dataset: Dataset, cfg: Config) -> dict[str, float]:
+def split_metrics(model: ODENet, dataset: Dataset, cfg: Config) -> dict[str, float]:
+    """Loss and accuracy on train (its first `train.eval_train_examples`), validation and test splits."""
     out = {}
     train = dataset.train
     if cfg.train.eval_train_examples is not None and cfg.train.eval_train_examples < len(train):

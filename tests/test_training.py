@@ -148,11 +148,11 @@ def test_learned_gamma_is_kept_nonnegative(tmp_path):
 def test_eval_train_examples_limits_the_train_metrics(tmp_path):
     """train.eval_train_examples: per-epoch train metrics on the first N examples, equal to evaluating them directly."""
     from ode_nets.data import Split
-    from ode_nets.train import _split_metrics, evaluate
+    from ode_nets.train import split_metrics, evaluate
 
     cfg = load_config(CIRCLES_CFG, ["train.eval_train_examples=7", "model.init=normal"])
     run = build_run(cfg, tmp_path)
-    metrics = _split_metrics(run.model, run.dataset, cfg)
+    metrics = split_metrics(run.model, run.dataset, cfg)
     first = evaluate(run.model, Split(run.dataset.train.x[:7], run.dataset.train.y[:7]), 1000)
     assert metrics["train_loss"] == pytest.approx(first["loss"]) and metrics["train_acc"] == pytest.approx(first["acc"])
     assert metrics["train_acc"] * 7 == pytest.approx(round(metrics["train_acc"] * 7))  # a multiple of 1/7
