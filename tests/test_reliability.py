@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ode_nets import checkpoint as ckpt
 from ode_nets.config import load_config
 from ode_nets.data import DataError, Dataset, Split
 from ode_nets.train import TrainingError, build_run, fit, prepare_folder
@@ -62,7 +63,7 @@ SLOW = ["train.epochs=12", "train.checkpoint_every=5", "train.log_every=5", "mod
 def _wait_for_checkpoint(folder: Path, proc: subprocess.Popen, min_step: int, timeout: float = 300) -> None:
     start = time.time()
     while time.time() - start < timeout:
-        steps = [int(p.stem.split("-")[1]) for p in (folder / "checkpoints").glob("ckpt-*.json")]
+        steps = [ckpt.checkpoint_step(p) for p in (folder / "checkpoints").glob("ckpt-*.json")]
         if steps and max(steps) >= min_step:
             return
         assert proc.poll() is None, "training ended before it could be interrupted"
@@ -106,7 +107,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     assert proc.returncode == 0, err
     assert "interrupted at step" in out and "--resume" in out
     assert not (folder / "model.eqx").exists()
-    steps = sorted(int(p.stem.split("-")[1]) for p in (folder / "checkpoints").glob("ckpt-*.json"))
+    steps = sorted(ckpt.checkpoint_step(p) for p in (folder / "checkpoints").glob("ckpt-*.json"))
     assert steps[-1] > 5  # the interrupt wrote a checkpoint beyond the periodic one
 
 
@@ -237,8 +238,6 @@ def test_data_with_nan_is_refused(tmp_path):
 
 
 def test_position_files_without_wall_time_still_load(tmp_path):
-    from ode_nets import checkpoint as ckpt
-
     state = {"w": jnp.arange(3.0)}
     ckpt.save_checkpoint(tmp_path, state, ckpt.Position(step=7, epoch=1, batch=2, elapsed_s=12.5), keep=2)
     assert ckpt.load_latest(tmp_path, state)[1] == ckpt.Position(7, 1, 2, 12.5)
