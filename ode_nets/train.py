@@ -123,23 +123,30 @@ def without_nonfinite(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array
 
 
 @eqx.filter_jit
-def eval_step(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Summed loss and number correct over the unmasked examples of one batch."""
+def eval_step(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Summed loss over the finite unmasked examples, number correct, and number whose loss is not finite."""
     logits = model(x)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    finite = jnp.isfinite(losses)
     correct = (predicted_class(logits) == y).astype(jnp.float32)
-    return jnp.sum(losses * mask), jnp.sum(correct * mask)
+    return (jnp.sum(jnp.where(finite, losses, 0.0) * mask), jnp.sum(correct * mask),
+            jnp.sum(jnp.where(finite, 0.0, mask)))
 
 
 def evaluate(model: ODENet, split: Split, batch_size: int) -> dict[str, float]:
-    """Mean cross entropy and accuracy over a whole split."""
+    """Accuracy over a whole split, mean cross entropy over its examples with a finite loss, and the number of
+    examples whose explicit solve overflowed (`non_finite`; they count as errors, and the loss is NaN if all do)."""
     batch_size = min(batch_size, len(split))
-    total_loss, total_correct = 0.0, 0.0
+    total_loss, total_correct, non_finite = 0.0, 0.0, 0.0
     for idx, mask in batch_indices(len(split), batch_size, None):
-        loss, correct = eval_step(model, split.x[idx], split.y[idx], mask)
+        loss, correct, bad = eval_step(model, split.x[idx], split.y[idx], mask)
         total_loss += float(loss)
         total_correct += float(correct)
-    return {"loss": total_loss / len(split), "acc": total_correct / len(split)}
+        non_finite += float(bad)
+    finite = len(split) - non_finite
+    return {"loss": total_loss / finite if finite else float("nan"), "acc": total_correct / len(split),
+            "non_finite": int(non_finite)}
 
 
 @eqx.filter_jit
@@ -381,8 +388,8 @@ def fit(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
             bar.close()
             record = {"kind": "eval", "step": step, "epoch": epoch + 1, **split_metrics(model, run.dataset, cfg)}
             log.write(record)
-            print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                                      if isinstance(v, float)))
+            print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                      for k, v in record.items() if k not in ("kind", "step", "epoch")))
             save(ckpt.Position(step, epoch + 1, 0))
     return finish(run, model, n_params, elapsed())
 
@@ -392,15 +399,18 @@ def finish(run: Run, model: ODENet, n_params: int, wall_time: float) -> dict:
     ckpt.atomic_save_tree(run.folder / "model.eqx", model)
     test = evaluate(model, run.dataset.test, run.config.train.eval_batch_size)
     results = {"name": run.config.name, "parameters": n_params, "test_acc": test["acc"], "test_loss": test["loss"],
+               "test_non_finite": test["non_finite"],
                "gamma": learned_gamma(model), "train_wall_time_s": wall_time, "device": jax.devices()[0].device_kind}
     ckpt.atomic_write_bytes(run.folder / "results.json", json.dumps(results, indent=2).encode())
-    print(f"test accuracy {test['acc']:.4f}; trainable parameters {n_params:,}; "
+    overflowed = f" ({test['non_finite']} overflowed, counted as errors)" if test["non_finite"] else ""
+    print(f"test accuracy {test['acc']:.4f}{overflowed}; trainable parameters {n_params:,}; "
           f"learned gamma~ {results['gamma']}; results in {run.folder}")
     return results
 
 
 def split_metrics(model: ODENet, dataset: Dataset, cfg: Config) -> dict[str, float]:
-    """Loss and accuracy on train (its first `train.eval_train_examples`), validation and test splits."""
+    """Loss and accuracy on train (its first `train.eval_train_examples`), validation and test splits, and
+    `<split>_non_finite` where some examples overflowed (see `evaluate`)."""
     out = {}
     train = dataset.train
     if cfg.train.eval_train_examples is not None and cfg.train.eval_train_examples < len(train):
@@ -409,6 +419,8 @@ def split_metrics(model: ODENet, dataset: Dataset, cfg: Config) -> dict[str, flo
         if split is not None:
             m = evaluate(model, split, cfg.train.eval_batch_size)
             out[f"{name}_loss"], out[f"{name}_acc"] = m["loss"], m["acc"]
+            if m["non_finite"]:
+                out[f"{name}_non_finite"] = m["non_finite"]
     return out
 
 

@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from ode_nets.config import load_config
@@ -193,7 +194,13 @@ def test_nonfinite_outputs_count_as_errors_not_as_class_0():
     x = np.array([[1.0, 0.0], [-1.0, 0.0], [9.0, 0.0], [7.0, 0.0]], np.float32)
     y = np.array([0, 1, 0, 1], np.int32)  # rows 3 and 4 overflow; argmax of a NaN row would say class 0
     assert float(accuracy(_OverflowingNet()(jnp.asarray(x)), jnp.asarray(y))) == 0.5
-    assert evaluate(_OverflowingNet(), Split(x, y), 4)["acc"] == 0.5
+    metrics = evaluate(_OverflowingNet(), Split(x, y), 3)  # batches of 3 with padding: the mask is respected
+    assert metrics["acc"] == 0.5 and metrics["non_finite"] == 2
+    finite_losses = optax.softmax_cross_entropy_with_integer_labels(jnp.array([[1.0, -1.0], [-1.0, 1.0]]), y[:2])
+    assert metrics["loss"] == pytest.approx(float(jnp.mean(finite_losses)))
+    padded = evaluate(_OverflowingNet(), Split(x[[2, 0, 3]], y[[2, 0, 3]]), 2)  # the pad repeats the overflowing row
+    assert padded["non_finite"] == 2 and padded["loss"] == pytest.approx(float(finite_losses[0]))
+    assert np.isnan(evaluate(_OverflowingNet(), Split(x[2:], y[2:]), 2)["loss"])
     result = evaluate_split(_OverflowingNet(), Split(x, y), 2)
     assert result["accuracy"] == 0.5 and result["non_finite"] == 2 and result["n"] == 4
     np.testing.assert_array_equal(result["confusion"], [[1, 0], [0, 1]])
