@@ -72,7 +72,8 @@ def average_run(source: Path, target: Path, from_step: int, to_step: int | None 
     metrics = split_metrics(model, run.dataset, config)
     steps = [ckpt.checkpoint_step(p) for p in paths]
     results = {"name": config.name, "averaged_from": str(source), "steps": steps, "test_acc": metrics["test_acc"],
-               "test_loss": metrics["test_loss"], "train_acc": metrics["train_acc"], "gamma": learned_gamma(model),
+               "test_loss": metrics["test_loss"], "test_non_finite": metrics.get("test_non_finite", 0),
+               "train_acc": metrics["train_acc"], "gamma": learned_gamma(model),
                "parameters": count_parameters(model)}
     ckpt.atomic_write_bytes(target / "results.json", json.dumps(results, indent=2).encode())
     return results

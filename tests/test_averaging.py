@@ -44,7 +44,9 @@ def test_average_run_writes_a_run_of_the_mean_checkpoint(tmp_path):
     saved = ckpt.load_tree(tmp_path / "avg" / "model.eqx", run.model)
     expected = (np.asarray(last_two[0].field.w.values) + np.asarray(last_two[1].field.w.values)) / 2
     np.testing.assert_allclose(np.asarray(saved.field.w.values), expected, rtol=1e-6)
-    assert evaluate_run(tmp_path / "avg")["accuracy"] == pytest.approx(results["test_acc"])
+    evaluated = evaluate_run(tmp_path / "avg")
+    assert evaluated["accuracy"] == pytest.approx(results["test_acc"])
+    assert results["test_non_finite"] == evaluated["non_finite"]
     assert before == {p: p.read_bytes() for p in (source / "checkpoints").iterdir()}  # the source is only read
 
     with pytest.raises(RunDirError, match="already exists"):
