@@ -16,8 +16,7 @@ import equinox as eqx
 from jaxtyping import PyTree
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated or does not match the config."""
+from ode_nets.errors import CheckpointError  # noqa: E402  (re-exported)
 
 
 @dataclass(frozen=True)

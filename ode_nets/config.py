@@ -18,8 +18,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the source."""
+from ode_nets.errors import ConfigError  # noqa: E402  (re-exported: `from ode_nets.config import ConfigError`)
 
 
 FieldName = Literal["cubic", "conv_cubic", "resnet", "single_layer", "antisymmetric", "hamiltonian"]

@@ -23,45 +23,18 @@ import yaml
 from tqdm.auto import tqdm
 
 from ode_nets import checkpoint as ckpt
-from ode_nets.config import Config, OptimConfig, save_config
+from ode_nets.config import Config, save_config
 from ode_nets.data import Dataset, Split, add_input_noise, batch_indices, check_finite, load_dataset, num_batches
 from ode_nets.losses import accuracy, cross_entropy, logit_level, predicted_class, smoothness
-from ode_nets.models import ODENet, build_model, count_parameters, project_parameters
+from ode_nets.build import build_model, build_optimizer
+from ode_nets.models import ODENet, count_parameters, project_parameters
 
 
-class TrainingError(RuntimeError):
-    """Training stopped: non-finite loss or gradient, or a solver failure. The message names the step."""
-
-
-class RunDirError(ValueError):
-    """The run folder exists (and neither overwrite nor resume was asked) or cannot be resumed."""
+from ode_nets.errors import RunDirError, TrainingError  # noqa: E402  (re-exported)
 
 
 # ---------------------------------------------------------------------------------------------
 # pure pieces
-
-
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """optax optimizer with the configured schedule (SGD as in the paper by default)."""
-    lr = cfg.learning_rate
-    schedule: Any
-    if cfg.schedule == "constant":
-        schedule = lr
-    elif cfg.schedule == "cosine":
-        schedule = optax.cosine_decay_schedule(lr, max(total_steps, 1))
-    elif cfg.schedule == "exponential":
-        schedule = optax.exponential_decay(lr, max(total_steps, 1), cfg.decay_rate)
-    else:
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1))
-    if cfg.name == "sgd":
-        opt = optax.sgd(schedule, momentum=cfg.momentum or None)
-    elif cfg.name == "adam":
-        opt = optax.adam(schedule)
-    else:
-        opt = optax.adamw(schedule, weight_decay=cfg.weight_decay)
-    if cfg.clip_norm is not None:
-        opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
-    return opt
 
 
 def loss_fn(model: ODENet, x: jax.Array, y: jax.Array, mask: jax.Array, lam: float, label_smoothing: float = 0.0,
@@ -192,12 +165,12 @@ def build_run(config: Config, folder: Path, dataset: Dataset | None = None) -> R
     if config.train.batch_size > len(dataset.train):
         raise ValueError(f"train.batch_size = {config.train.batch_size} is larger than the training set "
                          f"({len(dataset.train)} examples); lower it")
-    model = build_model(config.model, config.solver, config.gradient, dataset.input_shape, dataset.num_classes, k_model)
+    model = build_model(config, dataset.input_shape, dataset.num_classes, k_model)
     steps_per_epoch = num_batches(len(dataset.train), config.train.batch_size)
     total = steps_per_epoch * config.train.epochs
     if config.train.max_steps is not None:
         total = min(total, config.train.max_steps)
-    return Run(config, folder, dataset, model, make_optimizer(config.optim, total), steps_per_epoch, total)
+    return Run(config, folder, dataset, model, build_optimizer(config.optim, total), steps_per_epoch, total)
 
 
 def prepare_folder(folder: Path, config: Config, *, overwrite: bool, resume: bool) -> None:

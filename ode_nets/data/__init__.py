@@ -16,8 +16,7 @@ from jaxtyping import PRNGKeyArray
 from ode_nets.config import DataConfig
 
 
-class DataError(ValueError):
-    """Data missing, malformed or inconsistent; the message says what to fix."""
+from ode_nets.errors import DataError  # noqa: E402  (re-exported)
 
 
 @dataclass(frozen=True)
