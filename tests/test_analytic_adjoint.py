@@ -1,41 +1,42 @@
 """The paper's hand-derived backward pass (eqs 62-71, 76-78, 112) against autodiff, in float64."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import pytest
 
-from ode_nets.analytic_adjoint import dense_adjoint, dense_densities, LayerParams
-from ode_nets.config import GradientConfig, ModelConfig, SolverConfig
+from helpers import relative_errors, small_net, trainable_leaves
+from ode_nets.fields import CubicField, LayerGrid, LayerParams, ResNetField, ParamInit
+from ode_nets.fields.time_params import Constant
 from ode_nets.losses import cross_entropy
-from ode_nets.models import build_model
+from ode_nets.solve import solve
+from ode_nets.strategies import AnalyticAdjoint
 
 CASES = {  # field -> (input shape, classes, readout, augment)
     "cubic": ((2,), 2, "sigmoid_last", 1),
     "conv_cubic": ((1, 4, 4), 3, "max_pool_softmax", 2),
 }
+EULER = {"method": "euler"}
+TSIT5 = {"method": "tsit5", "rtol": 1e-10, "atol": 1e-12}
 
 
-def gradient_leaves(field: str, strategy: str, solver: SolverConfig, time_dependent: bool = True):
+def gradient_leaves(field: str, strategy: str, solver: dict, time_dependent: bool = True):
     shape, classes, readout, augment = CASES[field]
-    model = ModelConfig(field=field, layers=10, augment=augment, gamma=0.1, init="normal", init_scale=0.1,
-                        readout=readout, time_dependent=time_dependent)
-    net = build_model(model, solver, GradientConfig(strategy=strategy), shape, classes, jax.random.PRNGKey(0))
+    net = small_net(shape, classes, model={"field": field, "layers": 10, "augment": augment, "gamma": 0.1,
+                                           "init": "normal", "init_scale": 0.1, "readout": readout,
+                                           "time_dependent": time_dependent},
+                    solver=solver, gradient={"strategy": strategy})
     x = jax.random.normal(jax.random.PRNGKey(1), (4, *shape))
     y = jnp.array([0, 1, 1, 0]) % classes
     grads = eqx.filter_grad(lambda n: cross_entropy(n(x), y))(net)
-    leaves = jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_inexact_array))
+    leaves = trainable_leaves(grads)
     assert len(leaves) == 3  # weight, bias, gamma
     return leaves
 
 
-def relative_errors(a, b):
-    return [float(jnp.linalg.norm(u - v) / jnp.linalg.norm(v)) for u, v in zip(a, b)]
-
-
 @pytest.mark.parametrize("field", ["cubic", "conv_cubic"])
-@pytest.mark.parametrize("solver,tol", [(SolverConfig(method="euler"), 1e-10),
-                                        (SolverConfig(method="tsit5", rtol=1e-10, atol=1e-12), 1e-5)])
+@pytest.mark.parametrize("solver,tol", [(EULER, 1e-10), (TSIT5, 1e-5)], ids=["euler", "tsit5"])
 def test_analytic_adjoint_matches_autodiff(x64, field, solver, tol):
     """w, b and gamma gradients agree with discretize-then-optimize at the same discretisation (L = 10)."""
     reference = gradient_leaves(field, "discretize_then_optimize", solver)
@@ -45,7 +46,7 @@ def test_analytic_adjoint_matches_autodiff(x64, field, solver, tol):
 
 def test_time_independent_and_substeps(x64):
     """Constant parameters sum their layers' integrals (eq 15); Euler with 3 steps per layer stays exact."""
-    solver = SolverConfig(method="euler", steps_per_layer=3)
+    solver = {"method": "euler", "steps_per_layer": 3}
     reference = gradient_leaves("cubic", "discretize_then_optimize", solver, time_dependent=False)
     analytic = gradient_leaves("cubic", "analytic_adjoint", solver, time_dependent=False)
     assert max(relative_errors(analytic, reference)) < 1e-10
@@ -53,27 +54,20 @@ def test_time_independent_and_substeps(x64):
 
 def test_adjoint_equation_is_the_transposed_jacobian(x64):
     """eq 62 right side = a dF/dx with dF/dx from eq 61 (CubicField.jacobian); eq 65/66 densities = vjp in q."""
-    from ode_nets.fields.cubic import CubicField
-    from ode_nets.fields.time_params import Constant
-
     k = jax.random.split(jax.random.PRNGKey(3), 4)
     w, b, x, a = (jax.random.normal(k[0], (3, 3)), jax.random.normal(k[1], (3,)), jax.random.normal(k[2], (3,)),
                   jax.random.normal(k[3], (3,)))
     field = CubicField(Constant(w), Constant(b), jnp.asarray(0.3), dt=0.1)
     p = LayerParams(w, b, jnp.asarray(0.3))
-    assert jnp.allclose(dense_adjoint(p, x, a, 0.1, 3.0), a @ field.jacobian(0.0, x), atol=1e-12)
+    assert jnp.allclose(field.vjp_state(p, x, a), a @ field.jacobian(0.0, x), atol=1e-12)
     _, vjp = jax.vjp(lambda f: f(0.0, x), field)
     (g,) = vjp(a)
-    dens = dense_densities(x, a, 0.1, 3.0)
+    dens = field.vjp_params(x, a)
     assert jnp.allclose(dens.weight, g.w.value) and jnp.allclose(dens.bias, g.b.value)
     assert jnp.allclose(dens.gamma, g.gamma)
 
 
 def test_rejects_fields_without_hand_derived_equations():
-    model = ModelConfig(field="resnet", layers=3)
-    from ode_nets.analytic_adjoint import field_ops
-    from ode_nets.fields import build_field
-
-    field = build_field(model, (2,), jax.random.PRNGKey(0))
+    field = ResNetField.init((2,), ParamInit(layers=3), jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="analytic_adjoint"):
-        field_ops(field)
+        solve(field, jnp.zeros((1, 2)), solver=diffrax.Euler(), grid=LayerGrid(1.0, 3), strategy=AnalyticAdjoint())
