@@ -3,25 +3,20 @@ the paper's parameter count (§5.2) and a finite-difference gradient."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import net_from_config
+from ode_nets.build import with_model
 from ode_nets.config import from_dict
-from ode_nets.fields.cubic import _CONV_IMPLS, ConvCubicField, conv3x3_xla
-from ode_nets.models import build_model, count_parameters
+from ode_nets.fields.cubic import CONV_IMPLS, ConvCubicField, conv3x3_xla
+from ode_nets.losses import cross_entropy, smoothness
+from ode_nets.models import count_parameters
 
-
-@pytest.fixture(autouse=True, scope="module")
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("x64")  # every test in float64 (conftest's fixture)
 
 
 def paper_config(**model):
@@ -41,17 +36,17 @@ def reference_conv(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("impl", sorted(_CONV_IMPLS))
+@pytest.mark.parametrize("impl", sorted(CONV_IMPLS))
 def test_conv_impls_match_reference(impl):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 5, 6))
     kernel = rng.standard_normal((4, 3, 3, 3))
-    got = np.asarray(_CONV_IMPLS[impl](jnp.asarray(x), jnp.asarray(kernel)))
+    got = np.asarray(CONV_IMPLS[impl](jnp.asarray(x), jnp.asarray(kernel)))
     np.testing.assert_allclose(got, reference_conv(x, kernel), rtol=1e-12, atol=1e-12)
     # a kernel with a single 1 at offset (i, j) shifts the image: checks orientation, not just linearity
     shift = np.zeros((3, 3, 3, 3))
     shift[np.arange(3), np.arange(3), 0, 2] = 1.0  # out[h, w] = x[h - 1, w + 1]
-    out = np.asarray(_CONV_IMPLS[impl](jnp.asarray(x), jnp.asarray(shift)))
+    out = np.asarray(CONV_IMPLS[impl](jnp.asarray(x), jnp.asarray(shift)))
     np.testing.assert_array_equal(out[..., 1:, :-1], x[..., :-1, 1:])
     np.testing.assert_array_equal(out[..., 0, :], 0.0)
 
@@ -60,10 +55,10 @@ def test_im2col_equals_lax_conv_with_gradients():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((3, 10, 7, 7)))
     kernel = jnp.asarray(rng.standard_normal((10, 10, 3, 3)))
-    for impl in _CONV_IMPLS:
-        np.testing.assert_allclose(_CONV_IMPLS[impl](x, kernel), conv3x3_xla(x, kernel), rtol=1e-12, atol=1e-11)
+    for impl in CONV_IMPLS:
+        np.testing.assert_allclose(CONV_IMPLS[impl](x, kernel), conv3x3_xla(x, kernel), rtol=1e-12, atol=1e-11)
         loss = lambda f, xx, kk: jnp.sum(jnp.sin(f(xx, kk)))  # noqa: E731
-        g_impl = jax.grad(lambda xx, kk: loss(_CONV_IMPLS[impl], xx, kk), argnums=(0, 1))(x, kernel)
+        g_impl = jax.grad(lambda xx, kk: loss(CONV_IMPLS[impl], xx, kk), argnums=(0, 1))(x, kernel)
         g_ref = jax.grad(lambda xx, kk: loss(conv3x3_xla, xx, kk), argnums=(0, 1))(x, kernel)
         for a, b in zip(g_impl, g_ref):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
@@ -76,7 +71,7 @@ def test_split_conv_gradients_equal_lax_conv_with_an_uneven_kernel(batch):
     kernel = jnp.asarray(rng.standard_normal((7, 10, 3, 3)))
     weights = jnp.asarray(rng.standard_normal((batch, 7, 6, 5)))
     loss = lambda f, xx, kk: jnp.sum(weights * f(xx, kk) ** 2)  # noqa: E731
-    g_split = jax.grad(lambda xx, kk: loss(_CONV_IMPLS["xla_split"], xx, kk), argnums=(0, 1))(x, kernel)
+    g_split = jax.grad(lambda xx, kk: loss(CONV_IMPLS["xla_split"], xx, kk), argnums=(0, 1))(x, kernel)
     g_ref = jax.grad(lambda xx, kk: loss(conv3x3_xla, xx, kk), argnums=(0, 1))(x, kernel)
     for a, b in zip(g_split, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
@@ -84,7 +79,7 @@ def test_split_conv_gradients_equal_lax_conv_with_an_uneven_kernel(batch):
 
 def random_model(cfg, input_shape, key, scale=0.05):
     """A paper-config model with random (non-zero) scaled parameters and gamma~ = 0.02."""
-    model = build_model(cfg.model, cfg.solver, cfg.gradient, input_shape, 10, jax.random.PRNGKey(0))
+    model = net_from_config(cfg, input_shape, 10)
     leaves, treedef = jax.tree_util.tree_flatten(eqx.filter(model, eqx.is_inexact_array))
     keys = jax.random.split(key, len(leaves))
     leaves = [scale * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves)]
@@ -92,7 +87,7 @@ def random_model(cfg, input_shape, key, scale=0.05):
     return eqx.tree_at(lambda m: m.field.gamma, model, jnp.asarray(0.02))
 
 
-@pytest.mark.parametrize("impl", sorted(_CONV_IMPLS))
+@pytest.mark.parametrize("impl", sorted(CONV_IMPLS))
 def test_euler_solve_is_residual_network_eq_109(impl):
     """x_{l+1} = x_l + kappa~_l * x_l + b~_l - gamma~ x_l^3 per channel, with T != 1."""
     cfg = paper_config(layers=5, horizon=2.5, conv_impl=impl)
@@ -112,23 +107,21 @@ def test_euler_solve_is_residual_network_eq_109(impl):
 
 def test_paper_parameter_count_18201():
     cfg = paper_config()
-    model = build_model(cfg.model, cfg.solver, cfg.gradient, (1, 28, 28), 10, jax.random.PRNGKey(0))
+    model = net_from_config(cfg, (1, 28, 28), 10)
     assert isinstance(model.field, ConvCubicField)
     assert count_parameters(model) == (3 * 3 * 10 * 10 + 10) * 20 + 1 == 18201
-    fixed = build_model(dataclasses.replace(cfg.model, learn_gamma=False), cfg.solver, cfg.gradient, (1, 28, 28), 10,
-                        jax.random.PRNGKey(0))
+    fixed = net_from_config(with_model(cfg, learn_gamma=False), (1, 28, 28), 10)
     assert count_parameters(fixed) == 18200
 
 
 def test_gradient_matches_finite_difference():
     """d loss / d kappa~[l, o, c, i, j] and d loss / d gamma~ against central differences (float64)."""
-    from ode_nets.train import loss_fn
-
     cfg = paper_config(layers=4)
     model = random_model(cfg, (1, 5, 5), jax.random.PRNGKey(4), scale=0.1)
     images = jnp.asarray(np.random.default_rng(5).random((3, 1, 5, 5)))
     labels, mask = jnp.asarray([1, 4, 7]), jnp.ones(3)
-    loss = lambda m: loss_fn(m, images, labels, mask, 0.1)[0]  # noqa: E731
+    # the training loss: cross entropy + lambda * eq-113 regulariser, lambda = 0.1
+    loss = lambda m: cross_entropy(m(images), labels, mask) + 0.1 * smoothness(m)  # noqa: E731
     grads = eqx.filter_grad(loss)(model)
     for get, index in ((lambda m: m.field.kernel.values, (2, 3, 0, 1, 2)), (lambda m: m.field.b.values, (1, 5)),
                        (lambda m: m.field.gamma, ())):
