@@ -28,8 +28,9 @@ import numpy as np
 import optax
 import yaml
 
-from ode_nets.config import Config, ConfigError, Strategy, _coerce, _from_dict, from_dict
-from ode_nets.models import ODENet, build_model, count_parameters
+from ode_nets.config import Config, ConfigError, SolverName, Strategy, from_dict, parse, read_yaml, require
+from ode_nets.build import build_model
+from ode_nets.models import ODENet, count_parameters
 from ode_nets.train import loss_fn, train_step
 
 # model presets: the experiment-config sections, input shape (no batch axis) and number of classes
@@ -65,10 +66,10 @@ class BenchConfig:
 
     name: str = "bench"
     model: str = "mnist_conv"
-    solver: str = "euler"
-    layers: list = field(default_factory=lambda: [20])
-    batch_sizes: list = field(default_factory=lambda: [128])
-    gradients: list = field(default_factory=lambda: [{"strategy": "discretize_then_optimize"}])
+    solver: SolverName = "euler"
+    layers: tuple[int, ...] = (20,)
+    batch_sizes: tuple[int, ...] = (128,)
+    gradients: tuple[GradientCase, ...] = (GradientCase(),)
     warmup: int = 3
     steps: int = 20
     smoothness: float = 0.1  # lambda of eq 113
@@ -81,18 +82,14 @@ class BenchConfig:
     conv_probe: bool = False  # also time 20 3x3 convs inside a lax.scan vs unrolled (mnist_conv; see conv_loop_probe)
 
     def __post_init__(self) -> None:
-        def need(ok: bool, key: str, message: str) -> None:
-            if not ok:
-                raise ConfigError(f"{key}: {message}")
-
+        need = require
         need(self.model in PRESETS, "model", f"expected one of {', '.join(PRESETS)}, got {self.model!r}")
         for key in ("layers", "batch_sizes"):
             values = getattr(self, key)
-            need(isinstance(values, list) and len(values) > 0
-                 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values),
-                 key, f"expected a non-empty list of positive integers, got {values!r}")
-        need(isinstance(self.gradients, list) and len(self.gradients) > 0, "gradients",
-             f"expected a non-empty list of {{strategy, checkpoints}} mappings, got {self.gradients!r}")
+            need(len(values) > 0 and all(v > 0 for v in values), key,
+                 f"expected a non-empty list of positive integers, got {list(values)!r}")
+        need(len(self.gradients) > 0, "gradients",
+             f"expected a non-empty list of {{strategy, checkpoints}} mappings, got {list(self.gradients)!r}")
         need(self.warmup >= 1, "warmup", f"must be >= 1 (the first call compiles), got {self.warmup}")
         need(self.steps >= 20, "steps", f"must be >= 20 timed steps, got {self.steps}")
         need(self.smoothness >= 0, "smoothness", f"must be >= 0, got {self.smoothness}")
@@ -101,43 +98,18 @@ class BenchConfig:
         need(not self.conv_probe or self.model == "mnist_conv", "conv_probe", "needs model: mnist_conv")
         need(self.conv_impl is None or self.model == "mnist_conv", "conv_impl", "needs model: mnist_conv")
         need(self.threads is None or self.threads > 0, "threads", f"must be > 0 or null, got {self.threads}")
-        for i, g in enumerate(self.gradient_cases()):
+        for i, g in enumerate(self.gradients):
             # validated by the experiment schema, so errors name the real key
             experiment_config(self, 20, 8, g, source=f"gradients[{i}]")
-
-    def gradient_cases(self) -> list[GradientCase]:
-        return [_from_dict(GradientCase, g, f"gradients[{i}]") for i, g in enumerate(self.gradients)]
 
 
 def load_bench_config(path: str | Path, overrides: list[str] | None = None) -> BenchConfig:
     """Parse and validate a bench YAML (plus `key=value` overrides); `ConfigError` names file and key."""
-    from ode_nets.config import apply_overrides
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"bench config {str(path)!r} not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path, overrides, what="bench config")
     try:
-        return bench_from_dict(apply_overrides(data, overrides or []))
+        return parse(BenchConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-
-
-def bench_from_dict(data: Any) -> BenchConfig:
-    """A validated `BenchConfig`: unknown keys (with the closest valid one) and wrong types are `ConfigError`s."""
-    import difflib
-    import typing
-
-    if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping of keys, got {data!r}")
-    names = [f.name for f in dataclasses.fields(BenchConfig)]
-    hints = typing.get_type_hints(BenchConfig)
-    for key in data:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {key!r}{hint} (valid keys: {', '.join(names)})")
-    return BenchConfig(**{k: v if hints[k] is list else _coerce(v, hints[k], k) for k, v in data.items()})
 
 
 def experiment_config(bench: BenchConfig, layers: int, batch_size: int, gradient: GradientCase,
@@ -254,7 +226,7 @@ def device_info() -> dict[str, Any]:
 def case_rows(bench: BenchConfig) -> list[tuple[int, int, GradientCase]]:
     """Every (layers, batch size, gradient) of the grid; checkpoints only matter for discretize-then-optimize."""
     rows = []
-    for g in bench.gradient_cases():
+    for g in bench.gradients:
         for layers in bench.layers:
             for batch in bench.batch_sizes:
                 rows.append((layers, batch, g))
@@ -265,8 +237,7 @@ def run_case(bench: BenchConfig, layers: int, batch: int, gradient: GradientCase
     """Compile and time one case; returns its record, the initial model and the batch."""
     cfg = experiment_config(bench, layers, batch, gradient)
     preset = PRESETS[bench.model]
-    model = build_model(cfg.model, cfg.solver, cfg.gradient, preset["input_shape"], preset["classes"],
-                        jax.random.PRNGKey(bench.seed))
+    model = build_model(cfg, preset["input_shape"], preset["classes"], jax.random.PRNGKey(bench.seed))
     example = random_batch(bench.model, batch, bench.seed)
     compiled, params, opt_state, compile_s = compiled_step(model, optax.sgd(bench.learning_rate), bench.smoothness,
                                                            example)
@@ -371,12 +342,9 @@ def probe_table(probe: dict) -> str:
 
 def peer_arrays(model: ODENet, example: tuple) -> dict[str, np.ndarray]:
     """Weights, layer grid and data of a conv model as NumPy arrays for `ode_nets.peer_torch`."""
-    from ode_nets.fields.time_params import layer_grid
-
     field_ = model.field
     return {"kernel": np.asarray(field_.kernel.values), "b": np.asarray(field_.b.values),
-            "gamma": np.asarray(field_.gamma, np.float32), "grid": layer_grid(0.0, model.model.horizon,
-                                                                             model.model.layers),
+            "gamma": np.asarray(field_.gamma, np.float32), "grid": model.grid.times(),
             "x": example[0], "y": example[1]}
 
 
@@ -419,7 +387,7 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
 def peer_case(bench: BenchConfig, record: dict, model: ODENet, example: tuple) -> dict:
     """The torchdiffeq twin of one case: agreement of loss and gradient, then its step time and memory."""
     adjoint = record["strategy"] == "optimize_then_discretize"
-    options = {"horizon": model.model.horizon, "lam": bench.smoothness, "adjoint": adjoint,
+    options = {"horizon": model.grid.horizon, "lam": bench.smoothness, "adjoint": adjoint,
                "threads": bench.threads or os.cpu_count(), "warmup": bench.warmup, "steps": bench.steps,
                "learning_rate": bench.learning_rate}
     out = run_peer(peer_arrays(model, example), options)

@@ -27,30 +27,29 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from ode_nets.config import Config, GradientConfig, SolverConfig
+from ode_nets.build import build_model
+from ode_nets.config import Config, ConfigError, GradientConfig, SolverConfig
 from ode_nets.losses import cross_entropy
-from ode_nets.models import build_model
+from ode_nets.solvers import SOLVERS
 
 STRATEGIES = ("discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint")
-STAGES = {"euler": 1, "heun": 2, "midpoint": 2, "ralston": 2, "bosh3": 3, "tsit5": 6, "dopri5": 6, "dopri8": 12}
 REFERENCE = SolverConfig(method="tsit5", rtol=1e-10, atol=1e-12, max_steps=100_000)
 
 
 def parse_solver(spec: str) -> SolverConfig:
     """'euler', 'midpoint:4' (steps per layer) or 'tsit5:1e-6' (rtol; atol = rtol/1000) -> SolverConfig."""
     method, _, arg = spec.partition(":")
-    if method not in STAGES:
-        raise ValueError(f"--solvers: unknown solver {method!r} (choose from {', '.join(STAGES)})")
-    adaptive = method in ("bosh3", "tsit5", "dopri5", "dopri8")
+    if method not in SOLVERS:
+        raise ConfigError(f"--solvers: unknown solver {method!r} (choose from {', '.join(SOLVERS)})")
     if not arg:
         return SolverConfig(method=method)
-    if adaptive:
+    if SOLVERS[method].adaptive:
         return SolverConfig(method=method, rtol=float(arg), atol=float(arg) / 1000, max_steps=100_000)
     return SolverConfig(method=method, steps_per_layer=int(arg))
 
 
 def solver_label(solver: SolverConfig) -> str:
-    if solver.method in ("bosh3", "tsit5", "dopri5", "dopri8"):
+    if SOLVERS[solver.method].adaptive:
         return f"{solver.method} rtol={solver.rtol:g}"
     return solver.method + (f" x{solver.steps_per_layer}" if solver.steps_per_layer > 1 else "")
 
@@ -66,8 +65,9 @@ def make_net(config: Config, layers: int, solver: SolverConfig, strategy: str, i
     ratio = config.model.layers / layers
     model = dataclasses.replace(config.model, layers=layers, gamma=config.model.gamma * ratio,
                                 init_scale=config.model.init_scale * ratio)
+    case = dataclasses.replace(config, model=model, solver=solver, gradient=GradientConfig(strategy=strategy))
     key = jax.random.split(jax.random.PRNGKey(config.seed))[1]
-    return build_model(model, solver, GradientConfig(strategy=strategy), input_shape, num_classes, key)
+    return build_model(case, input_shape, num_classes, key)
 
 
 def ce_loss(net: eqx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -132,8 +132,8 @@ def backward_evaluations(strategy: str, solver: SolverConfig, steps: int) -> str
     - analytic_adjoint with Euler: eq 112, one hand-written a dF/dx per step, no autodiff;
     - adaptive solves: the backward solve chooses its own steps (DTO: binomial recomputation) -> n/a.
     """
-    stages = STAGES[solver.method]
-    if solver.method in ("bosh3", "tsit5", "dopri5", "dopri8"):
+    stages = SOLVERS[solver.method].stages
+    if SOLVERS[solver.method].adaptive:
         return "n/a (adaptive)"
     if strategy == "discretize_then_optimize":
         return f"{steps * stages} VJP"
@@ -145,42 +145,56 @@ def backward_evaluations(strategy: str, solver: SolverConfig, steps: int) -> str
 def compare(config: Config, x: np.ndarray, y: np.ndarray, num_classes: int, *, layers: list[int],
             solvers: list[SolverConfig], strategies: tuple[str, ...] = STRATEGIES, repeats: int = 20,
             fd_entries: int = 12, fd_max_params: int = 5000) -> list[dict[str, Any]]:
-    """One row per (L, solver, strategy); see the module docstring. Toggles float64 on and back off."""
+    """One row per (L, solver, strategy); see the module docstring. Float64 for the errors, float32 for the timing;
+    the caller's float64 setting is restored afterwards, also on an error."""
     rows = []
     input_shape = tuple(x.shape[1:])
     previous = jax.config.jax_enable_x64
-    for depth in layers:
+    try:
+        for depth in layers:
+            jax.config.update("jax_enable_x64", True)
+            reference = flat_gradient(make_net(config, depth, REFERENCE, "discretize_then_optimize", input_shape,
+                                               num_classes), jnp.asarray(x, jnp.float64), jnp.asarray(y))
+            for solver in solvers:
+                for strategy in strategies:
+                    row = compare_case(config, x, y, num_classes, depth, solver, strategy, reference, repeats=repeats,
+                                       fd_entries=fd_entries, fd_max_params=fd_max_params)
+                    print(format_row(row), flush=True)
+                    rows.append(row)
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+    return rows
+
+
+def compare_case(config: Config, x: np.ndarray, y: np.ndarray, num_classes: int, depth: int, solver: SolverConfig,
+                 strategy: str, reference: np.ndarray, *, repeats: int, fd_entries: int, fd_max_params: int
+                 ) -> dict[str, Any]:
+    """One row: gradient errors in float64 (against `reference` and finite differences), then time, memory and
+    evaluations in float32. A strategy that fails (e.g. an unstable backward solve) gives a row with its error."""
+    input_shape = tuple(x.shape[1:])
+    row: dict[str, Any] = {"L": depth, "solver": solver_label(solver), "strategy": strategy,
+                           "params": int(reference.size)}
+    try:
         jax.config.update("jax_enable_x64", True)
         x64, y64 = jnp.asarray(x, jnp.float64), jnp.asarray(y)
-        reference = flat_gradient(make_net(config, depth, REFERENCE, "discretize_then_optimize", input_shape,
-                                           num_classes), x64, y64)
-        for solver in solvers:
-            for strategy in strategies:
-                jax.config.update("jax_enable_x64", True)
-                net = make_net(config, depth, solver, strategy, input_shape, num_classes)
-                row: dict[str, Any] = {"L": depth, "solver": solver_label(solver), "strategy": strategy,
-                                       "params": int(reference.size)}
-                try:
-                    grad = flat_gradient(net, x64, y64)
-                    row["err_vs_reference"] = relative_error(grad, reference)
-                    if reference.size <= fd_max_params:
-                        entries = np.random.default_rng(depth).choice(reference.size, min(fd_entries, reference.size),
-                                                                      replace=False)
-                        row["err_vs_fd"] = relative_error(grad[entries], finite_differences(net, x64, y64, entries))
-                    jax.config.update("jax_enable_x64", False)
-                    net32 = make_net(config, depth, solver, strategy, input_shape, num_classes)
-                    x32, y32 = jnp.asarray(x, jnp.float32), jnp.asarray(y)
-                    row.update(timed_step(net32, x32, y32, repeats))
-                    steps, accepted = forward_steps(net32, x32)
-                    row["forward_steps"] = steps
-                    row["forward_evals"] = steps * STAGES[solver.method]
-                    row["backward_evals"] = backward_evaluations(strategy, solver, steps)
-                except Exception as e:  # a strategy that fails (e.g. an unstable backward solve) is a result too
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                print(format_row(row), flush=True)
-                rows.append(row)
-    jax.config.update("jax_enable_x64", previous)
-    return rows
+        net = make_net(config, depth, solver, strategy, input_shape, num_classes)
+        grad = flat_gradient(net, x64, y64)
+        row["err_vs_reference"] = relative_error(grad, reference)
+        if reference.size <= fd_max_params:
+            entries = np.random.default_rng(depth).choice(reference.size, min(fd_entries, reference.size),
+                                                          replace=False)
+            row["err_vs_fd"] = relative_error(grad[entries], finite_differences(net, x64, y64, entries))
+        jax.config.update("jax_enable_x64", False)
+        net32 = make_net(config, depth, solver, strategy, input_shape, num_classes)
+        x32, y32 = jnp.asarray(x, jnp.float32), jnp.asarray(y)
+        row.update(timed_step(net32, x32, y32, repeats))
+        steps, _ = forward_steps(net32, x32)
+        row["forward_steps"] = steps
+        row["forward_evals"] = steps * SOLVERS[solver.method].stages
+        row["backward_evals"] = backward_evaluations(strategy, solver, steps)
+    except Exception as e:  # noqa: BLE001 - a failing strategy is a result of the comparison, recorded in its row
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return row
 
 
 COLUMNS = [("L", "L"), ("solver", "solver"), ("strategy", "strategy"), ("err_vs_reference", "rel. err vs ref"),

@@ -17,15 +17,21 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from ode_nets.data import DATASETS
+from ode_nets.errors import ConfigError
+from ode_nets.fields import ACTIVATIONS, CONV_IMPLS, FIELDS
+from ode_nets.models import READOUTS
+from ode_nets.solvers import SOLVERS
+from ode_nets.strategies import STRATEGIES
 
-from ode_nets.errors import ConfigError  # noqa: E402  (re-exported: `from ode_nets.config import ConfigError`)
-
-
-FieldName = Literal["cubic", "conv_cubic", "resnet", "single_layer", "antisymmetric", "hamiltonian"]
-SolverName = Literal["euler", "heun", "midpoint", "ralston", "rk4", "tsit5", "dopri5", "dopri8", "bosh3",
-                     "verlet", "ab3", "lm2"]
-Strategy = Literal["discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint", "reversible"]
-Readout = Literal["softmax", "sigmoid_last", "max_pool_softmax", "linear_softmax"]
+# The names a config may give are exactly the registries' keys: nothing passes validation that `build` cannot make.
+FieldName = Literal[tuple(FIELDS)]  # type: ignore[valid-type]
+SolverName = Literal[tuple(SOLVERS)]  # type: ignore[valid-type]
+Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
+Readout = Literal[tuple(READOUTS)]  # type: ignore[valid-type]
+DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+ConvImpl = Literal[tuple(CONV_IMPLS)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
@@ -44,17 +50,17 @@ class ModelConfig:
     init_scale: float = 0.01  # std of the scaled parameters for init="normal"
     readout: Readout = "softmax"
     width: int = 0  # hidden width for the resnet field (0: same as the state)
-    activation: Literal["tanh", "relu", "identity"] = "tanh"
-    conv_impl: Literal["xla", "im2col", "im2col_nhwc", "xla_split"] = "xla_split"  # 3x3 conv, eq 72 (docs/performance.md)
+    activation: Activation = "tanh"
+    conv_impl: ConvImpl = "xla_split"  # 3x3 conv, eq 72 (docs/performance.md)
 
     def __post_init__(self) -> None:
-        _require(self.layers > 0, "model.layers", f"must be a positive number of layers, got {self.layers}")
-        _require(self.horizon > 0, "model.horizon", f"must be > 0, got {self.horizon}")
-        _require(self.augment >= 0, "model.augment", f"must be >= 0, got {self.augment}")
-        _require(self.gamma >= 0, "model.gamma", f"must be >= 0 (gamma > 0 damps, eq 52), got {self.gamma}")
-        _require(self.mu > 1, "model.mu", f"must be > 1 (eq 53), got {self.mu}")
-        _require(self.init_scale >= 0, "model.init_scale", f"must be >= 0, got {self.init_scale}")
-        _require(self.width >= 0, "model.width", f"must be >= 0, got {self.width}")
+        require(self.layers > 0, "model.layers", f"must be a positive number of layers, got {self.layers}")
+        require(self.horizon > 0, "model.horizon", f"must be > 0, got {self.horizon}")
+        require(self.augment >= 0, "model.augment", f"must be >= 0, got {self.augment}")
+        require(self.gamma >= 0, "model.gamma", f"must be >= 0 (gamma > 0 damps, eq 52), got {self.gamma}")
+        require(self.mu > 1, "model.mu", f"must be > 1 (eq 53), got {self.mu}")
+        require(self.init_scale >= 0, "model.init_scale", f"must be >= 0, got {self.init_scale}")
+        require(self.width >= 0, "model.width", f"must be >= 0, got {self.width}")
 
     @property
     def dt(self) -> float:
@@ -73,10 +79,10 @@ class SolverConfig:
     max_steps: int = 4096  # adaptive methods: a solve that needs more steps raises an error
 
     def __post_init__(self) -> None:
-        _require(self.steps_per_layer > 0, "solver.steps_per_layer", f"must be > 0, got {self.steps_per_layer}")
-        _require(self.rtol > 0, "solver.rtol", f"must be > 0, got {self.rtol}")
-        _require(self.atol > 0, "solver.atol", f"must be > 0, got {self.atol}")
-        _require(self.max_steps > 0, "solver.max_steps", f"must be > 0, got {self.max_steps}")
+        require(self.steps_per_layer > 0, "solver.steps_per_layer", f"must be > 0, got {self.steps_per_layer}")
+        require(self.rtol > 0, "solver.rtol", f"must be > 0, got {self.rtol}")
+        require(self.atol > 0, "solver.atol", f"must be > 0, got {self.atol}")
+        require(self.max_steps > 0, "solver.max_steps", f"must be > 0, got {self.max_steps}")
 
 
 @dataclass(frozen=True)
@@ -90,11 +96,11 @@ class GradientConfig:
     adjoint_atol: Optional[float] = None
 
     def __post_init__(self) -> None:
-        _require(self.checkpoints is None or self.checkpoints > 0, "gradient.checkpoints",
+        require(self.checkpoints is None or self.checkpoints > 0, "gradient.checkpoints",
                  f"must be a positive integer or null, got {self.checkpoints}")
         for key in ("adjoint_rtol", "adjoint_atol"):
             value = getattr(self, key)
-            _require(value is None or value > 0, f"gradient.{key}", f"must be > 0 or null, got {value}")
+            require(value is None or value > 0, f"gradient.{key}", f"must be > 0 or null, got {value}")
 
 
 @dataclass(frozen=True)
@@ -106,9 +112,9 @@ class LossConfig:
     logit_penalty: float = 0.0  # beta * mean logsumexp(logits)^2 (z-loss): bounds the logit level (0: off)
 
     def __post_init__(self) -> None:
-        _require(self.smoothness >= 0, "loss.smoothness", f"must be >= 0 (lambda of eq 113), got {self.smoothness}")
-        _require(0 <= self.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
-        _require(self.logit_penalty >= 0, "loss.logit_penalty", f"must be >= 0, got {self.logit_penalty}")
+        require(self.smoothness >= 0, "loss.smoothness", f"must be >= 0 (lambda of eq 113), got {self.smoothness}")
+        require(0 <= self.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        require(self.logit_penalty >= 0, "loss.logit_penalty", f"must be >= 0, got {self.logit_penalty}")
 
 
 @dataclass(frozen=True)
@@ -125,12 +131,12 @@ class OptimConfig:
     clip_norm: Optional[float] = None  # global gradient-norm clipping
 
     def __post_init__(self) -> None:
-        _require(self.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {self.learning_rate}")
-        _require(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
-        _require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _require(0 < self.decay_rate <= 1, "optim.decay_rate", f"must be in (0, 1], got {self.decay_rate}")
-        _require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _require(self.clip_norm is None or self.clip_norm > 0, "optim.clip_norm",
+        require(self.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(0 < self.decay_rate <= 1, "optim.decay_rate", f"must be in (0, 1], got {self.decay_rate}")
+        require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.clip_norm is None or self.clip_norm > 0, "optim.clip_norm",
                  f"must be > 0 or null, got {self.clip_norm}")
 
 
@@ -138,7 +144,7 @@ class OptimConfig:
 class DataConfig:
     """Which dataset, and how it is generated or found."""
 
-    name: Literal["circles", "mnist", "peaks", "ellipses", "swiss_roll"] = "circles"
+    name: DatasetName = "circles"
     n_train: int = 400
     n_test: int = 400
     noise: float = 0.2  # circles: std of the Gaussian noise (§5.1)
@@ -149,11 +155,11 @@ class DataConfig:
     limit_train: Optional[int] = None  # use only the first N training examples (quick runs)
 
     def __post_init__(self) -> None:
-        _require(self.n_train > 0, "data.n_train", f"must be > 0, got {self.n_train}")
-        _require(self.n_test > 0, "data.n_test", f"must be > 0, got {self.n_test}")
-        _require(self.noise >= 0, "data.noise", f"must be >= 0, got {self.noise}")
-        _require(self.validation >= 0, "data.validation", f"must be >= 0, got {self.validation}")
-        _require(self.limit_train is None or self.limit_train > 0, "data.limit_train",
+        require(self.n_train > 0, "data.n_train", f"must be > 0, got {self.n_train}")
+        require(self.n_test > 0, "data.n_test", f"must be > 0, got {self.n_test}")
+        require(self.noise >= 0, "data.noise", f"must be >= 0, got {self.noise}")
+        require(self.validation >= 0, "data.validation", f"must be >= 0, got {self.validation}")
+        require(self.limit_train is None or self.limit_train > 0, "data.limit_train",
                  f"must be > 0 or null, got {self.limit_train}")
 
 
@@ -178,22 +184,22 @@ class TrainConfig:
     prolongation: Literal["constant", "linear"] = "constant"  # how per-layer parameters go from L to r*L layers
 
     def __post_init__(self) -> None:
-        _require(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
-        _require(self.batch_size > 0, "train.batch_size", f"must be > 0, got {self.batch_size}")
-        _require(self.eval_batch_size > 0, "train.eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
-        _require(self.eval_train_examples is None or self.eval_train_examples > 0, "train.eval_train_examples",
+        require(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
+        require(self.batch_size > 0, "train.batch_size", f"must be > 0, got {self.batch_size}")
+        require(self.eval_batch_size > 0, "train.eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
+        require(self.eval_train_examples is None or self.eval_train_examples > 0, "train.eval_train_examples",
                  f"must be > 0 or null, got {self.eval_train_examples}")
-        _require(self.log_every > 0, "train.log_every", f"must be > 0, got {self.log_every}")
-        _require(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
-        _require(self.keep_checkpoints > 0, "train.keep_checkpoints", f"must be > 0, got {self.keep_checkpoints}")
-        _require(self.devices > 0, "train.devices", f"must be > 0, got {self.devices}")
-        _require(self.skip_nonfinite >= 0, "train.skip_nonfinite", f"must be >= 0, got {self.skip_nonfinite}")
-        _require(self.input_noise >= 0, "train.input_noise", f"must be >= 0, got {self.input_noise}")
-        _require(self.batch_size % self.devices == 0, "train.batch_size",
+        require(self.log_every > 0, "train.log_every", f"must be > 0, got {self.log_every}")
+        require(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
+        require(self.keep_checkpoints > 0, "train.keep_checkpoints", f"must be > 0, got {self.keep_checkpoints}")
+        require(self.devices > 0, "train.devices", f"must be > 0, got {self.devices}")
+        require(self.skip_nonfinite >= 0, "train.skip_nonfinite", f"must be >= 0, got {self.skip_nonfinite}")
+        require(self.input_noise >= 0, "train.input_noise", f"must be >= 0, got {self.input_noise}")
+        require(self.batch_size % self.devices == 0, "train.batch_size",
                  f"{self.batch_size} is not divisible by train.devices = {self.devices} (data parallel splits the batch)")
-        _require(self.max_steps is None or self.max_steps > 0, "train.max_steps",
+        require(self.max_steps is None or self.max_steps > 0, "train.max_steps",
                  f"must be > 0 or null, got {self.max_steps}")
-        _require(all(n > 0 for n in self.levels) and all(b % a == 0 and b > a for a, b in zip(self.levels, self.levels[1:])),
+        require(all(n > 0 for n in self.levels) and all(b % a == 0 and b > a for a, b in zip(self.levels, self.levels[1:])),
                  "train.levels", f"must be increasing positive layer counts, each dividing the next, got {list(self.levels)}")
 
 
@@ -212,7 +218,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _require(condition: bool, key: str, message: str) -> None:
+def require(condition: bool, key: str, message: str) -> None:
+    """`ConfigError` "<key>: <message>" unless `condition` (the schema's value checks)."""
     if not condition:
         raise ConfigError(f"{key}: {message}")
 
@@ -230,7 +237,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted for floats."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -241,7 +248,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
@@ -255,7 +262,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
         item = typing.get_args(tp)[0]
-        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r} ({type(value).__name__})")
@@ -278,11 +285,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
         return value
     if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, key)
+        return parse(tp, value, key)
     raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a schema bug, not a user error
 
 
-def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+def parse(cls: type, data: Any, prefix: str = "") -> Any:
+    """A validated instance of the frozen dataclass `cls` from a mapping: unknown keys (with the closest valid one)
+    and wrong types raise `ConfigError` naming the key under `prefix`. Used for `Config` and for the bench schema."""
     where = prefix or "the top level"
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
@@ -294,14 +303,14 @@ def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
             raise ConfigError(f"unknown key {full!r}{hint} (valid keys here: {', '.join(names)})")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    kwargs = {k: coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**kwargs)
 
 
 def from_dict(data: dict, source: str = "<dict>") -> Config:
     """Build a validated `Config`; errors name the key and `source`."""
     try:
-        return _from_dict(Config, data)
+        return parse(Config, data)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 
@@ -333,19 +342,28 @@ def _deep_copy(data: dict) -> dict:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config file, apply overrides, validate. Raises `ConfigError` naming the file."""
+def read_yaml(path: str | Path, overrides: list[str] | None = None, what: str = "config file") -> dict:
+    """The mapping in a YAML file with `key.sub=value` overrides applied; `ConfigError` naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found")
+        raise ConfigError(f"{what} {str(path)!r} not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    try:
+        return apply_overrides(data, overrides or [])
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file, apply overrides, validate. Raises `ConfigError` naming the file."""
+    data = read_yaml(path, overrides)
     source = str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
-    return from_dict(apply_overrides(data, overrides or []), source)
+    return from_dict(data, source)
 
 
 def save_config(config: Config, path: str | Path) -> None:

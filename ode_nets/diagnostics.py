@@ -21,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ode_nets.config import GradientConfig, SolverConfig
 from ode_nets.fields.cubic import odd_power
-from ode_nets.fields.time_params import layer_grid
+from ode_nets.losses import cross_entropy
+from ode_nets.solvers.stepping import Discretisation
 from ode_nets.stability import jacobian, max_real_eigenvalue
+from ode_nets.strategies.analytic import adjoint_on_grid
 
 
 def field_at(field: eqx.Module, ts: Float[Array, " S"], xs: Float[Array, "S B N"]) -> Float[Array, "S B N"]:
@@ -38,14 +39,11 @@ def hamiltonian(field: eqx.Module, ts: Float[Array, " S"], xs: Float[Array, "S B
     return jnp.sum(adjoints * field_at(field, ts, xs), axis=tuple(range(1, xs.ndim)))
 
 
-def hamiltonian_along(field: eqx.Module, x0: Array, loss: Callable[[Array], Array], *, horizon: float, layers: int,
-                      solver: SolverConfig) -> tuple[Array, Array]:
+def hamiltonian_along(field: eqx.Module, x0: Array, loss: Callable[[Array], Array], discretisation: Discretisation
+                      ) -> tuple[Array, Array]:
     """Times and H(t) on the layer grid (every step for Euler) for `loss` of x(T); a(t) from the backward pass of
-    `ode_nets.analytic_adjoint` (eq 62 solved backwards, or eq 112 for Euler)."""
-    from ode_nets.analytic_adjoint import adjoint_on_grid
-
-    ts, xs, adjoints = adjoint_on_grid(field, x0, loss, horizon=horizon, layers=layers, solver=solver,
-                                       gradient=GradientConfig(strategy="analytic_adjoint"))
+    `AnalyticAdjoint` (eq 62 solved backwards, or eq 112 for Euler)."""
+    ts, xs, adjoints = adjoint_on_grid(field, x0, loss, discretisation)
     return ts, hamiltonian(field, ts, xs, adjoints)
 
 
@@ -105,10 +103,7 @@ def network_diagnostics(model: eqx.Module, x: np.ndarray, y: np.ndarray) -> dict
     layer's forward difference, which for Euler exceeds the balance at t_l by dt |F|^2 / 2), entropy_rate, max_real_eig, and t_H, H (the Hamiltonian, eq 21, for the
     cross-entropy of the readout, with a(t) from the backward pass).
     """
-    from ode_nets.losses import cross_entropy
-
-    cfg = model.model
-    ts = layer_grid(0.0, cfg.horizon, cfg.layers)
+    ts = model.grid.times()
     xs = model.trajectory(x)
     # the powers in force on each layer: evaluated at the layer's start (the last point uses the last layer)
     powers = jax.vmap(lambda t, xx: energy_balance(model.field, t, xx))(jnp.asarray(ts), xs)
@@ -116,7 +111,7 @@ def network_diagnostics(model: eqx.Module, x: np.ndarray, y: np.ndarray) -> dict
     energy = np.mean(np.asarray(kinetic_energy(xs)), 1)
     x0 = model.initial_state(jnp.asarray(x))
     t_h, h = hamiltonian_along(model.field, x0, lambda xt: cross_entropy(model.logits(xt), jnp.asarray(y)),
-                               horizon=cfg.horizon, layers=cfg.layers, solver=model.solver)
+                               Discretisation(model.solver, model.grid, model.stepping))
     return {"t": ts, "E_kinetic": energy, **balance, "dE_dt_numeric": np.diff(energy) / np.diff(ts),
             "entropy_rate": np.asarray(entropy_rate(model.field, ts, xs)),
             "max_real_eig": np.asarray(stability(model.field, ts, xs)), "t_H": np.asarray(t_h), "H": np.asarray(h)}

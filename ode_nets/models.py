@@ -1,6 +1,9 @@
-"""ODENet = readout(solve(field, augment(x))): a deep network as one differential equation."""
+"""ODENet = readout(solve(field, augment(x))): a deep network as one differential equation, and its readouts."""
 
 from __future__ import annotations
+
+import abc
+from typing import Optional
 
 import diffrax
 import equinox as eqx
@@ -8,10 +11,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
-from ode_nets.config import GradientConfig, ModelConfig, SolverConfig
-from ode_nets.fields import build_field
-from ode_nets.fields.time_params import layer_grid
+from ode_nets.fields._base import AbstractField
+from ode_nets.fields.time_params import LayerGrid
 from ode_nets.solve import solve
+from ode_nets.solvers.stepping import AbstractStepping, FixedSteps
+from ode_nets.strategies._base import AbstractGradientStrategy
 
 
 def augment(x: Array, extra: int, axis: int) -> Array:
@@ -23,45 +27,92 @@ def augment(x: Array, extra: int, axis: int) -> Array:
     return jnp.concatenate([x, jnp.zeros(shape, x.dtype)], axis=axis)
 
 
-def readout(x_final: Array, kind: str, feature_axis: int) -> Array:
-    """Class logits from the final state x(T), batch first.
+class AbstractReadout(eqx.Module):
+    """Class logits from the final state x(T) (batch first); `feature_axis` is the field's."""
 
-    - softmax: the state itself is the logit vector (§5.1 model 1);
-    - sigmoid_last: p(class 0) = sigmoid(x_N(T)) (§5.1 model 2), written as the logits [x_N, 0];
-    - max_pool_softmax: global max over space of each channel (§5.2);
-    - linear_softmax: not parameter-free, reserved for fields with a classifier (see `ODENet.head`).
-    """
-    if kind == "softmax":
+    @abc.abstractmethod
+    def __call__(self, x_final: Array, feature_axis: int) -> Array:
+        """Logits (batch, classes)."""
+
+    @classmethod
+    def init(cls, state_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray) -> "AbstractReadout":
+        """A readout for states of `state_shape` (no batch axis); parameter-free ones ignore the arguments."""
+        del state_shape, num_classes, key
+        return cls()
+
+
+class Softmax(AbstractReadout):
+    """The state itself is the logit vector (§5.1 model 1)."""
+
+    def __call__(self, x_final: Array, feature_axis: int) -> Array:
         return x_final
-    if kind == "sigmoid_last":
+
+
+class SigmoidLast(AbstractReadout):
+    """p(class 0) = sigmoid(x_N(T)) (§5.1 model 2), written as the logits [x_N, 0]."""
+
+    def __call__(self, x_final: Array, feature_axis: int) -> Array:
         last = jnp.take(x_final, -1, axis=feature_axis)
         return jnp.stack([last, jnp.zeros_like(last)], axis=-1)
-    if kind == "max_pool_softmax":
+
+
+class MaxPoolSoftmax(AbstractReadout):
+    """Global max over space of each channel (§5.2)."""
+
+    def __call__(self, x_final: Array, feature_axis: int) -> Array:
         return jnp.max(x_final, axis=(-2, -1))
-    raise ValueError(f"model.readout: {kind!r} is not a parameter-free readout")
+
+
+class LinearSoftmax(AbstractReadout):
+    """A trainable linear classifier on the flattened x(T) (the Haber–Ruthotto networks)."""
+
+    linear: eqx.nn.Linear
+
+    def __call__(self, x_final: Array, feature_axis: int) -> Array:
+        return jax.vmap(self.linear)(x_final.reshape(x_final.shape[0], -1))
+
+    @classmethod
+    def init(cls, state_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray) -> "LinearSoftmax":
+        size = 1
+        for n in state_shape:
+            size *= n
+        return cls(eqx.nn.Linear(size, num_classes, key=key))
+
+
+READOUTS: dict[str, type[AbstractReadout]] = {"softmax": Softmax, "sigmoid_last": SigmoidLast,
+                                              "max_pool_softmax": MaxPoolSoftmax, "linear_softmax": LinearSoftmax}
 
 
 class ODENet(eqx.Module):
-    """A classifier whose hidden layers are the solve of dx/dt = F(t, x) on [0, T] (eqs 5, 109)."""
+    """A classifier whose hidden layers are the solve of dx/dt = F(t, x) on [0, T] (eqs 5, 109).
 
-    field: eqx.Module
-    head: eqx.Module | None  # optional trainable classifier (readout "linear_softmax")
-    model: ModelConfig = eqx.field(static=True)
-    solver: SolverConfig = eqx.field(static=True)
-    gradient: GradientConfig = eqx.field(static=True)
+    `grid` (L layers on [0, T]) defaults to the field's own: the pieces of its piecewise-constant parameters.
+    """
+
+    field: AbstractField
+    solver: diffrax.AbstractSolver
+    strategy: AbstractGradientStrategy
+    readout: AbstractReadout
+    augment: int = eqx.field(static=True, default=0)
+    grid: Optional[LayerGrid] = None
+    stepping: AbstractStepping = FixedSteps()
+
+    def __post_init__(self) -> None:
+        if self.grid is None:
+            self.grid = LayerGrid.of(self.field)
 
     @property
     def feature_axis(self) -> int:
-        return type(self.field).feature_axis
+        return self.field.feature_axis
 
     def initial_state(self, x: Array) -> Array:
         """x(0): the input with the augmented zero dimensions, (batch, ...)."""
-        return augment(x, self.model.augment, self.feature_axis)
+        return augment(x, self.augment, self.feature_axis)
 
     def solve(self, x: Array, saveat: diffrax.SaveAt | None = None) -> diffrax.Solution:
         """The diffrax solution from x(0) = augment(x)."""
-        return solve(self.field, self.initial_state(x), horizon=self.model.horizon, layers=self.model.layers,
-                     solver=self.solver, gradient=self.gradient, saveat=saveat)
+        return solve(self.field, self.initial_state(x), solver=self.solver, grid=self.grid, strategy=self.strategy,
+                     stepping=self.stepping, saveat=saveat)
 
     def features(self, x: Array) -> Array:
         """x(T), (batch, ...)."""
@@ -69,9 +120,7 @@ class ODENet(eqx.Module):
 
     def logits(self, features: Array) -> Array:
         """Class logits from x(T)."""
-        if self.head is not None:
-            return jax.vmap(self.head)(features.reshape(features.shape[0], -1))
-        return readout(features, self.model.readout, self.feature_axis)
+        return self.readout(features, self.feature_axis)
 
     def __call__(self, x: Array) -> Array:
         """Class logits, (batch, classes)."""
@@ -79,8 +128,16 @@ class ODENet(eqx.Module):
 
     def trajectory(self, x: Array) -> Array:
         """States at every layer boundary t_l = l*dt, (L+1, batch, ...) (Figs 2c, 5b, 7b)."""
-        ts = layer_grid(0.0, self.model.horizon, self.model.layers)
-        return self.solve(x, diffrax.SaveAt(ts=ts)).ys
+        return self.solve(x, diffrax.SaveAt(ts=self.grid.times())).ys
+
+
+def check_readout(net: ODENet, state_shape: tuple[int, ...], num_classes: int) -> None:
+    """Fail early if the readout cannot produce `num_classes` logits for a state of `state_shape`."""
+    out = jax.eval_shape(lambda: net.logits(jnp.zeros((1, *state_shape))))
+    if out.shape[-1] != num_classes:
+        raise ValueError(f"model.readout {type(net.readout).__name__} gives {out.shape[-1]} logits for a state of "
+                         f"shape {state_shape}, but the data has {num_classes} classes (check model.augment / "
+                         f"model.readout)")
 
 
 def project_parameters(model: ODENet) -> ODENet:
@@ -94,39 +151,6 @@ def project_parameters(model: ODENet) -> ODENet:
     if not eqx.is_array(gamma):
         return model
     return eqx.tree_at(lambda m: m.field.gamma, model, jnp.maximum(gamma, 0.0))
-
-
-def build_model(model: ModelConfig, solver: SolverConfig, gradient: GradientConfig, input_shape: tuple[int, ...],
-                num_classes: int, key: PRNGKeyArray) -> ODENet:
-    """An ODENet for inputs of `input_shape` (no batch axis)."""
-    from ode_nets.fields import FIELDS
-
-    axis = FIELDS[model.field].feature_axis if model.field in FIELDS else -1
-    state_shape = list(input_shape)
-    state_shape[axis] += model.augment
-    k_field, k_head = jax.random.split(key)
-    field = build_field(model, tuple(state_shape), k_field)
-    if solver.method == "lm2":  # eq 111: the per-layer k_l are trainable parameters held beside the field
-        from ode_nets.solvers import with_two_step_memory
-
-        field = with_two_step_memory(field, model)
-    head = None
-    if model.readout == "linear_softmax":
-        size = 1
-        for n in state_shape:
-            size *= n
-        head = eqx.nn.Linear(size, num_classes, key=k_head)
-    net = ODENet(field, head, model, solver, gradient)
-    _check_readout(net, tuple(state_shape), num_classes)
-    return net
-
-
-def _check_readout(net: ODENet, state_shape: tuple[int, ...], num_classes: int) -> None:
-    """Fail early, naming the key, if the readout cannot produce `num_classes` logits."""
-    out = jax.eval_shape(lambda: net.logits(jnp.zeros((1, *state_shape))))
-    if out.shape[-1] != num_classes:
-        raise ValueError(f"model.readout {net.model.readout!r} gives {out.shape[-1]} logits for a state of shape "
-                         f"{state_shape}, but the data has {num_classes} classes (check model.augment / model.readout)")
 
 
 def trainable(model: eqx.Module) -> eqx.Module:

@@ -50,13 +50,13 @@ def _dt_scaled(field: eqx.Module) -> bool:
 def prolongate(coarse: ODENet, fine: ODENet, kind: str = "constant") -> ODENet:
     """`fine` (a freshly built model with r times the layers) with the parameters of `coarse` prolongated.
 
-    Every `PiecewiseConstant` goes through `prolong_values`; other arrays (the classifier head, constants)
+    Every `PiecewiseConstant` goes through `prolong_values`; other arrays (the classifier readout, constants)
     are copied. For the cubic fields, whose leaves are w~ = dt w etc. (eq 110), all field leaves are
     divided by r so the physical parameters w(t), b(t), gamma are unchanged.
     """
-    factor = fine.model.layers // coarse.model.layers
-    if factor * coarse.model.layers != fine.model.layers:
-        raise ValueError(f"train.levels: {fine.model.layers} layers is not a multiple of {coarse.model.layers}")
+    factor = fine.grid.layers // coarse.grid.layers
+    if factor * coarse.grid.layers != fine.grid.layers:
+        raise ValueError(f"train.levels: {fine.grid.layers} layers is not a multiple of {coarse.grid.layers}")
     refine = lambda p: (dataclasses.replace(p, values=prolong_values(p.values, factor, kind))  # noqa: E731
                         if isinstance(p, PiecewiseConstant) else p)
     field = jax.tree_util.tree_map(refine, coarse.field, is_leaf=is_time_param)
@@ -72,9 +72,7 @@ def prolongate(coarse: ODENet, fine: ODENet, kind: str = "constant") -> ODENet:
         raise ValueError(f"cannot prolongate: parameter shapes differ between levels ({shapes})")
     field = eqx.combine(jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(fine_params), leaves), fine_static)
     model = eqx.tree_at(lambda m: m.field, fine, field)
-    if coarse.head is not None:
-        model = eqx.tree_at(lambda m: m.head, model, coarse.head)
-    return model
+    return eqx.tree_at(lambda m: m.readout, model, coarse.readout)  # a trained classifier head is kept
 
 
 def level_config(config: Config, layers: int) -> Config:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ode_nets.gradients import backward_grid
+from ode_nets.solvers.stepping import backward_grid
 
 
 def rss_bytes() -> int:

@@ -47,9 +47,7 @@ def max_real_eigenvalue(field: Callable, ts: Float[Array, " S"], ys: Float[Array
 
 def network_eigenvalues(model: object, x: Array) -> np.ndarray:
     """`eigenvalues_along` for an `ODENet` along the trajectories of inputs x, at every layer boundary, (L+1, B, N)."""
-    from ode_nets.fields.time_params import layer_grid
-
-    ts = layer_grid(0.0, model.model.horizon, model.model.layers)
+    ts = model.grid.times()
     return np.asarray(eigenvalues_along(model.field, ts, model.trajectory(x)))
 
 

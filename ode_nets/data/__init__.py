@@ -1,119 +1,60 @@
-"""Datasets as NumPy arrays, and mini-batching with explicit PRNG keys.
+"""Datasets as NumPy arrays, and `DATASETS`, the registry that names them in configs (`data.name`).
 
-`load_dataset(cfg, key)` returns a `Dataset` for the name in `cfg.name`. Generated sets use
-`key`; MNIST comes from tensorflow-datasets or, offline, from IDX files (`ode_nets.data.mnist`).
+`load_dataset(options, key)` returns a `Dataset` for `options.name` (options: a `DataConfig`, or any object with its
+attributes). Generated sets use `key`; MNIST comes from tensorflow-datasets or, offline, from IDX files
+(`ode_nets.data.mnist`). To add a data set: write a loader `(options, k_train, k_test) -> Dataset` and add it here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable
 
 import jax
-import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from ode_nets.config import DataConfig
+from ode_nets.data import toy
+from ode_nets.data._dataset import (Dataset, Split, add_input_noise, batch_indices, carve_validation, check_finite,
+                                    num_batches)
+from ode_nets.data.circles import make_circles
+from ode_nets.data.mnist import load_mnist
+from ode_nets.errors import DataError
+
+Loader = Callable[[Any, PRNGKeyArray, PRNGKeyArray], Dataset]
 
 
-from ode_nets.errors import DataError  # noqa: E402  (re-exported)
+def circles(key: PRNGKeyArray, n_train: int = 400, n_test: int = 1000, noise: float = 0.2) -> Dataset:
+    """The concentric circles of §5.1 (radii 1 and 2, Gaussian noise `noise`), drawn from `key` exactly as
+    `load_dataset` draws them for `data.name: circles` with the same seed."""
+    k_train, k_test, _ = jax.random.split(key, 3)
+    return Dataset(Split(*make_circles(k_train, n_train, noise)), Split(*make_circles(k_test, n_test, noise)), 2)
 
 
-@dataclass(frozen=True)
-class Split:
-    """Inputs (n, ...) float32 and integer labels (n,)."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.y)
+def load_circles(options: Any, k_train: PRNGKeyArray, k_test: PRNGKeyArray) -> Dataset:
+    """The `circles` loader: `options.n_train` / `options.n_test` points with Gaussian noise `options.noise`."""
+    train = Split(*make_circles(k_train, options.n_train, options.noise))
+    test = Split(*make_circles(k_test, options.n_test, options.noise))
+    return Dataset(train, test, num_classes=2)
 
 
-@dataclass(frozen=True)
-class Dataset:
-    train: Split
-    test: Split
-    num_classes: int
-    validation: Split | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
+DATASETS: dict[str, Loader] = {
+    "circles": load_circles,
+    "mnist": lambda options, k_train, k_test: load_mnist(options),
+    **{name: toy.load for name in toy.GENERATORS},
+}
 
 
-def load_dataset(cfg: DataConfig, key: PRNGKeyArray) -> Dataset:
-    """The dataset named by `cfg.name`, with a validation split carved from train if asked."""
+def load_dataset(options: Any, key: PRNGKeyArray) -> Dataset:
+    """The dataset named by `options.name`, its training set cut to `limit_train` and a validation split of
+    `validation` examples carved from it if asked."""
     k_train, k_test, k_val = jax.random.split(key, 3)
-    if cfg.name == "circles":
-        from ode_nets.data.circles import make_circles
-
-        train = Split(*make_circles(k_train, cfg.n_train, cfg.noise))
-        test = Split(*make_circles(k_test, cfg.n_test, cfg.noise))
-        dataset = Dataset(train, test, num_classes=2)
-    elif cfg.name == "mnist":
-        from ode_nets.data.mnist import load_mnist
-
-        dataset = load_mnist(cfg)
-    else:
-        from ode_nets.data import toy
-
-        dataset = toy.load(cfg, k_train, k_test)
-    if cfg.limit_train is not None:
-        dataset = Dataset(Split(dataset.train.x[:cfg.limit_train], dataset.train.y[:cfg.limit_train]),
+    dataset = DATASETS[options.name](options, k_train, k_test)
+    if options.limit_train is not None:
+        dataset = Dataset(Split(dataset.train.x[:options.limit_train], dataset.train.y[:options.limit_train]),
                           dataset.test, dataset.num_classes, dataset.validation)
-    dataset = carve_validation(dataset, cfg.validation, k_val)
+    dataset = carve_validation(dataset, options.validation, k_val)
     check_finite(dataset)
     return dataset
 
 
-def carve_validation(dataset: Dataset, size: int, key: PRNGKeyArray) -> Dataset:
-    """Move a random `size` examples of train into a validation split."""
-    if size == 0:
-        return dataset
-    if size >= len(dataset.train):
-        raise DataError(f"data.validation = {size} leaves no training data (train has {len(dataset.train)} examples)")
-    order = np.asarray(jax.random.permutation(key, len(dataset.train)))
-    val, rest = order[:size], order[size:]
-    train = dataset.train
-    return Dataset(Split(train.x[rest], train.y[rest]), dataset.test, dataset.num_classes, Split(train.x[val], train.y[val]))
-
-
-def check_finite(dataset: Dataset) -> None:
-    """Refuse data containing NaN or infinity, naming the split and the first bad example."""
-    for name, split in (("train", dataset.train), ("test", dataset.test), ("validation", dataset.validation)):
-        if split is None:
-            continue
-        bad = ~np.isfinite(split.x.reshape(len(split), -1)).all(axis=1)
-        if bad.any():
-            raise DataError(f"{name} data contains NaN or infinite values ({int(bad.sum())} examples, first at "
-                            f"index {int(np.argmax(bad))}); clean the data source")
-
-
-def batch_indices(n: int, batch_size: int, key: PRNGKeyArray | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(indices, mask) per batch, all of length `batch_size`; shuffled with `key` (None: in order).
-
-    The last partial batch is padded by repeating index 0 with mask 0, so every batch has
-    one shape and the compiled step is reused; masked examples do not count in the loss.
-    """
-    order = np.arange(n) if key is None else np.asarray(jax.random.permutation(key, n))
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        mask = np.ones(batch_size, np.float32)
-        if len(idx) < batch_size:
-            mask[len(idx):] = 0.0
-            idx = np.concatenate([idx, np.zeros(batch_size - len(idx), idx.dtype)])
-        yield idx, mask
-
-
-def add_input_noise(x: np.ndarray, sigma: float, key: PRNGKeyArray) -> jax.Array:
-    """`x` plus N(0, sigma^2) noise per entry, drawn from `key` (`train.input_noise`).
-
-    Training with input noise is, to first order, Tikhonov regularisation of the network's input
-    gradient (Bishop 1995): it pushes the decision boundary away from the training points.
-    """
-    return x + sigma * jax.random.normal(key, x.shape, x.dtype)
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)
+__all__ = ["DATASETS", "DataError", "Dataset", "Split", "add_input_noise", "batch_indices", "carve_validation",
+           "check_finite", "load_dataset", "num_batches", "load_circles", "circles"]

@@ -9,14 +9,16 @@ Nothing is cached on disk.
 
 from __future__ import annotations
 
+from typing import Any
+
 import gzip
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ode_nets.config import DataConfig
-from ode_nets.data import DataError, Dataset, Split
+from ode_nets.data._dataset import Dataset, Split
+from ode_nets.errors import DataError
 
 IMAGES_MAGIC = 2051  # IDX: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # IDX: unsigned bytes, 1 dimension
@@ -107,7 +109,7 @@ def tfds_split(data_dir: str | None, split: str) -> Split:
 # the loader
 
 
-def load_mnist(cfg: DataConfig) -> Dataset:
+def load_mnist(cfg: Any) -> Dataset:
     """MNIST train (60,000) and test (10,000) from the configured source (see the module docstring)."""
     errors = []
     if cfg.source in ("auto", "tfds"):

@@ -10,15 +10,14 @@ are then carved off by `load_dataset`. `cfg.noise` is not used (the classes are 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from ode_nets.config import DataConfig
-from ode_nets.data import Dataset, Split
+from ode_nets.data._dataset import Dataset, Split
 
 PEAKS_CLASSES = 5
 ELLIPSE_RINGS = 2  # class 0: inner ellipse, class 1: the ring around it
@@ -68,7 +67,7 @@ GENERATORS: dict[str, tuple[Callable[[PRNGKeyArray, int], tuple[np.ndarray, np.n
     "peaks": (make_peaks, PEAKS_CLASSES), "ellipses": (make_ellipses, 2), "swiss_roll": (make_swiss_roll, 2)}
 
 
-def load(cfg: DataConfig, k_train: PRNGKeyArray, k_test: PRNGKeyArray) -> Dataset:
+def load(cfg: Any, k_train: PRNGKeyArray, k_test: PRNGKeyArray) -> Dataset:
     """The toy set named `cfg.name` with `cfg.n_train` training and `cfg.n_test` test points."""
     make, classes = GENERATORS[cfg.name]
     return Dataset(Split(*make(k_train, cfg.n_train)), Split(*make(k_test, cfg.n_test)), num_classes=classes)

@@ -1,32 +1,27 @@
-"""Vector fields F(t, x, args) -> dx/dt, each an `eqx.Module`, and the registry that names them in configs.
+"""Vector fields F(t, x, args) -> dx/dt, each a final `eqx.Module` under `AbstractField`, and `FIELDS`, the
+registry that names them in configs (`model.field`).
 
-To add a field: write an `eqx.Module` with `__call__(t, x, args)`, a `feature_axis` class
-attribute and an `init(cfg, state_shape, key)` classmethod, and add it to `FIELDS`.
+To add a field: subclass `AbstractField` (or `AbstractAnalyticField` if you also write its adjoint terms), give it
+`feature_axis`, `__call__(t, x, args)` and `init(state_shape, params, key, **options)`, and add it to `FIELDS`.
+`docs/architecture.md` has a worked example.
 """
 
 from __future__ import annotations
 
-import equinox as eqx
-from jaxtyping import PRNGKeyArray
-
-from ode_nets.config import ModelConfig
+from ode_nets.fields._base import AbstractAnalyticField, AbstractField, LayerParams
 from ode_nets.fields.antisymmetric import AntisymmetricField
-from ode_nets.fields.cubic import ConvCubicField, CubicField
+from ode_nets.fields.cubic import CONV_IMPLS, AbstractCubicField, ConvCubicField, CubicField, odd_power
 from ode_nets.fields.hamiltonian import HamiltonianField
-from ode_nets.fields.resnet import ResNetField, SingleLayerField
-from ode_nets.fields.time_params import Constant, PiecewiseConstant, is_time_param
+from ode_nets.fields.resnet import ACTIVATIONS, ResNetField, SingleLayerField
+from ode_nets.fields.time_params import (Constant, LayerGrid, ParamInit, PiecewiseConstant, has_jumps, is_time_param,
+                                         layer_grid)
 
-FIELDS: dict[str, type] = {"cubic": CubicField, "conv_cubic": ConvCubicField, "resnet": ResNetField,
-                           "single_layer": SingleLayerField, "antisymmetric": AntisymmetricField,
-                           "hamiltonian": HamiltonianField}
+FIELDS: dict[str, type[AbstractField]] = {
+    "cubic": CubicField, "conv_cubic": ConvCubicField, "resnet": ResNetField, "single_layer": SingleLayerField,
+    "antisymmetric": AntisymmetricField, "hamiltonian": HamiltonianField,
+}
 
-
-def build_field(cfg: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> eqx.Module:
-    """The field named by `cfg.field`, initialised for states of `state_shape` (no batch axis)."""
-    if cfg.field not in FIELDS:
-        raise ValueError(f"model.field: {cfg.field!r} is not available (choose from {', '.join(FIELDS)})")
-    return FIELDS[cfg.field].init(cfg, state_shape, key)
-
-
-__all__ = ["FIELDS", "build_field", "CubicField", "ConvCubicField", "Constant", "PiecewiseConstant",
-           "is_time_param"]
+__all__ = ["FIELDS", "ACTIVATIONS", "CONV_IMPLS", "AbstractField", "AbstractAnalyticField", "AbstractCubicField",
+           "LayerParams", "CubicField", "ConvCubicField", "ResNetField", "SingleLayerField", "AntisymmetricField",
+           "HamiltonianField", "Constant", "PiecewiseConstant", "ParamInit", "LayerGrid", "has_jumps",
+           "is_time_param", "layer_grid", "odd_power"]

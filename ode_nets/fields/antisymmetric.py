@@ -15,12 +15,12 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ode_nets.config import ModelConfig
+from ode_nets.fields._base import AbstractField
 from ode_nets.fields.resnet import activation, square_layer
-from ode_nets.fields.time_params import TimeParam
+from ode_nets.fields.time_params import ParamInit, TimeParam
 
 
-class AntisymmetricField(eqx.Module):
+class AntisymmetricField(AbstractField):
     """dy/dt = sigma((K(t) - K(t)^T - gamma I) y + b(t)); gamma = `model.gamma`, fixed (not trained).
 
     State `y`: (..., N). Parameters: K (L, N, N), b (L, N).
@@ -31,6 +31,7 @@ class AntisymmetricField(eqx.Module):
     gamma: float = eqx.field(static=True, default=0.0)
     activation: str = eqx.field(static=True, default="tanh")
     feature_axis: ClassVar[int] = -1
+    config_options: ClassVar[tuple[str, ...]] = ("gamma", "activation")
 
     def matrix(self, t: Float[Array, ""]) -> Float[Array, "N N"]:
         """K(t) - K(t)^T - gamma I: antisymmetric, shifted by -gamma."""
@@ -41,7 +42,8 @@ class AntisymmetricField(eqx.Module):
         return activation(self.activation)(y @ self.matrix(t).T + self.b(t))
 
     @classmethod
-    def init(cls, cfg: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> "AntisymmetricField":
+    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, gamma: float = 0.0,
+             activation: str = "tanh") -> "AntisymmetricField":
         (n,) = state_shape
-        K, b = square_layer(cfg, n, key)
-        return cls(K=K, b=b, gamma=float(cfg.gamma), activation=cfg.activation)
+        K, b = square_layer(params, n, key)
+        return cls(K=K, b=b, gamma=float(gamma), activation=activation)

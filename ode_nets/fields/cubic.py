@@ -1,13 +1,14 @@
-"""The cubic vector fields of Ruseckas (2019): dense eqs 56/57 and convolutional eq 75.
+"""The cubic vector fields of Ruseckas (2019): dense eqs 56/57 and convolutional eq 75, with their
+hand-derived adjoint terms (eqs 62-71, 76-78) used by `AnalyticAdjoint`.
 
 Trainable leaves are the *scaled* parameters of eq 110, w~ = dt*w, b~ = dt*b, gamma~ = dt*gamma:
 the ones the paper trains, regularises (eq 113) and plots (Figs 3, 4, 6). The field returns
 dx/dt = (w~ x + b~ - gamma~ x^3) / dt, so one Euler step of size dt is exactly the residual
-layer x + w~ x + b~ - gamma~ x^3 of eq 109, for any horizon T.
+layer x + w~ x + b~ - gamma~ x^3 of eq 109, for any horizon T. Every equation is written once: `__call__`
+is `rhs` with the parameters in force at t, and the analytic adjoint calls the same `rhs`.
 """
 
-from __future__ import annotations
-
+import abc
 from typing import ClassVar
 
 import equinox as eqx
@@ -16,8 +17,8 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ode_nets.config import ModelConfig
-from ode_nets.fields.time_params import TimeParam, make_param
+from ode_nets.fields._base import AbstractAnalyticField, LayerParams
+from ode_nets.fields.time_params import ParamInit, PiecewiseConstant, TimeParam
 
 
 def odd_power(x: Array, mu: float) -> Array:
@@ -27,12 +28,91 @@ def odd_power(x: Array, mu: float) -> Array:
     return jnp.sign(x) * jnp.abs(x) ** mu
 
 
-def make_gamma(cfg: ModelConfig) -> Array | float:
+def make_gamma(gamma: float, learn: bool) -> Array | float:
     """Learnable gamma~ is an array leaf; a fixed one is a Python float, which no optimizer sees."""
-    return jnp.asarray(cfg.gamma, dtype=float) if cfg.learn_gamma else float(cfg.gamma)
+    return jnp.asarray(gamma, dtype=float) if learn else float(gamma)
 
 
-class CubicField(eqx.Module):
+class AbstractCubicField(AbstractAnalyticField):
+    """dx/dt = (A~(t) x + b~(t) - gamma~ sign(x)|x|^mu) / dt, A~ an affine map (dense, eq 56; conv, eq 75).
+
+    Subclasses say what the linear part A~ is (`affine`), its transpose (`affine_transpose`) and the density of
+    its weight gradient (`weight_density`); the equations below are shared.
+    """
+
+    b: eqx.AbstractVar[TimeParam]
+    gamma: eqx.AbstractVar[Array | float]
+    dt: eqx.AbstractVar[float]
+    mu: eqx.AbstractVar[float]
+    config_options: ClassVar[tuple[str, ...]] = ("gamma", "learn_gamma", "mu")
+
+    @property
+    @abc.abstractmethod
+    def weight(self) -> TimeParam:
+        """The weight parameter w~ (dense) or kappa~ (conv)."""
+
+    @abc.abstractmethod
+    def affine(self, weight: Array, bias: Array, x: Array) -> Array:
+        """w~ x + b~ for one layer's weight and bias."""
+
+    @abc.abstractmethod
+    def affine_transpose(self, weight: Array, a: Array) -> Array:
+        """a w~: the transpose of the linear part applied to the adjoint."""
+
+    @abc.abstractmethod
+    def weight_density(self, x: Array, a: Array) -> Array:
+        """sum over the batch of a dF/dw~ (times dt)."""
+
+    def rhs(self, p: LayerParams, x: Array) -> Array:
+        """F = (w~ x + b~ - gamma~ x^mu) / dt (eqs 56, 57, 75 with eq 110)."""
+        return (self.affine(p.weight, p.bias, x) - p.gamma * odd_power(x, self.mu)) / self.dt
+
+    def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
+        """dx/dt at time t (eq 56 / eq 75)."""
+        return self.rhs(LayerParams(self.weight(t), self.b(t), self.gamma), x)
+
+    def vjp_state(self, p: LayerParams, x: Array, a: Array) -> Array:
+        """(a dF/dx)_i = ((a w~)_i - mu gamma~ |x_i|^(mu-1) a_i) / dt: the right side of eq 62/63/76 (= -da/dt)."""
+        return (self.affine_transpose(p.weight, a) - self.mu * p.gamma * jnp.abs(x) ** (self.mu - 1) * a) / self.dt
+
+    def vjp_params(self, x: Array, a: Array) -> LayerParams:
+        """a dF/dq summed over the batch: dL/dw~ (eqs 65, 77), dL/db~ = a / dt (eqs 66, 78),
+        dL/dgamma~ = -sum_i a_i x_i^mu / dt (eq 71)."""
+        channel = self.feature_axis % a.ndim
+        bias = jnp.sum(a, axis=tuple(i for i in range(a.ndim) if i != channel))
+        return LayerParams(self.weight_density(x, a) / self.dt, bias / self.dt,
+                           -jnp.sum(a * odd_power(x, self.mu)) / self.dt)
+
+    def layer_params(self, layer: Array) -> LayerParams:
+        """The scaled parameters in force on layer `layer` (a traced index; time-independent ones ignore it)."""
+        def pick(param: TimeParam) -> Array:
+            values = param.per_layer()
+            return values[jnp.minimum(layer, values.shape[0] - 1)]
+
+        return LayerParams(pick(self.weight), pick(self.b), jnp.asarray(self.gamma))
+
+    def fold_gradients(self, per_layer: LayerParams) -> "AbstractCubicField":
+        """Per-layer gradients (L, ...) -> a pytree like the trainable part; a time-independent parameter sums
+        its layers' integrals (eq 15), a fixed gamma (a Python float) gets None."""
+        def fold(param: TimeParam, g: Array) -> Array:
+            return g if isinstance(param, PiecewiseConstant) else jnp.sum(g, 0)
+
+        leaf = lambda p: p.values if isinstance(p, PiecewiseConstant) else p.value  # noqa: E731
+        grads = eqx.filter(self, eqx.is_inexact_array)
+        grads = eqx.tree_at(lambda f: (leaf(f.weight), leaf(f.b)), grads,
+                            (fold(self.weight, per_layer.weight), fold(self.b, per_layer.bias)))
+        if eqx.is_inexact_array(self.gamma):
+            grads = eqx.tree_at(lambda f: f.gamma, grads, jnp.sum(per_layer.gamma).astype(self.gamma.dtype))
+        return grads
+
+    def check_layers(self, layers: int) -> None:
+        for param in (self.weight, self.b):
+            if isinstance(param, PiecewiseConstant) and param.layers != layers:
+                raise ValueError(f"analytic_adjoint: a parameter has {param.layers} pieces but the solve has "
+                                 f"{layers} layers")
+
+
+class CubicField(AbstractCubicField):
     """dx_i/dt = sum_j w_ij(t) x_j + b_i(t) - gamma sign(x_i)|x_i|^mu (eqs 56, 57), scaled by eq 110.
 
     State `x`: (..., N). Parameters: w~ (L, N, N), b~ (L, N) or (N, N), (N,) if time-independent.
@@ -45,10 +125,19 @@ class CubicField(eqx.Module):
     mu: float = eqx.field(static=True, default=3.0)
     feature_axis: ClassVar[int] = -1
 
-    def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
-        """dx/dt at time t (eq 56)."""
-        affine = x @ self.w(t).T + self.b(t)
-        return (affine - self.gamma * odd_power(x, self.mu)) / self.dt
+    @property
+    def weight(self) -> TimeParam:
+        return self.w
+
+    def affine(self, weight: Array, bias: Array, x: Array) -> Array:
+        return x @ weight.T + bias
+
+    def affine_transpose(self, weight: Array, a: Array) -> Array:
+        return a @ weight
+
+    def weight_density(self, x: Array, a: Array) -> Array:
+        """sum over the batch of a^T x (eq 65)."""
+        return a.reshape(-1, a.shape[-1]).T @ x.reshape(-1, x.shape[-1])
 
     def jacobian(self, t: Float[Array, ""], x: Float[Array, " N"]) -> Float[Array, "N N"]:
         """dF_i/dx_j = (w~_ij - mu gamma~ delta_ij |x_j|^(mu-1)) / dt (eq 61)."""
@@ -56,14 +145,20 @@ class CubicField(eqx.Module):
         return (self.w(t) - jnp.diag(nonlinear)) / self.dt
 
     @classmethod
-    def init(cls, cfg: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> "CubicField":
-        """Build from a model config for a state of shape (N,)."""
+    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, gamma: float = 0.0,
+             learn_gamma: bool = True, mu: float = 3.0) -> "CubicField":
+        """A field for states of shape (N,): w~, b~ made by `params`, gamma~ learnable or fixed."""
         (n,) = state_shape
         kw, kb = jax.random.split(key)
-        common = dict(time_dependent=cfg.time_dependent, layers=cfg.layers, horizon=cfg.horizon,
-                      init=cfg.init, scale=cfg.init_scale)
-        return cls(w=make_param((n, n), key=kw, **common), b=make_param((n,), key=kb, **common),
-                   gamma=make_gamma(cfg), dt=cfg.dt, mu=cfg.mu)
+        return cls(w=params.make((n, n), kw), b=params.make((n,), kb), gamma=make_gamma(gamma, learn_gamma),
+                   dt=params.dt, mu=mu)
+
+    @classmethod
+    def zeros(cls, n: int, layers: int, horizon: float = 1.0, *, gamma: float = 0.0, learn_gamma: bool = True,
+              mu: float = 3.0, time_dependent: bool = True) -> "CubicField":
+        """The paper's zero-initialised field (§4.4) on N = `n` units and L = `layers` layers."""
+        params = ParamInit(layers=layers, horizon=horizon, time_dependent=time_dependent)
+        return cls.init((n,), params, jax.random.PRNGKey(0), gamma=gamma, learn_gamma=learn_gamma, mu=mu)
 
 
 def conv3x3_xla(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... O H W"]:
@@ -167,14 +262,20 @@ def conv3x3_xla_split(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 
     return jnp.moveaxis(out, -1, 1).reshape((*x.shape[:-3], kernel.shape[0], height, width))
 
 
-_CONV_IMPLS = {"xla": conv3x3_xla, "im2col": conv3x3_im2col, "im2col_nhwc": conv3x3_im2col_nhwc,
-               "xla_split": conv3x3_xla_split}
+CONV_IMPLS = {"xla": conv3x3_xla, "im2col": conv3x3_im2col, "im2col_nhwc": conv3x3_im2col_nhwc,
+              "xla_split": conv3x3_xla_split}
 
 
-class ConvCubicField(eqx.Module):
+def conv3x3_transpose(kernel: Float[Array, "O C 3 3"]) -> Float[Array, "C O 3 3"]:
+    """The kernel of the transposed zero-padded cross-correlation: flipped in space, channel axes swapped."""
+    return jnp.swapaxes(kernel[:, :, ::-1, ::-1], 0, 1)
+
+
+class ConvCubicField(AbstractCubicField):
     """dx/dt = kappa(t) * x + b(t) - gamma x^3 with channels (eq 75), scaled by eq 110.
 
     State `x`: (..., C, H, W). Parameters: kappa~ (L, C, C, 3, 3), b~ (L, C), one bias per channel.
+    `conv_impl` picks how the 3x3 convolution is computed (same function; speed, docs/performance.md).
     """
 
     kernel: TimeParam
@@ -184,19 +285,37 @@ class ConvCubicField(eqx.Module):
     mu: float = eqx.field(static=True, default=3.0)
     conv_impl: str = eqx.field(static=True, default="xla_split")
     feature_axis: ClassVar[int] = -3
+    config_options: ClassVar[tuple[str, ...]] = ("gamma", "learn_gamma", "mu", "conv_impl")
 
-    def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
-        """dx/dt at time t (eq 75)."""
-        affine = _CONV_IMPLS[self.conv_impl](x, self.kernel(t)) + self.b(t)[:, None, None]
-        return (affine - self.gamma * odd_power(x, self.mu)) / self.dt
+    def __check_init__(self) -> None:
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl {self.conv_impl!r} is not one of {', '.join(CONV_IMPLS)}")
+
+    @property
+    def weight(self) -> TimeParam:
+        return self.kernel
+
+    def affine(self, weight: Array, bias: Array, x: Array) -> Array:
+        return CONV_IMPLS[self.conv_impl](x, weight) + bias[:, None, None]
+
+    def affine_transpose(self, weight: Array, a: Array) -> Array:
+        """sum_j a_{i-j} kappa~_j (eq 76): the cross-correlation with the transposed kernel."""
+        return CONV_IMPLS[self.conv_impl](a, conv3x3_transpose(weight))
+
+    def weight_density(self, x: Array, a: Array) -> Array:
+        """sum_j a_{o,j} x_{c,j+p} (eq 77): one contraction per kernel offset p over the zero-padded x (no 9x
+        patch tensor in memory)."""
+        height, width = x.shape[-2:]
+        padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)])
+        kernel = jnp.stack([jnp.einsum("...ohw,...chw->oc", a, padded[..., i:i + height, j:j + width])
+                            for i in range(3) for j in range(3)], axis=-1)
+        return kernel.reshape(*kernel.shape[:2], 3, 3)
 
     @classmethod
-    def init(cls, cfg: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> "ConvCubicField":
-        """Build from a model config for a state of shape (C, H, W)."""
+    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, gamma: float = 0.0,
+             learn_gamma: bool = True, mu: float = 3.0, conv_impl: str = "xla_split") -> "ConvCubicField":
+        """A field for states of shape (C, H, W): kappa~ (C, C, 3, 3) and b~ (C,) per layer."""
         channels = state_shape[0]
         kk, kb = jax.random.split(key)
-        common = dict(time_dependent=cfg.time_dependent, layers=cfg.layers, horizon=cfg.horizon,
-                      init=cfg.init, scale=cfg.init_scale)
-        return cls(kernel=make_param((channels, channels, 3, 3), key=kk, **common),
-                   b=make_param((channels,), key=kb, **common), gamma=make_gamma(cfg), dt=cfg.dt, mu=cfg.mu,
-                   conv_impl=cfg.conv_impl)
+        return cls(kernel=params.make((channels, channels, 3, 3), kk), b=params.make((channels,), kb),
+                   gamma=make_gamma(gamma, learn_gamma), dt=params.dt, mu=mu, conv_impl=conv_impl)

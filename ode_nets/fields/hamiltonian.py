@@ -17,9 +17,10 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ode_nets.config import ModelConfig
+from ode_nets.errors import ConfigError
+from ode_nets.fields._base import AbstractField
 from ode_nets.fields.resnet import activation, square_layer
-from ode_nets.fields.time_params import TimeParam
+from ode_nets.fields.time_params import ParamInit, TimeParam
 
 
 def split_state(x: Array) -> tuple[Array, Array]:
@@ -28,7 +29,7 @@ def split_state(x: Array) -> tuple[Array, Array]:
     return x[..., :m], x[..., m:]
 
 
-class HamiltonianField(eqx.Module):
+class HamiltonianField(AbstractField):
     """d/dt (y, z) = (sigma(K^T z + b), -sigma(K y + b)); state concat(y, z) of shape (..., 2m).
 
     Parameters: K (L, m, m), b (L, m).
@@ -38,6 +39,7 @@ class HamiltonianField(eqx.Module):
     b: TimeParam
     activation: str = eqx.field(static=True, default="tanh")
     feature_axis: ClassVar[int] = -1
+    config_options: ClassVar[tuple[str, ...]] = ("activation",)
 
     def y_dot(self, t: Float[Array, ""], z: Array) -> Array:
         """dy/dt = sigma(K(t)^T z + b(t)); depends on z only."""
@@ -52,10 +54,11 @@ class HamiltonianField(eqx.Module):
         return jnp.concatenate([self.y_dot(t, z), self.z_dot(t, y)], axis=-1)
 
     @classmethod
-    def init(cls, cfg: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> "HamiltonianField":
+    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *,
+             activation: str = "tanh") -> "HamiltonianField":
         (n,) = state_shape
         if n % 2:
-            raise ValueError(f"model.augment: the hamiltonian field needs an even state (y, z), got {n} dimensions; "
+            raise ConfigError(f"model.augment: the hamiltonian field needs an even state (y, z), got {n} dimensions; "
                              f"set model.augment = 2*width - input dimension")
-        K, b = square_layer(cfg, n // 2, key)
-        return cls(K=K, b=b, activation=cfg.activation)
+        K, b = square_layer(params, n // 2, key)
+        return cls(K=K, b=b, activation=activation)

@@ -7,6 +7,9 @@ time-independent case of §2.2 (eq 25) and §2.5 (eq 45).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -63,6 +66,7 @@ class Constant(eqx.Module):
 
 
 TimeParam = PiecewiseConstant | Constant
+INITS = ("zeros", "normal")
 
 
 def make_param(shape: tuple[int, ...], *, time_dependent: bool, layers: int, horizon: float,
@@ -73,6 +77,71 @@ def make_param(shape: tuple[int, ...], *, time_dependent: bool, layers: int, hor
     if time_dependent:
         return PiecewiseConstant(values, 0.0, horizon)
     return Constant(values)
+
+
+@dataclass(frozen=True)
+class ParamInit:
+    """How a field's parameters are laid out in t and initialised: L pieces on [0, T] (or one value for all t),
+    zeros (§4.4) or normal(0, `scale`)."""
+
+    layers: int = 20
+    horizon: float = 1.0
+    time_dependent: bool = True
+    init: Literal["zeros", "normal"] = "zeros"
+    scale: float = 0.01
+
+    @property
+    def dt(self) -> float:
+        """Layer width in time, dt = T / L (eq 110)."""
+        return self.horizon / self.layers
+
+    def make(self, shape: tuple[int, ...], key: PRNGKeyArray) -> TimeParam:
+        """A parameter of `shape` (`make_param` with these settings)."""
+        return make_param(shape, time_dependent=self.time_dependent, layers=self.layers, horizon=self.horizon,
+                          init=self.init, scale=self.scale, key=key)
+
+
+class LayerGrid(eqx.Module):
+    """The layer grid of a network: L layers of width dt = T / L on [0, T] (eqs 109, 110)."""
+
+    horizon: float = eqx.field(static=True)
+    layers: int = eqx.field(static=True)
+
+    @property
+    def dt(self) -> float:
+        return self.horizon / self.layers
+
+    def times(self) -> np.ndarray:
+        """Layer boundaries 0 = t_0 < ... < t_L = T (`layer_grid`)."""
+        return layer_grid(0.0, self.horizon, self.layers)
+
+    def step_times(self, steps_per_layer: int) -> np.ndarray:
+        """Fixed-step time points: the layer grid, each layer split into `steps_per_layer` equal steps."""
+        grid = self.times()
+        if steps_per_layer == 1:
+            return grid
+        inner = [np.linspace(grid[i], grid[i + 1], steps_per_layer + 1, dtype=grid.dtype)[:-1]
+                 for i in range(self.layers)]
+        return np.concatenate([*inner, grid[-1:]])
+
+    def jump_times(self) -> np.ndarray:
+        """Interior layer boundaries, where piecewise-constant parameters jump."""
+        return self.times()[1:-1]
+
+    @classmethod
+    def of(cls, field: eqx.Module) -> "LayerGrid":
+        """The grid of a field's piecewise-constant parameters (their L pieces on [t0, t1]); an error if it has none."""
+        pieces = [p for p in jax.tree_util.tree_leaves(field, is_leaf=is_time_param) if isinstance(p, PiecewiseConstant)]
+        if not pieces:
+            raise ValueError(f"{type(field).__name__} has no piecewise-constant parameters to read the layer grid "
+                             f"from; pass grid=LayerGrid(horizon, layers)")
+        return cls(horizon=pieces[0].t1 - pieces[0].t0, layers=pieces[0].layers)
+
+
+def has_jumps(field: eqx.Module) -> bool:
+    """True if any parameter of the field is piecewise constant in t (so it jumps at layer boundaries)."""
+    leaves = jax.tree_util.tree_leaves(field, is_leaf=is_time_param)
+    return any(isinstance(leaf, PiecewiseConstant) and leaf.layers > 1 for leaf in leaves)
 
 
 def is_time_param(x: object) -> bool:

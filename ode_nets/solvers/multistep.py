@@ -17,8 +17,8 @@ import jax.tree_util as jtu
 from jax import lax
 from jaxtyping import Array, Float, PyTree
 
-from ode_nets.config import ModelConfig
-from ode_nets.fields.time_params import Constant, PiecewiseConstant, TimeParam
+from ode_nets.fields._base import AbstractField
+from ode_nets.fields.time_params import Constant, ParamInit, PiecewiseConstant, TimeParam
 
 _AB2 = (1.5, -0.5, 0.0)
 _AB3 = (23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0)
@@ -68,7 +68,7 @@ class AdamsBashforth3(diffrax.AbstractSolver):
         return terms.vf(t0, y0, args)
 
 
-class TwoStepField(eqx.Module):
+class TwoStepField(AbstractField):
     """A vector field together with the per-layer coefficients k_l of eq 111 (trainable model parameters).
 
     Evaluates as the wrapped field; `TwoStepLM` reads `k(t)`. Built by `with_two_step_memory`.
@@ -80,6 +80,10 @@ class TwoStepField(eqx.Module):
 
     def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
         return self.field(t, x, args)
+
+    @classmethod
+    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: Any, **options: object) -> "TwoStepField":
+        raise TypeError("a TwoStepField wraps a built field: use with_two_step_memory(field, params)")
 
     @property
     def gamma(self) -> Any:
@@ -93,9 +97,9 @@ class ConvTwoStepField(TwoStepField):
     feature_axis: ClassVar[int] = -3
 
 
-def with_two_step_memory(field: eqx.Module, cfg: ModelConfig, k_init: float = 0.0) -> TwoStepField:
+def with_two_step_memory(field: eqx.Module, params: ParamInit, k_init: float = 0.0) -> TwoStepField:
     """Wrap `field` with k_l, one scalar per layer (or one for all t), initialised to `k_init` (0: ResNet, eq 109)."""
-    k: TimeParam = (PiecewiseConstant(jnp.full((cfg.layers,), k_init), 0.0, cfg.horizon) if cfg.time_dependent
+    k: TimeParam = (PiecewiseConstant(jnp.full((params.layers,), k_init), 0.0, params.horizon) if params.time_dependent
                     else Constant(jnp.asarray(k_init, dtype=float)))
     wrapper = ConvTwoStepField if type(field).feature_axis == -3 else TwoStepField
     return wrapper(field, k)
@@ -117,7 +121,7 @@ class TwoStepLM(diffrax.AbstractSolver):
     order; second order, the leapfrog x_{l+1} = x_{l-1} + h f_l, for k = 1), so k_l also acts as a
     learned per-layer step size h/(1 + k_l). Start-up: the missing x_{-1} is taken so that
     d_{-1} = h f_0 / (1 + k_0) (the steady increment), i.e. the first step is Euler for the rescaled ODE.
-    Needs the field wrapped in `TwoStepField` (done by `build_model` for `solver.method: lm2`).
+    Needs the field wrapped in `TwoStepField` (`with_two_step_memory`; `ode_nets.build` does it for `solver.method: lm2`).
     Solver state: (first step?, d_{l-1}).
     """
 
@@ -129,7 +133,7 @@ class TwoStepLM(diffrax.AbstractSolver):
 
     def init(self, terms: Any, t0: Any, t1: Any, y0: Array, args: Any) -> tuple[Array, Array]:
         if not isinstance(_vector_field(terms), TwoStepField) or not eqx.is_array(y0):
-            raise ValueError("solver.method 'lm2' needs a model built by build_model (field wrapped with its k_l) "
+            raise ValueError("solver.method 'lm2' needs the field wrapped with its k_l (with_two_step_memory) "
                              "and gradient.strategy discretize_then_optimize (k_l has no meaning in a backsolve)")
         return jnp.ones((), bool), jnp.zeros_like(y0)
 

@@ -1,0 +1,43 @@
+"""ode_nets: deep neural networks as differential equations, built on JAX, Equinox and Diffrax.
+
+The public API is flat, as diffrax's: fields, solvers, gradient strategies and models are Equinox modules that
+plain-Python users build and combine themselves; a YAML config is one way to build them (`load_config`, `build`).
+
+    import diffrax, optax, ode_nets as on
+    field = on.CubicField.zeros(n=3, layers=20, gamma=0.1, learn_gamma=False)
+    net = on.ODENet(field, diffrax.Euler(), on.DiscretizeThenOptimize(), on.SigmoidLast(), augment=1)
+
+Layers, bottom up: fields -> solvers / stepping -> gradient strategies -> `solve` -> `ODENet` -> training ->
+experiments -> scripts (docs/architecture.md).
+"""
+
+from ode_nets import build
+from ode_nets.config import Config, load_config
+from ode_nets.data import DATASETS, Dataset, Split, load_dataset
+from ode_nets.errors import CheckpointError, ConfigError, DataError, RunDirError, TrainingError, UserError
+from ode_nets.fields import (FIELDS, AbstractAnalyticField, AbstractCubicField, AbstractField, AntisymmetricField,
+                             Constant, ConvCubicField, CubicField, HamiltonianField, LayerGrid, LayerParams, ParamInit,
+                             PiecewiseConstant, ResNetField, SingleLayerField)
+from ode_nets.losses import cross_entropy, smoothness
+from ode_nets.models import (READOUTS, AbstractReadout, LinearSoftmax, MaxPoolSoftmax, ODENet, SigmoidLast, Softmax,
+                             count_parameters)
+from ode_nets.solve import solve
+from ode_nets.solvers import (RK4, SOLVERS, AbstractStepping, AdamsBashforth3, AdaptiveSteps, Discretisation,
+                              FixedSteps, TwoStepLM, Verlet, with_two_step_memory)
+from ode_nets.strategies import (STRATEGIES, AbstractDiffraxAdjoint, AbstractGradientStrategy, AnalyticAdjoint,
+                                 DiscretizeThenOptimize, OptimizeThenDiscretize, Reversible)
+from ode_nets.train import fit
+
+__all__ = [
+    "build", "Config", "load_config", "DATASETS", "Dataset", "Split", "load_dataset",
+    "UserError", "ConfigError", "DataError", "CheckpointError", "RunDirError", "TrainingError",
+    "FIELDS", "AbstractField", "AbstractAnalyticField", "AbstractCubicField", "CubicField", "ConvCubicField",
+    "ResNetField", "SingleLayerField", "AntisymmetricField", "HamiltonianField", "Constant", "PiecewiseConstant",
+    "ParamInit", "LayerGrid", "LayerParams", "cross_entropy", "smoothness",
+    "READOUTS", "AbstractReadout", "Softmax", "SigmoidLast", "MaxPoolSoftmax", "LinearSoftmax", "ODENet",
+    "count_parameters", "solve",
+    "SOLVERS", "RK4", "AdamsBashforth3", "TwoStepLM", "Verlet", "with_two_step_memory", "AbstractStepping",
+    "FixedSteps", "AdaptiveSteps", "Discretisation",
+    "STRATEGIES", "AbstractGradientStrategy", "AbstractDiffraxAdjoint", "DiscretizeThenOptimize",
+    "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "fit",
+]

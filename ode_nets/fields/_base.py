@@ -1,0 +1,79 @@
+"""The vector-field extension point: `AbstractField`, and `AbstractAnalyticField` for fields whose adjoint
+equations are written out by hand (Ruseckas §3.3, §3.4) so that `AnalyticAdjoint` can use them.
+
+A new field is one final class: subclass `AbstractField`, declare `feature_axis`, write `__call__(t, x, args)`
+and an `init` classmethod (how its parameters are made for a state shape), and register its name in
+`ode_nets.fields.FIELDS` if configs should reach it. Plain-Python users may pass any `AbstractField` to `ODENet`.
+"""
+
+import abc
+from typing import ClassVar, NamedTuple
+
+import equinox as eqx
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ode_nets.fields.time_params import ParamInit
+
+
+class AbstractField(eqx.Module):
+    """dx/dt = F(t, x, args) (eq 5), with parameters q(t) held as `TimeParam`s.
+
+    `x` may carry leading batch axes; `feature_axis` says where the features (dense) or channels (conv) are,
+    which `ODENet` augments with zeros (§3.2). `config_options` names the `model.*` config keys that `init`
+    takes besides the shared `ParamInit`; `ode_nets.build` passes exactly those.
+    """
+
+    feature_axis: eqx.AbstractClassVar[int]
+    config_options: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
+        """dx/dt at time t."""
+
+    @classmethod
+    @abc.abstractmethod
+    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, **options: object
+             ) -> "AbstractField":
+        """A field for states of `state_shape` (no batch axis), parameters made by `params`."""
+
+
+class LayerParams(NamedTuple):
+    """The scaled parameters in force on one layer: weight (w~ or kappa~), bias b~ and gamma~ (eq 110)."""
+
+    weight: Array
+    bias: Array
+    gamma: Array
+
+
+class AbstractAnalyticField(AbstractField):
+    """A field that also writes out its adjoint terms, per layer (for `ode_nets.AnalyticAdjoint`):
+
+    - `rhs(p, x)`: F with the parameters `p` of one layer (the same function `__call__` evaluates);
+    - `vjp_state(p, x, a)`: a dF/dx, the right side of -da/dt = a dF/dx (eq 11);
+    - `vjp_params(x, a)`: a dF/dq summed over the batch, the density of dL/dq (eqs 13-15);
+    - `layer_params(l)`, `fold_gradients(per_layer)`: per-layer parameters in, a gradient pytree out.
+    """
+
+    @abc.abstractmethod
+    def rhs(self, p: LayerParams, x: Array) -> Array:
+        """F(x) with the parameters `p` of one layer."""
+
+    @abc.abstractmethod
+    def vjp_state(self, p: LayerParams, x: Array, a: Array) -> Array:
+        """a dF/dx (= -da/dt)."""
+
+    @abc.abstractmethod
+    def vjp_params(self, x: Array, a: Array) -> LayerParams:
+        """a dF/dq summed over the batch."""
+
+    @abc.abstractmethod
+    def layer_params(self, layer: Array) -> LayerParams:
+        """The parameters in force on layer `layer` (a traced index)."""
+
+    @abc.abstractmethod
+    def fold_gradients(self, per_layer: LayerParams) -> "AbstractAnalyticField":
+        """Per-layer gradients (L, ...) as a pytree shaped like the field's trainable part."""
+
+    @abc.abstractmethod
+    def check_layers(self, layers: int) -> None:
+        """Raise if the field's piecewise-constant parameters do not have `layers` pieces."""

@@ -1,0 +1,226 @@
+"""The paper's hand-derived backward pass, as a custom VJP: the `AnalyticAdjoint` strategy.
+
+Ruseckas §3.3/§3.4 write the gradient of a loss on x(T) without automatic differentiation:
+
+- the adjoint a(t) = dL/dx(t) solves -da/dt = a dF/dx backwards from a(T) = dL/dx(T) (eqs 10, 11), which for
+  the cubic field is eq 62 (mu = 3), eq 63 (general mu) and eq 76 (convolution);
+- the functional derivatives of L w.r.t. the parameters are a dF/dq: eqs 65, 66 (dense w, b), 77, 78 (kernel,
+  bias), and eq 71 (gamma); a parameter that is constant over an interval collects the integral of a dF/dq
+  over that interval (eqs 13-15).
+
+The field supplies those terms itself (`AbstractAnalyticField`: `rhs`, `vjp_state`, `vjp_params`); for the cubic
+fields they are written once in `ode_nets.fields.cubic`. With one state for the whole batch, every density is summed
+over the batch. Two backward schemes:
+
+- forward Euler (fixed steps): the discrete adjoint of eq 112, a_k = a_{k+1} + h a_{k+1} dF/dx(x_k), over the
+  stored states of every step (a `lax.scan`); it is the exact gradient of the discrete network (eq 109);
+- any other solver: the continuous eqs 62/63/76 integrated backwards with diffrax over each layer, together with
+  x (restarted at every layer from the stored forward state, so the backward x cannot drift far) and the
+  gradient integrals; fixed-step solvers step back over the forward grid, adaptive ones use a PID controller
+  with the backward stepping's tolerances (default: the forward's).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Optional
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array
+
+from ode_nets.fields._base import AbstractAnalyticField, LayerParams
+from ode_nets.solvers.stepping import AbstractStepping, AdaptiveSteps, Discretisation
+from ode_nets.strategies._base import AbstractGradientStrategy
+from ode_nets.strategies.diffrax_adjoints import DiscretizeThenOptimize
+
+
+class AnalyticAdjoint(AbstractGradientStrategy):
+    """The same forward solve, with the paper's backward equations as its VJP (fields with hand-derived terms only).
+
+    `backward_solver` / `backward_stepping`: how the continuous adjoint is integrated when the forward solver is not
+    Euler (defaults: the forward's). Only `SaveAt(t1=True)` gets the custom gradient; any other `saveat`
+    (trajectories for plots and diagnostics) is the plain forward solve.
+    """
+
+    backward_solver: Optional[diffrax.AbstractSolver] = None
+    backward_stepping: Optional[AbstractStepping] = None
+    config_options: ClassVar[tuple[str, ...]] = ("backward_solver", "backward_stepping")
+
+    def solve(self, field: AbstractAnalyticField, x0: Array, discretisation: Discretisation, saveat: diffrax.SaveAt,
+              args: object = None) -> diffrax.Solution:
+        check_analytic(field)
+        if not _is_t1_only(saveat):
+            return DiscretizeThenOptimize().solve(field, x0, discretisation, saveat, args)
+        return _solve_stored((field, x0), discretisation, self)
+
+    def uses_discrete_adjoint(self, discretisation: Discretisation) -> bool:
+        """Forward Euler (with an Euler or default backward solver): the backward pass is eq 112 over the stored steps."""
+        euler = lambda s: isinstance(s, diffrax.Euler)  # noqa: E731
+        return euler(discretisation.solver) and (self.backward_solver is None or euler(self.backward_solver))
+
+    def stored_times(self, discretisation: Discretisation) -> np.ndarray:
+        """Times at which the forward states are stored: every step for Euler (eq 112), the layer grid otherwise."""
+        if self.uses_discrete_adjoint(discretisation):
+            return discretisation.step_ts()
+        return discretisation.grid.times()
+
+    def backward(self, field: AbstractAnalyticField, xs: Array, a_final: Array, discretisation: Discretisation,
+                 keep_adjoints: bool = False) -> tuple[Array, LayerParams, Array | None]:
+        """a(0), per-layer parameter gradients and (if `keep_adjoints`) the adjoint on `stored_times`."""
+        field.check_layers(discretisation.grid.layers)
+        if self.uses_discrete_adjoint(discretisation):
+            return euler_backward(field, xs, a_final, discretisation, keep_adjoints)
+        return continuous_backward(field, xs, a_final, discretisation, self, keep_adjoints)
+
+
+def check_analytic(field: object) -> None:
+    """Fail early, naming the alternatives, for a field without hand-derived adjoint terms."""
+    if not isinstance(field, AbstractAnalyticField):
+        raise ValueError(f"gradient.strategy: 'analytic_adjoint' is derived for the cubic fields (eqs 62, 76) only, "
+                         f"not for {type(field).__name__}; use discretize_then_optimize or optimize_then_discretize")
+
+
+def euler_backward(field: AbstractAnalyticField, xs: Array, a_final: Array, discretisation: Discretisation,
+                   keep_adjoints: bool = False) -> tuple[Array, LayerParams, Array | None]:
+    """Discrete adjoint of forward Euler (eq 112, with s = steps_per_layer steps of h = dt/s per layer).
+
+    xs: (K+1, ...) states x_k at every step; a_final = dL/dx(T) (eq 10).
+    a_k = a_{k+1} + h (a_{k+1} dF/dx)(x_k); dL/dq_l = h sum_{k in layer l} (a_{k+1} dF/dq)(x_k).
+    Returns a(0), the per-layer gradients (L, ...) and, if `keep_adjoints`, the adjoints at every step (K+1, ...)
+    (not kept in training: they would cost one state per step of memory).
+    """
+    layers, steps_per_layer = discretisation.grid.layers, discretisation.stepping.steps_per_layer
+    h = discretisation.grid.dt / steps_per_layer
+
+    def step(a_next: Array, k: Array) -> tuple[Array, tuple[LayerParams, Array | None]]:
+        x = xs[k]  # indexed, not sliced: no copy of the stored states
+        p = field.layer_params(k // steps_per_layer)
+        grads = jax.tree_util.tree_map(lambda g: h * g, field.vjp_params(x, a_next))
+        a = a_next + h * field.vjp_state(p, x, a_next)
+        return a, (grads, a if keep_adjoints else None)
+
+    a0, (grads, adjoints) = lax.scan(step, a_final, jnp.arange(xs.shape[0] - 1), reverse=True)
+    per_layer = jax.tree_util.tree_map(lambda g: jnp.sum(g.reshape(layers, steps_per_layer, *g.shape[1:]), 1), grads)
+    return a0, per_layer, _with_final(adjoints, a_final)
+
+
+def _with_final(adjoints: Array | None, a_final: Array) -> Array | None:
+    return None if adjoints is None else jnp.concatenate([adjoints, a_final[None]])
+
+
+def _layer_solve(field: AbstractAnalyticField, solver: diffrax.AbstractSolver, stepping: AbstractStepping
+                 ) -> Callable[[Array, Array, Array, LayerParams], tuple[Array, LayerParams]]:
+    """One layer of the continuous backward pass: dx/dt = F, da/dt = -a dF/dx, dG/dt = -a dF/dq from t_{l+1} down
+    to t_l (`ts`, decreasing); returns a(t_l) and G, the layer's gradient integrals."""
+    def rhs(t: Array, state: tuple[Array, Array, LayerParams], p: LayerParams) -> tuple[Array, Array, LayerParams]:
+        x, a, _ = state
+        dens = field.vjp_params(x, a)
+        return field.rhs(p, x), -field.vjp_state(p, x, a), jax.tree_util.tree_map(jnp.negative, dens)
+
+    def run(x_end: Array, a_end: Array, ts: Array, p: LayerParams) -> tuple[Array, LayerParams]:
+        zero = jax.tree_util.tree_map(jnp.zeros_like, p)
+        if isinstance(stepping, AdaptiveSteps):
+            controller: Any = stepping.controller(None)
+            max_steps = stepping.max_steps
+        else:
+            controller, max_steps = diffrax.StepTo(ts=ts), stepping.steps_per_layer
+        sol = diffrax.diffeqsolve(diffrax.ODETerm(rhs), solver, ts[0], ts[-1], None, (x_end, a_end, zero), args=p,
+                                  stepsize_controller=controller, max_steps=max_steps,
+                                  adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=1))
+        _, a_start, grads = jax.tree_util.tree_map(lambda y: y[-1], sol.ys)
+        return a_start, grads
+
+    return run
+
+
+def continuous_backward(field: AbstractAnalyticField, xs: Array, a_final: Array, discretisation: Discretisation,
+                        strategy: AnalyticAdjoint, keep_adjoints: bool = False
+                        ) -> tuple[Array, LayerParams, Array | None]:
+    """The continuous adjoint (eqs 62/63/76) and gradient integrals (eqs 65, 66, 71, 77, 78), layer by layer.
+
+    xs: (L+1, ...) states at the layer boundaries; a_final = dL/dx(T). On layer l the backward system is solved
+    with diffrax from t_{l+1} (x = xs[l+1], a, G = 0) down to t_l (`_layer_solve`). Returns a(0), per-layer
+    gradients and, if `keep_adjoints`, a(t_l).
+    """
+    layers = discretisation.grid.layers
+    stepping = strategy.backward_stepping or discretisation.stepping
+    run = _layer_solve(field, strategy.backward_solver or discretisation.solver, stepping)
+    steps = stepping.steps_per_layer
+    points = discretisation.grid.step_times(steps)
+    layer_points = np.stack([points[l * steps:(l + 1) * steps + 1][::-1] for l in range(layers)])  # (L, s+1)
+
+    def layer(a_end: Array, inputs: tuple[Array, Array]) -> tuple[Array, tuple[LayerParams, Array | None]]:
+        l, ts = inputs
+        a_start, grads = run(xs[l + 1], a_end, ts, field.layer_params(l))
+        return a_start, (grads, a_start if keep_adjoints else None)
+
+    inputs = (jnp.arange(layers), jnp.asarray(layer_points, dtype=xs.dtype))
+    a0, (per_layer, adjoints) = lax.scan(layer, a_final, inputs, reverse=True)
+    return a0, per_layer, _with_final(adjoints, a_final)
+
+
+# ---------------------------------------------------------------------------------------------
+# the custom VJP
+
+
+def _forward(field: AbstractAnalyticField, x0: Array, discretisation: Discretisation, strategy: AnalyticAdjoint
+             ) -> diffrax.Solution:
+    saveat = diffrax.SaveAt(ts=strategy.stored_times(discretisation))
+    return DiscretizeThenOptimize().solve(field, x0, discretisation, saveat)
+
+
+def _final_only(sol: diffrax.Solution) -> diffrax.Solution:
+    """The Solution with only its last saved time (x(T)), as a solve with SaveAt(t1=True) returns."""
+    return eqx.tree_at(lambda s: (s.ts, s.ys), sol, (sol.ts[-1:], sol.ys[-1:]))
+
+
+@eqx.filter_custom_vjp
+def _solve_stored(vjp_arg: tuple[AbstractAnalyticField, Array], discretisation: Discretisation,
+                  strategy: AnalyticAdjoint) -> diffrax.Solution:
+    field, x0 = vjp_arg
+    return _final_only(_forward(field, x0, discretisation, strategy))
+
+
+@_solve_stored.def_fwd
+def _solve_stored_fwd(perturbed: Any, vjp_arg: tuple[AbstractAnalyticField, Array], discretisation: Discretisation,
+                      strategy: AnalyticAdjoint) -> tuple[diffrax.Solution, Array]:
+    del perturbed
+    field, x0 = vjp_arg
+    sol = _forward(field, x0, discretisation, strategy)
+    return _final_only(sol), sol.ys
+
+
+@_solve_stored.def_bwd
+def _solve_stored_bwd(xs: Array, grad_obj: diffrax.Solution, perturbed: Any,
+                      vjp_arg: tuple[AbstractAnalyticField, Array], discretisation: Discretisation,
+                      strategy: AnalyticAdjoint) -> tuple[AbstractAnalyticField, Array]:
+    del perturbed
+    field, _ = vjp_arg
+    a_final = grad_obj.ys[-1] if grad_obj.ys is not None else jnp.zeros_like(xs[-1])
+    a0, per_layer, _ = strategy.backward(field, xs, a_final, discretisation)
+    return field.fold_gradients(per_layer), a0
+
+
+def _is_t1_only(saveat: diffrax.SaveAt) -> bool:
+    sub = saveat.subs
+    return (not saveat.dense and isinstance(sub, diffrax.SubSaveAt) and sub.t1 and not sub.t0 and sub.ts is None
+            and not sub.steps)
+
+
+def adjoint_on_grid(field: AbstractAnalyticField, x0: Array, loss: Callable[[Array], Array],
+                    discretisation: Discretisation, strategy: AnalyticAdjoint | None = None
+                    ) -> tuple[Array, Array, Array]:
+    """Times, states x(t) and adjoints a(t) = dL/dx(t) on the stored grid, for a loss of x(T) (eqs 10, 11).
+
+    Used by the diagnostics (Hamiltonian H = a F, eq 21). The grid is every step for Euler, else the layer grid.
+    """
+    strategy = strategy or AnalyticAdjoint()
+    check_analytic(field)
+    field.check_layers(discretisation.grid.layers)
+    sol = _forward(field, x0, discretisation, strategy)
+    _, _, adjoints = strategy.backward(field, sol.ys, jax.grad(loss)(sol.ys[-1]), discretisation, keep_adjoints=True)
+    return sol.ts, sol.ys, adjoints
