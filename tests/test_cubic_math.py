@@ -1,18 +1,20 @@
 """The cubic ODE of Ruseckas (2019) against its closed forms (eqs 85, 87, 89, 90, 92),
 the conservation law eq 25, and the residual network eq 109."""
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ode_nets.config import GradientConfig, ModelConfig, SolverConfig
-from ode_nets.fields import CubicField
+from ode_nets.fields import CubicField, LayerGrid, ParamInit
 from ode_nets.fields.time_params import Constant, PiecewiseConstant
 from ode_nets.solve import solve
+from ode_nets.solvers import AdaptiveSteps, FixedSteps
+from ode_nets.strategies import DiscretizeThenOptimize
 
-TIGHT = SolverConfig(method="tsit5", rtol=1e-11, atol=1e-12, max_steps=100_000)
-DTO = GradientConfig(strategy="discretize_then_optimize")
+TIGHT = AdaptiveSteps(rtol=1e-11, atol=1e-12, max_steps=100_000)  # with diffrax.Tsit5()
+DTO = DiscretizeThenOptimize()
 
 
 def physical_field(w: np.ndarray, b: np.ndarray, gamma: float, dt: float = 1.0) -> CubicField:
@@ -20,8 +22,10 @@ def physical_field(w: np.ndarray, b: np.ndarray, gamma: float, dt: float = 1.0) 
     return CubicField(w=Constant(jnp.asarray(w) * dt), b=Constant(jnp.asarray(b) * dt), gamma=gamma * dt, dt=dt)
 
 
-def final_state(field, x0, horizon, solver=TIGHT, gradient=DTO):
-    return solve(field, x0, horizon=horizon, layers=1, solver=solver, gradient=gradient).ys[-1]
+def final_state(field, x0, horizon, stepping=TIGHT, strategy=DTO):
+    """x(T) of a tight Tsit5 solve on [0, horizon] (one layer: the field's parameters are constant)."""
+    return solve(field, x0, solver=diffrax.Tsit5(), grid=LayerGrid(horizon, 1), strategy=strategy,
+                 stepping=stepping).ys[-1]
 
 
 def eq85(x0, w, gamma, t):
@@ -52,8 +56,8 @@ def test_eq87_zero_weights_power_law(x64):
 
 def test_eq92_stationary_value_with_bias(x64):
     b, gamma = np.array([0.8, -2.0, 0.1]), 1.7
-    solver = SolverConfig(method="tsit5", rtol=1e-8, atol=1e-10, max_steps=100_000)
-    x_t = final_state(physical_field(np.zeros((3, 3)), b, gamma), jnp.zeros(3), 200.0, solver)
+    stepping = AdaptiveSteps(rtol=1e-8, atol=1e-10, max_steps=100_000)
+    x_t = final_state(physical_field(np.zeros((3, 3)), b, gamma), jnp.zeros(3), 200.0, stepping)
     np.testing.assert_allclose(x_t, np.cbrt(b / gamma), rtol=1e-7)
 
 
@@ -92,23 +96,21 @@ def test_eq25_hamiltonian_conserved_for_time_independent_parameters(x64):
 
 def test_hamiltonian_not_conserved_for_time_dependent_parameters(x64):
     """Control for eq 25: with w(t) piecewise constant the same quantity changes."""
-    cfg = ModelConfig(layers=4, init="normal", init_scale=0.5, gamma=0.2)
-    field = CubicField.init(cfg, (3,), jax.random.PRNGKey(0))
+    field = CubicField.init((3,), ParamInit(layers=4, init="normal", scale=0.5), jax.random.PRNGKey(0), gamma=0.2)
     x0 = jnp.array([0.4, -0.3, 0.9])
-    solver = SolverConfig(method="euler", steps_per_layer=1)
-    xs = solve(field, x0, horizon=1.0, layers=4, solver=solver, gradient=DTO,
-               saveat=__import__("diffrax").SaveAt(ts=np.linspace(0, 1, 5))).ys
+    xs = solve(field, x0, solver=diffrax.Euler(), grid=LayerGrid(1.0, 4), strategy=DTO,
+               stepping=FixedSteps(steps_per_layer=1), saveat=diffrax.SaveAt(ts=np.linspace(0, 1, 5))).ys
     h = [float(jax.grad(lambda x: jnp.sum(x))(xs[i]) @ field(i / 4, xs[i], None)) for i in range(4)]
     assert np.ptp(h) > 1e-3
 
 
 def test_euler_solve_is_the_residual_network_eq109():
     """Forward Euler with dt = T/L reproduces x_{l+1} = x_l + w~_l x_l + b~_l - gamma~ x_l^3 (eq 109)."""
-    cfg = ModelConfig(layers=13, horizon=2.7, init="normal", init_scale=0.2, gamma=0.05)
-    field = CubicField.init(cfg, (4,), jax.random.PRNGKey(1))
+    params = ParamInit(layers=13, horizon=2.7, init="normal", scale=0.2)
+    field = CubicField.init((4,), params, jax.random.PRNGKey(1), gamma=0.05)
     x = jax.random.normal(jax.random.PRNGKey(2), (16, 4))
-    out = solve(field, x, horizon=cfg.horizon, layers=cfg.layers, solver=SolverConfig(method="euler"), gradient=DTO).ys[-1]
-    for layer in range(cfg.layers):
+    out = solve(field, x, solver=diffrax.Euler(), grid=LayerGrid(params.horizon, params.layers), strategy=DTO).ys[-1]
+    for layer in range(params.layers):
         w, b = field.w.values[layer], field.b.values[layer]
         x = x + x @ w.T + b - field.gamma * x**3
     np.testing.assert_allclose(out, x, rtol=2e-5, atol=2e-6)
@@ -116,11 +118,10 @@ def test_euler_solve_is_the_residual_network_eq109():
 
 def test_euler_uses_each_layers_parameters_once():
     """Changing layer l's bias shifts the output by exactly that bias when everything else is zero."""
-    cfg = ModelConfig(layers=7, horizon=0.3, gamma=0.0)
-    field = CubicField.init(cfg, (2,), jax.random.PRNGKey(0))
+    field = CubicField.zeros(2, layers=7, horizon=0.3, gamma=0.0)
     values = jnp.zeros((7, 2)).at[:, 0].set(jnp.arange(1.0, 8.0))
-    field = CubicField(w=field.w, b=PiecewiseConstant(values, 0.0, 0.3), gamma=0.0, dt=cfg.dt)
-    out = solve(field, jnp.zeros(2), horizon=0.3, layers=7, solver=SolverConfig(method="euler"), gradient=DTO).ys[-1]
+    field = CubicField(w=field.w, b=PiecewiseConstant(values, 0.0, 0.3), gamma=0.0, dt=0.3 / 7)
+    out = solve(field, jnp.zeros(2), solver=diffrax.Euler(), grid=LayerGrid(0.3, 7), strategy=DTO).ys[-1]
     np.testing.assert_allclose(out, [28.0, 0.0], rtol=1e-6)
 
 
