@@ -5,14 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ode_nets.config import GradientConfig, SolverConfig
 from ode_nets.diagnostics import (cubic_energy, energy_balance, entropy_rate, hamiltonian_along, jacobian_trace,
                                   kinetic_energy, stability)
 from ode_nets.fields.cubic import CubicField
-from ode_nets.fields.time_params import Constant
+from ode_nets.fields.time_params import Constant, LayerGrid
 from ode_nets.solve import solve
+from ode_nets.solvers import AdaptiveSteps, Discretisation
 
-TIGHT = SolverConfig(method="tsit5", rtol=1e-10, atol=1e-12)
+TIGHT = AdaptiveSteps(rtol=1e-10, atol=1e-12)  # with diffrax.Tsit5()
 
 
 def random_field(key, n: int = 3, symmetric: bool = False, scale: float = 0.8) -> CubicField:
@@ -27,7 +27,7 @@ def random_field(key, n: int = 3, symmetric: bool = False, scale: float = 0.8) -
 
 
 def trajectory(field, x0, ts):
-    return solve(field, x0, horizon=float(ts[-1]), layers=4, solver=TIGHT, gradient=GradientConfig(),
+    return solve(field, x0, solver=diffrax.Tsit5(), grid=LayerGrid(float(ts[-1]), 4), stepping=TIGHT,
                  saveat=diffrax.SaveAt(ts=ts)).ys
 
 
@@ -37,7 +37,7 @@ def test_hamiltonian_conserved_for_time_independent_parameters(x64):
     x0 = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
     target = jax.random.normal(jax.random.PRNGKey(2), (5, 3))
     loss = lambda xt: jnp.sum((xt - target) ** 2)  # noqa: E731
-    ts, h = hamiltonian_along(field, x0, loss, horizon=1.0, layers=4, solver=TIGHT)
+    ts, h = hamiltonian_along(field, x0, loss, Discretisation(diffrax.Tsit5(), LayerGrid(1.0, 4), TIGHT))
     assert len(ts) == 5
     assert float(jnp.max(jnp.abs(h - h[-1]))) < 1e-7 * float(jnp.abs(h[-1]))
     assert abs(float(h[-1])) > 1e-3  # a nontrivial H, so the relative bound means something
