@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from jax.scipy.linalg import expm
 
-from ode_nets.config import GradientConfig, ModelConfig, SolverConfig, from_dict
-from ode_nets.fields import FIELDS
+from helpers import config, net_from_config
+from ode_nets.fields import AntisymmetricField, LayerGrid, ParamInit, SingleLayerField
 from ode_nets.fields.time_params import Constant, layer_grid
-from ode_nets.models import build_model
 from ode_nets.solve import solve
-from ode_nets.solvers import TwoStepField
+from ode_nets.solvers import SOLVERS, FixedSteps, TwoStepField
+from ode_nets.strategies import STRATEGIES
 from ode_nets.solvers.verlet import reconstruct_initial_state
 from ode_nets.stability import (jacobian_eigenvalues, max_real_eigenvalue, revnet_growth_factor, revnet_iterates)
 
@@ -37,8 +37,8 @@ class LinearField(eqx.Module):
 
 
 def final_state(field, method: str, layers: int, horizon: float = 1.0, strategy: str = "discretize_then_optimize"):
-    return solve(field, jnp.asarray(Y0), horizon=horizon, layers=layers, solver=SolverConfig(method=method),
-                 gradient=GradientConfig(strategy=strategy)).ys[-1]
+    return solve(field, jnp.asarray(Y0), solver=SOLVERS[method].cls(), grid=LayerGrid(horizon, layers),
+                 strategy=STRATEGIES[strategy](), stepping=FixedSteps()).ys[-1]
 
 
 def error_ratios(field, method: str, exact, steps=(20, 40, 80)) -> np.ndarray:
@@ -68,8 +68,7 @@ def test_lm2_with_k_zero_is_the_resnet(x64):
 
 
 def test_lm2_k_is_trained_per_layer(x64):
-    cfg = from_dict({"model": {"field": "cubic", "layers": 5, "init": "normal"}, "solver": {"method": "lm2"}})
-    net = build_model(cfg.model, cfg.solver, cfg.gradient, (2,), 2, jax.random.PRNGKey(0))
+    net = net_from_config(config(model={"field": "cubic", "layers": 5, "init": "normal"}, solver={"method": "lm2"}))
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 2))
     grads = eqx.filter_grad(lambda m: jnp.sum(m(x) ** 2))(net)
     assert grads.field.k.values.shape == (5,)
@@ -77,10 +76,10 @@ def test_lm2_k_is_trained_per_layer(x64):
 
 
 def hamiltonian_net(strategy: str, layers: int = 40, horizon: float = 4.0):
-    cfg = from_dict({"model": {"field": "hamiltonian", "layers": layers, "horizon": horizon, "augment": 4,
-                               "init": "normal", "init_scale": 0.7, "readout": "linear_softmax"},
-                     "solver": {"method": "verlet"}, "gradient": {"strategy": strategy}})
-    return build_model(cfg.model, cfg.solver, cfg.gradient, (2,), 3, jax.random.PRNGKey(2))
+    cfg = config(model={"field": "hamiltonian", "layers": layers, "horizon": horizon, "augment": 4,
+                        "init": "normal", "init_scale": 0.7, "readout": "linear_softmax"},
+                 solver={"method": "verlet"}, gradient={"strategy": strategy})
+    return net_from_config(cfg, (2,), 3, seed=2)
 
 
 def test_verlet_is_the_slides_recursion(x64):
@@ -125,8 +124,8 @@ def test_reversible_needs_verlet():
 
 
 def antisymmetric(activation: str, gamma: float, n: int = 5):
-    cfg = ModelConfig(field="antisymmetric", layers=3, init="normal", init_scale=1.0, activation=activation, gamma=gamma)
-    return FIELDS["antisymmetric"].init(cfg, (n,), jax.random.PRNGKey(6))
+    params = ParamInit(layers=3, init="normal", scale=1.0)
+    return AntisymmetricField.init((n,), params, jax.random.PRNGKey(6), gamma=gamma, activation=activation)
 
 
 @pytest.mark.parametrize("activation", ["identity", "tanh"])
@@ -153,9 +152,8 @@ def test_stability_check_along_trajectories(x64):
     ts = jnp.linspace(0.0, 1.0, 4)
     ys = jax.random.normal(jax.random.PRNGKey(8), (4, 6, 5))
     assert np.all(np.abs(np.asarray(max_real_eigenvalue(antisymmetric("tanh", 0.0), ts, ys))) < 1e-10)
-    cfg = ModelConfig(field="single_layer", layers=3, time_dependent=False)
-    grow = eqx.tree_at(lambda f: f.K.value, FIELDS["single_layer"].init(cfg, (5,), jax.random.PRNGKey(0)),
-                       jnp.eye(5))
+    params = ParamInit(layers=3, time_dependent=False)
+    grow = eqx.tree_at(lambda f: f.K.value, SingleLayerField.init((5,), params, jax.random.PRNGKey(0)), jnp.eye(5))
     shrink = eqx.tree_at(lambda f: f.K.value, grow, -jnp.eye(5))
     assert np.all(np.asarray(max_real_eigenvalue(grow, ts, ys)) > 0)  # J = diag(tanh') K: unstable for K = I
     assert np.all(np.asarray(max_real_eigenvalue(shrink, ts, ys)) < 0)
@@ -212,10 +210,10 @@ def test_ab3_backsolve_gradient_approximates_backprop(x64):
     x = jax.random.normal(jax.random.PRNGKey(11), (4, 2))
     flat = []
     for strategy in ("discretize_then_optimize", "optimize_then_discretize"):
-        cfg = from_dict({"model": {"field": "antisymmetric", "layers": 32, "augment": 2, "init": "normal",
-                                   "readout": "linear_softmax", "time_dependent": False},
-                         "solver": {"method": "ab3"}, "gradient": {"strategy": strategy}})
-        net = build_model(cfg.model, cfg.solver, cfg.gradient, (2,), 3, jax.random.PRNGKey(0))
+        cfg = config(model={"field": "antisymmetric", "layers": 32, "augment": 2, "init": "normal",
+                            "readout": "linear_softmax", "time_dependent": False},
+                     solver={"method": "ab3"}, gradient={"strategy": strategy})
+        net = net_from_config(cfg, (2,), 3)
         grads = eqx.filter_grad(lambda m: jnp.sum(jnp.sin(m(x))))(net)
         flat.append(np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array))]))
     np.testing.assert_allclose(flat[1], flat[0], rtol=1e-3, atol=1e-4)
