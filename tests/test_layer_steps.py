@@ -5,16 +5,18 @@ step one ulp before the next layer (ode_nets/solvers/layer_steps.py). Checked ag
 per-layer loops, and the backward (optimize-then-discretize) solve against discretize-then-optimize.
 """
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ode_nets.config import GradientConfig, ModelConfig, SolverConfig
-from ode_nets.fields.cubic import CubicField
+from ode_nets.fields import CubicField, LayerGrid, ParamInit
 from ode_nets.solve import solve
+from ode_nets.solvers import SOLVERS, AdaptiveSteps, FixedSteps
 from ode_nets.solvers.layer_steps import layer_step_bounds
+from ode_nets.strategies import STRATEGIES
 
 LAYERS = 5
 TABLEAUS = {  # (c2 = a21, b1, b2) of the two-stage methods
@@ -25,8 +27,7 @@ TABLEAUS = {  # (c2 = a21, b1, b2) of the two-stage methods
 
 
 def field() -> CubicField:
-    cfg = ModelConfig(layers=LAYERS, init="normal", init_scale=0.5, gamma=0.1)
-    return CubicField.init(cfg, (3,), jax.random.PRNGKey(1))
+    return CubicField.init((3,), ParamInit(layers=LAYERS, init="normal", scale=0.5), jax.random.PRNGKey(1), gamma=0.1)
 
 
 def two_stage_loop(f: CubicField, x: jax.Array, method: str, steps_per_layer: int) -> jax.Array:
@@ -49,8 +50,8 @@ def two_stage_loop(f: CubicField, x: jax.Array, method: str, steps_per_layer: in
 def test_two_stage_solve_uses_one_layer_per_step(x64, method, steps_per_layer):
     f = field()
     x0 = jnp.array([0.3, -0.2, 0.5])
-    sol = solve(f, x0, horizon=1.0, layers=LAYERS, solver=SolverConfig(method=method, steps_per_layer=steps_per_layer),
-                gradient=GradientConfig())
+    sol = solve(f, x0, solver=SOLVERS[method].cls(), grid=LayerGrid(1.0, LAYERS),
+                stepping=FixedSteps(steps_per_layer=steps_per_layer))
     np.testing.assert_allclose(sol.ys[-1], two_stage_loop(f, x0, method, steps_per_layer), rtol=1e-12, atol=1e-12)
     assert int(sol.stats["num_steps"]) == LAYERS * steps_per_layer
 
@@ -72,13 +73,14 @@ def test_two_stage_gradients_converge_to_the_continuous_gradient(x64, method, st
     f = field()
     x0 = jnp.array([0.3, -0.2, 0.5])
 
-    def grads(strategy, solver):
+    def grads(strategy, solver, stepping):
         def loss(f):
-            y = solve(f, x0, horizon=1.0, layers=LAYERS, solver=solver, gradient=GradientConfig(strategy=strategy)).ys[-1]
+            y = solve(f, x0, solver=solver, grid=LayerGrid(1.0, LAYERS), strategy=STRATEGIES[strategy](),
+                      stepping=stepping).ys[-1]
             return jnp.sum(jnp.sin(y))
         leaves = jax.tree_util.tree_leaves(eqx.filter(eqx.filter_grad(loss)(f), eqx.is_inexact_array))
         return np.concatenate([np.ravel(g) for g in leaves])
 
-    reference = grads("discretize_then_optimize", SolverConfig(method="tsit5", rtol=1e-12, atol=1e-12))
-    approx = grads(strategy, SolverConfig(method=method, steps_per_layer=80))
+    reference = grads("discretize_then_optimize", diffrax.Tsit5(), AdaptiveSteps(rtol=1e-12, atol=1e-12))
+    approx = grads(strategy, SOLVERS[method].cls(), FixedSteps(steps_per_layer=80))
     assert np.max(np.abs(approx - reference)) < 2e-4 * np.max(np.abs(reference))
