@@ -9,18 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import config, net_from_config
 from ode_nets.config import DataConfig, from_dict
 from ode_nets.data import load_dataset
 from ode_nets.data.toy import ELLIPSE_RINGS, make_ellipses, make_peaks, make_swiss_roll, peaks
-from ode_nets.models import build_model
 from ode_nets.multilevel import level_curves, plot_regions, prolong_values, prolongate, train_multilevel
 
 
 def net(field: str, layers: int, method: str = "euler", augment: int = 2, horizon: float = 2.0):
-    cfg = from_dict({"model": {"field": field, "layers": layers, "horizon": horizon, "augment": augment,
-                               "init": "normal", "init_scale": 0.5, "readout": "linear_softmax", "width": 3},
-                     "solver": {"method": method}})
-    return build_model(cfg.model, cfg.solver, cfg.gradient, (2,), 3, jax.random.PRNGKey(layers))
+    cfg = config(model={"field": field, "layers": layers, "horizon": horizon, "augment": augment, "init": "normal",
+                        "init_scale": 0.5, "readout": "linear_softmax", "width": 3},
+                 solver={"method": method})
+    return net_from_config(cfg, (2,), 3, seed=layers)
 
 
 @pytest.mark.parametrize("field, method", [("hamiltonian", "verlet"), ("resnet", "ab3"), ("cubic", "lm2")])
@@ -31,8 +31,8 @@ def test_constant_prolongation_keeps_the_vector_field(x64, field, method):
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 4))
     for t in (0.01, 0.9, 1.99):
         np.testing.assert_allclose(fine.field(jnp.asarray(t), x), coarse.field(jnp.asarray(t), x), rtol=1e-12)
-    np.testing.assert_allclose(fine.head.weight, coarse.head.weight)
-    assert fine.model.layers == 8
+    np.testing.assert_allclose(fine.readout.linear.weight, coarse.readout.linear.weight)
+    assert fine.grid.layers == 8
 
 
 def test_prolongated_verlet_net_converges(x64):
