@@ -5,24 +5,28 @@ from __future__ import annotations
 
 import importlib.util
 
-import jax
 import numpy as np
 import optax
 import pytest
 
-from ode_nets.benchmark import (GradientCase, bench_from_dict, compiled_step, experiment_config, jax_loss_and_grads,
+from helpers import net_from_config
+from ode_nets.benchmark import (BenchConfig, GradientCase, compiled_step, experiment_config, jax_loss_and_grads,
                                 memory_report, peer_arrays, random_batch, relative_difference, PRESETS)
-from ode_nets.config import ConfigError
-from ode_nets.models import build_model
+from ode_nets.config import parse
+from ode_nets.errors import ConfigError
 
 HAS_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "torchdiffeq"))
+
+
+def bench_from_dict(data: dict) -> BenchConfig:
+    """A validated bench config (the schema's `parse`, as `load_bench_config` does for a file)."""
+    return parse(BenchConfig, data)
 
 
 def small_model(bench, layers, batch, gradient):
     cfg = experiment_config(bench, layers, batch, gradient)
     preset = PRESETS[bench.model]
-    model = build_model(cfg.model, cfg.solver, cfg.gradient, preset["input_shape"], preset["classes"],
-                        jax.random.PRNGKey(0))
+    model = net_from_config(cfg, preset["input_shape"], preset["classes"])
     return model, random_batch(bench.model, batch, 0)
 
 
@@ -82,7 +86,6 @@ def test_peer_without_torch_is_refused_before_measuring(tmp_path, monkeypatch):
     import importlib.util
 
     from ode_nets import benchmark
-    from ode_nets.config import ConfigError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchdiffeq" else real(name, *a))
