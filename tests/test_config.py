@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ode_nets.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
+from ode_nets.config import Config, ModelConfig, apply_overrides, coerce, from_dict, load_config, parse, to_dict
+from ode_nets.errors import ConfigError, UserError
 
 CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
 EXPERIMENT_CONFIGS = [p for p in CONFIGS if "bench" not in p.parts]
@@ -101,3 +102,19 @@ def test_scientific_notation_without_dot(tmp_path):
     """PyYAML reads 1e-3 as a string (YAML 1.1); float keys accept it anyway."""
     cfg = load_config(write(tmp_path, {"optim": {"learning_rate": "1e-3"}}), ["solver.rtol=1e-7"])
     assert cfg.optim.learning_rate == 1e-3 and cfg.solver.rtol == 1e-7
+
+
+def test_config_errors_are_user_errors():
+    """The CLI turns exactly `UserError`s into one line; callers catching ValueError still work."""
+    with pytest.raises(UserError):
+        from_dict({"model": {"layers": 0}})
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_parse_names_keys_under_its_prefix():
+    assert parse(ModelConfig, {"layers": 3}).layers == 3
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.layres'; did you mean 'model\.layers'"):
+        parse(ModelConfig, {"layres": 3}, "model")
+    with pytest.raises(ConfigError, match=r"model\.field: expected one of .*did you mean 'cubic'"):
+        parse(ModelConfig, {"field": "cubik"}, "model")
+    assert coerce([1, 2], tuple[int, ...], "train.levels") == (1, 2)

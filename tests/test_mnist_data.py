@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from ode_nets.config import DataConfig
-from ode_nets.data import DataError, load_dataset
+from ode_nets.data import load_dataset
 from ode_nets.data.mnist import IMAGES_MAGIC, LABELS_MAGIC, load_mnist, read_idx, read_idx_split
+from ode_nets.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
