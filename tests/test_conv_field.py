@@ -122,13 +122,13 @@ def test_paper_parameter_count_18201():
 
 def test_gradient_matches_finite_difference():
     """d loss / d kappa~[l, o, c, i, j] and d loss / d gamma~ against central differences (float64)."""
-    from ode_nets.train import loss_fn
+    from ode_nets.training import Objective
 
     cfg = paper_config(layers=4)
     model = random_model(cfg, (1, 5, 5), jax.random.PRNGKey(4), scale=0.1)
     images = jnp.asarray(np.random.default_rng(5).random((3, 1, 5, 5)))
     labels, mask = jnp.asarray([1, 4, 7]), jnp.ones(3)
-    loss = lambda m: loss_fn(m, images, labels, mask, 0.1)[0]  # noqa: E731
+    loss = lambda m: Objective(0.1)(m, images, labels, mask)[0]  # noqa: E731
     grads = eqx.filter_grad(loss)(model)
     for get, index in ((lambda m: m.field.kernel.values, (2, 3, 0, 1, 2)), (lambda m: m.field.b.values, (1, 5)),
                        (lambda m: m.field.gamma, ())):
