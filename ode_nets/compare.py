@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ode_nets.config import Config, GradientConfig, SolverConfig
+from ode_nets.errors import ConfigError, RunDirError
 from ode_nets.losses import cross_entropy
 from ode_nets.models import build_model
 
@@ -40,7 +41,7 @@ def parse_solver(spec: str) -> SolverConfig:
     """'euler', 'midpoint:4' (steps per layer) or 'tsit5:1e-6' (rtol; atol = rtol/1000) -> SolverConfig."""
     method, _, arg = spec.partition(":")
     if method not in STAGES:
-        raise ValueError(f"--solvers: unknown solver {method!r} (choose from {', '.join(STAGES)})")
+        raise ConfigError(f"--solvers: unknown solver {method!r} (choose from {', '.join(STAGES)})")
     adaptive = method in ("bosh3", "tsit5", "dopri5", "dopri8")
     if not arg:
         return SolverConfig(method=method)
@@ -246,5 +247,7 @@ def write_results(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -
 
 def rerender(out: Path) -> list[Path]:
     """Rewrite table.md and comparison.png from an existing results.json (no recomputation)."""
-    data = json.loads((out / "results.json").read_text())
+    if not (Path(out) / "results.json").is_file():
+        raise RunDirError(f"--rerender: {out} holds no results.json of a comparison")
+    data = json.loads((Path(out) / "results.json").read_text())
     return write_results(data["rows"], out, data["meta"])
