@@ -166,3 +166,23 @@ def test_cli_reports_user_errors_and_lets_bugs_through(capsys):
 
     with pytest.raises(FileNotFoundError):
         run_cli(missing)
+
+
+class _HugeLogits(eqx.Module):
+    """Finite logits (3e38 x0, -3e38 x0) whose cross entropy overflows for the wrong label."""
+
+    def __call__(self, x):
+        return jnp.concatenate([3e38 * x[:, :1], -3e38 * x[:, :1]], axis=-1)
+
+
+def test_one_definition_of_a_nonfinite_example():
+    """Non-finite = logits or cross entropy not finite: the same in `evaluate` and `evaluate_split`."""
+    from ode_nets.training import evaluate, evaluate_split
+
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]], np.float32)
+    y = np.array([0, 1, 1], np.int32)  # row 2: finite logits, infinite loss; row 3: logits 0, 0 (loss log 2)
+    metrics = evaluate(_HugeLogits(), Split(x, y), 2)
+    assert metrics["non_finite"] == 1 and metrics["loss"] == pytest.approx(np.log(2) / 2)
+    split = evaluate_split(_HugeLogits(), Split(x, y), 2, batch_size=2)
+    assert split["non_finite"] == 1 and split["accuracy"] == metrics["acc"] == pytest.approx(1 / 3)
+    np.testing.assert_array_equal(split["confusion"], [[1, 0], [1, 0]])

@@ -42,8 +42,9 @@ def evaluate(model: eqx.Module, split: Split, batch_size: int, num_classes: int 
         total_loss += float(loss)
         total_correct += float(correct)
         non_finite += float(bad)
-        labels.append(split.y[idx][mask > 0])
-        predictions.append(np.asarray(predicted)[mask > 0])
+        if num_classes is not None:
+            labels.append(split.y[idx][mask > 0])
+            predictions.append(np.asarray(predicted)[mask > 0])
     finite = len(split) - non_finite
     out = {"loss": total_loss / finite if finite else float("nan"), "acc": total_correct / len(split),
            "non_finite": int(non_finite)}

@@ -74,7 +74,9 @@ class _Trainer:
         self.name = options.name or run_dir.path.name
         self.mesh: Any = None
         self.skipped = 0  # consecutive batches skipped for a non-finite loss or gradient (skip_nonfinite)
-        self.log: MetricsLog | None = None
+        self.log: MetricsLog | None = None  # opened by `begin`, as are the following
+        self.n_params, self.start, self.step, self.done = 0, 0.0, 0, False
+        self.window = (0.0, 0)  # (start time, examples) of the current examples/s measurement
 
     def state(self) -> dict:
         return {"model": self.model, "opt_state": self.opt_state, "key": self.key}

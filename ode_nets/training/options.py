@@ -46,5 +46,6 @@ class TrainOptions:
         if self.batch_size > n_train:
             raise ConfigError(f"train.batch_size = {self.batch_size} is larger than the training set "
                               f"({n_train} examples); lower it")
-        if self.epochs <= 0 or self.batch_size <= 0 or self.log_every <= 0 or self.keep_checkpoints <= 0:
-            raise ConfigError(f"train.epochs, batch_size, log_every and keep_checkpoints must be > 0 ({self})")
+        for name in ("epochs", "batch_size", "log_every", "keep_checkpoints", "devices", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name}: must be > 0, got {getattr(self, name)}")

@@ -107,7 +107,9 @@ class RunDir:
 
     def read_config(self) -> dict:
         """`config.yaml` as plain nested dicts ({} if there is none)."""
-        return yaml.safe_load(self.config_path.read_text()) or {} if self.config_path.is_file() else {}
+        if not self.config_path.is_file():
+            return {}
+        return yaml.safe_load(self.config_path.read_text()) or {}
 
     def record_resume(self, config: dict | str) -> dict:
         """On resume with a changed config: log what changed (and the checkpoint step it takes effect from) to
