@@ -26,7 +26,7 @@ from ode_nets.solvers import (RK4, SOLVERS, AbstractStepping, AdamsBashforth3, A
                               FixedSteps, TwoStepLM, Verlet, with_two_step_memory)
 from ode_nets.strategies import (STRATEGIES, AbstractDiffraxAdjoint, AbstractGradientStrategy, AnalyticAdjoint,
                                  DiscretizeThenOptimize, OptimizeThenDiscretize, Reversible)
-from ode_nets.train import fit
+from ode_nets.training import Objective, RunDir, TrainOptions, evaluate, fit, predict
 
 __all__ = [
     "build", "Config", "load_config", "DATASETS", "Dataset", "Split", "load_dataset",
@@ -39,5 +39,6 @@ __all__ = [
     "SOLVERS", "RK4", "AdamsBashforth3", "TwoStepLM", "Verlet", "with_two_step_memory", "AbstractStepping",
     "FixedSteps", "AdaptiveSteps", "Discretisation",
     "STRATEGIES", "AbstractGradientStrategy", "AbstractDiffraxAdjoint", "DiscretizeThenOptimize",
-    "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "fit",
+    "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible",
+    "fit", "Objective", "TrainOptions", "RunDir", "evaluate", "predict",
 ]

@@ -9,8 +9,6 @@ The average is taken offline over the checkpoints of one run folder and written 
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +16,8 @@ import equinox as eqx
 import jax
 from jaxtyping import PyTree
 
-from ode_nets import checkpoint as ckpt
+from ode_nets.errors import RunDirError
+from ode_nets.training import checkpoint as ckpt
 
 
 def average_models(models: Sequence[PyTree]) -> PyTree:
@@ -48,32 +47,28 @@ def average_run(source: Path, target: Path, from_step: int, to_step: int | None 
     Returns (and writes to `target/results.json`) the averaged model's test accuracy and loss, its train
     metrics on `train.eval_train_examples`, gamma~ and the steps averaged.
     """
-    from ode_nets.config import load_config, save_config
+    from ode_nets.build import build_run, checkpoint_template, config_dict
+    from ode_nets.config import load_config
     from ode_nets.models import count_parameters
-    from ode_nets.train import RunDirError, split_metrics, build_run, checkpoint_template, learned_gamma
+    from ode_nets.training import RunDir, learned_gamma, split_metrics
 
-    source, target = Path(source), Path(target)
-    if not (source / "config.yaml").is_file():
-        raise RunDirError(f"{source} is not a run folder (no config.yaml)")
-    if source.resolve() == target.resolve():
+    source, target = RunDir.existing(source), RunDir(target)
+    if source.path.resolve() == target.path.resolve():
         raise RunDirError("the averaged run needs its own folder (the source run is never modified)")
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise RunDirError(f"{target} already exists; pass --overwrite to replace it")
-    paths = select_checkpoints(source / "checkpoints", from_step, to_step)
-    config = load_config(source / "config.yaml")
-    run = build_run(config, target)
+    if target.path.exists() and any(target.path.iterdir()) and not overwrite:
+        raise RunDirError(f"{target.path} already exists; pass --overwrite to replace it")
+    paths = select_checkpoints(source.checkpoints, from_step, to_step)
+    config = load_config(source.config_path)
+    run = build_run(config, target.path)
     like = checkpoint_template(run)
     model = average_models([ckpt.load_tree(p, like)["model"] for p in paths])
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    save_config(config, target / "config.yaml")
-    ckpt.atomic_save_tree(target / "model.eqx", model)
-    metrics = split_metrics(model, run.dataset, config)
+    target = RunDir.create(target.path, config_dict(config), overwrite=True)
+    target.save_model(model)
+    metrics = split_metrics(model, run.dataset, config.train.eval_batch_size, config.train.eval_train_examples)
     steps = [ckpt.checkpoint_step(p) for p in paths]
-    results = {"name": config.name, "averaged_from": str(source), "steps": steps, "test_acc": metrics["test_acc"],
+    results = {"name": config.name, "averaged_from": str(source.path), "steps": steps, "test_acc": metrics["test_acc"],
                "test_loss": metrics["test_loss"], "test_non_finite": metrics.get("test_non_finite", 0),
                "train_acc": metrics["train_acc"], "gamma": learned_gamma(model),
                "parameters": count_parameters(model)}
-    ckpt.atomic_write_bytes(target / "results.json", json.dumps(results, indent=2).encode())
+    target.write_results(results)
     return results

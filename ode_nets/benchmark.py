@@ -28,10 +28,10 @@ import numpy as np
 import optax
 import yaml
 
-from ode_nets.config import Config, ConfigError, SolverName, Strategy, from_dict, parse, read_yaml, require
 from ode_nets.build import build_model
+from ode_nets.config import Config, ConfigError, SolverName, Strategy, from_dict, parse, read_yaml, require
 from ode_nets.models import ODENet, count_parameters
-from ode_nets.train import loss_fn, train_step
+from ode_nets.training import Objective, train_step
 
 # model presets: the experiment-config sections, input shape (no batch axis) and number of classes
 PRESETS: dict[str, dict[str, Any]] = {
@@ -147,7 +147,8 @@ def compiled_step(model: ODENet, optimizer: optax.GradientTransformation, lam: f
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
 
     def step(params, opt_state, x, y, mask):
-        new, opt_state, metrics = train_step(optimizer, eqx.combine(params, static), opt_state, x, y, mask, lam)
+        new, opt_state, metrics = train_step(optimizer, eqx.combine(params, static), opt_state, x, y, mask,
+                                             Objective(smoothness=lam))
         return eqx.filter(new, eqx.is_array), opt_state, metrics["loss"]
 
     start = time.perf_counter()
@@ -372,7 +373,7 @@ def run_peer(arrays: dict[str, np.ndarray], options: dict) -> dict:
 
 def jax_loss_and_grads(model: ODENet, example: tuple, lam: float) -> tuple[float, dict[str, np.ndarray]]:
     """Loss and gradient (kernel, b, gamma) of the JAX model at its weights."""
-    (loss, _), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, *example, lam)
+    (loss, _), grads = eqx.filter_value_and_grad(Objective(smoothness=lam).__call__, has_aux=True)(model, *example)
     g = grads.field
     return float(loss), {"kernel": np.asarray(g.kernel.values), "b": np.asarray(g.b.values),
                          "gamma": np.asarray(g.gamma)}

@@ -117,3 +117,117 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
     if cfg.clip_norm is not None:
         opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
     return opt
+
+
+# ---------------------------------------------------------------------------------------------
+# Config -> training run (ode_nets.training knows nothing of configs)
+
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+
+from ode_nets.data import Dataset, check_finite, load_dataset  # noqa: E402
+from ode_nets.training import Objective, RunDir, TrainOptions, evaluate_test, fit  # noqa: E402
+
+
+@dataclass
+class Run:
+    """Everything a training run needs, built from its config."""
+
+    config: Config
+    folder: Path
+    dataset: Dataset
+    model: ODENet
+    optimizer: optax.GradientTransformation
+    steps_per_epoch: int
+    total_steps: int
+
+
+def config_dict(config: Config) -> dict:
+    """The config as plain nested dicts (what `config.yaml` holds)."""
+    from ode_nets.config import to_dict
+
+    return to_dict(config)
+
+
+def build_objective(config: Config) -> Objective:
+    """The training loss of the `loss` section."""
+    return Objective(config.loss.smoothness, config.loss.label_smoothing, config.loss.logit_penalty)
+
+
+def build_train_options(config: Config) -> TrainOptions:
+    """`fit`'s settings from the `train` section (and the seed, name and solver settings for messages)."""
+    t, s = config.train, config.solver
+    return TrainOptions(
+        epochs=t.epochs, batch_size=t.batch_size, seed=config.seed, eval_batch_size=t.eval_batch_size,
+        eval_train_examples=t.eval_train_examples, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+        keep_checkpoints=t.keep_checkpoints, max_steps=t.max_steps, skip_nonfinite=t.skip_nonfinite,
+        drop_nonfinite_examples=t.drop_nonfinite_examples, input_noise=t.input_noise, devices=t.devices,
+        name=config.name, solver={"method": s.method, "max_steps": s.max_steps, "rtol": s.rtol, "atol": s.atol})
+
+
+def build_run(config: Config, folder: Path, dataset: Dataset | None = None) -> Run:
+    """Dataset, model and optimizer for `config` (all randomness from `config.seed`)."""
+    k_data, k_model = jax.random.split(jax.random.PRNGKey(config.seed))
+    if dataset is None:
+        dataset = load_dataset(config.data, k_data)
+    check_finite(dataset)
+    options = build_train_options(config)
+    options.check(len(dataset.train))
+    model = build_model(config, dataset.input_shape, dataset.num_classes, k_model)
+    total = options.total_steps(len(dataset.train))
+    return Run(config, Path(folder), dataset, model, build_optimizer(config.optim, total),
+               options.steps_per_epoch(len(dataset.train)), total)
+
+
+def prepare_folder(folder: Path, config: Config, *, overwrite: bool, resume: bool) -> RunDir:
+    """The run folder of `config`: created with its `config.yaml` (an existing one is refused unless
+    `overwrite`), or with `resume` checked for checkpoints."""
+    if resume:
+        return RunDir.resume(folder)
+    return RunDir.create(folder, config_dict(config), overwrite=overwrite)
+
+
+def resume_config(folder: Path, overrides: list[str]) -> Config:
+    """The config saved in a run folder (plus overrides), for `--resume`."""
+    from ode_nets.config import load_config
+
+    RunDir.resume(folder, need_config=True)
+    return load_config(Path(folder) / "config.yaml", overrides)
+
+
+def fit_run(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
+    """`ode_nets.training.fit` with the settings of `run.config`, into the (prepared) folder `run.folder`;
+    on resume a changed config is recorded (`resumes.jsonl`)."""
+    return fit(run.model, run.dataset, optimizer=run.optimizer, run_dir=RunDir(run.folder),
+               objective=build_objective(run.config), options=build_train_options(run.config), resume=resume,
+               progress=progress, config=config_dict(run.config) if resume else None)
+
+
+def checkpoint_template(run: Run) -> dict:
+    """A train state of `run`'s structure (fresh model and optimizer state) to restore checkpoints into."""
+    opt_state = run.optimizer.init(eqx.filter(run.model, eqx.is_inexact_array))
+    return {"model": run.model, "opt_state": opt_state, "key": jax.random.PRNGKey(0)}
+
+
+def load_run(folder: Path) -> tuple[Config, Dataset, ODENet]:
+    """Config, dataset and final (or newest checkpointed) model of a run folder."""
+    from ode_nets.config import load_config
+
+    run_dir = RunDir.existing(folder)
+    config = load_config(run_dir.config_path)
+    run = build_run(config, run_dir.path)
+    if run_dir.model_path.is_file():
+        return config, run.dataset, run_dir.load_model(run.model)
+    state, _ = run_dir.load_latest(checkpoint_template(run))
+    return config, run.dataset, state["model"]
+
+
+def evaluate_run(folder: Path) -> dict:
+    """Load a run folder (final model, else newest checkpoint) and evaluate it on its test split
+    (`ode_nets.training.evaluate_test`; circles runs also get the Bayes reference and boundary radii)."""
+    config, dataset, model = load_run(Path(folder))
+    noise = config.data.noise if config.data.name == "circles" else None
+    return evaluate_test(model, dataset, config.train.eval_batch_size, noise)

@@ -1,4 +1,9 @@
-"""Shared entry-point behaviour for scripts/: user errors become one line on stderr and exit code 2."""
+"""Shared entry-point behaviour for scripts/: user errors become one line on stderr and exit code 2.
+
+Only the project's own user-error types (`ode_nets.errors.UserError`: ConfigError, DataError,
+CheckpointError, RunDirError) are reported that way, and `TrainingError` with exit code 1. Anything else,
+a bare `ValueError` or `FileNotFoundError` included, is a bug and propagates with its traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,20 @@ import os
 import sys
 from typing import Callable
 
+from ode_nets.errors import TrainingError, UserError
+
 USER_ERROR_EXIT = 2
 FAILURE_EXIT = 1
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's config, data, run folder or checkpoint (not bugs)."""
-    from ode_nets.checkpoint import CheckpointError
-    from ode_nets.config import ConfigError
-    from ode_nets.data import DataError
-    from ode_nets.train import RunDirError
-
-    return ConfigError, DataError, CheckpointError, RunDirError, FileNotFoundError, ValueError
+    return (UserError,)
 
 
 def run_cli(job: Callable[[], None]) -> int:
     """Run `job` (set ODE_NETS_DEBUG=1 for tracebacks); a user error prints `error: <message>` (no traceback) and returns 2,
-    a training failure (non-finite loss, solver failure) returns 1."""
-    from ode_nets.train import TrainingError
-
+    a training failure (non-finite loss, solver failure) returns 1; any other exception propagates."""
     if os.environ.get("ODE_NETS_DEBUG"):  # full tracebacks for developers
         job()
         return 0

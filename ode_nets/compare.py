@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ode_nets.build import build_model
-from ode_nets.config import Config, ConfigError, GradientConfig, SolverConfig
+from ode_nets.config import Config, GradientConfig, SolverConfig
+from ode_nets.errors import ConfigError, RunDirError
 from ode_nets.losses import cross_entropy
 from ode_nets.solvers import SOLVERS
 
@@ -260,5 +261,7 @@ def write_results(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -
 
 def rerender(out: Path) -> list[Path]:
     """Rewrite table.md and comparison.png from an existing results.json (no recomputation)."""
-    data = json.loads((out / "results.json").read_text())
+    if not (Path(out) / "results.json").is_file():
+        raise RunDirError(f"--rerender: {out} holds no results.json of a comparison")
+    data = json.loads((Path(out) / "results.json").read_text())
     return write_results(data["rows"], out, data["meta"])

@@ -2,7 +2,7 @@
 
 Train with n layers (h = T/n); prolongate every per-layer parameter to 2n layers (h/2) and keep
 the classifier; train again; repeat for each entry of `train.levels`. Each level is an ordinary
-run of `ode_nets.train` (its own sub-folder `level_<L>`), started from the prolongated parameters.
+run of `ode_nets.training.fit` (its own sub-folder `level_<L>`), started from the prolongated parameters.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ode_nets.config import Config
+from ode_nets.errors import ConfigError
 from ode_nets.fields.time_params import PiecewiseConstant, is_time_param
 from ode_nets.models import ODENet
 
@@ -32,7 +33,7 @@ def prolong_values(values: Array, factor: int, kind: str) -> Array:
     if kind == "constant":
         return jnp.repeat(values, factor, axis=0)
     if kind != "linear":
-        raise ValueError(f"train.prolongation: {kind!r} is not 'constant' or 'linear'")
+        raise ConfigError(f"train.prolongation: {kind!r} is not 'constant' or 'linear'")
     layers = values.shape[0]
     coarse = (np.arange(layers) + 0.5) / layers
     fine = (np.arange(factor * layers) + 0.5) / (factor * layers)
@@ -56,7 +57,7 @@ def prolongate(coarse: ODENet, fine: ODENet, kind: str = "constant") -> ODENet:
     """
     factor = fine.grid.layers // coarse.grid.layers
     if factor * coarse.grid.layers != fine.grid.layers:
-        raise ValueError(f"train.levels: {fine.grid.layers} layers is not a multiple of {coarse.grid.layers}")
+        raise ConfigError(f"train.levels: {fine.grid.layers} layers is not a multiple of {coarse.grid.layers}")
     refine = lambda p: (dataclasses.replace(p, values=prolong_values(p.values, factor, kind))  # noqa: E731
                         if isinstance(p, PiecewiseConstant) else p)
     field = jax.tree_util.tree_map(refine, coarse.field, is_leaf=is_time_param)
@@ -86,10 +87,10 @@ def train_multilevel(config: Config, folder: Path, *, overwrite: bool = False, p
 
     Returns the per-level results (also written to `folder/levels.json`).
     """
-    from ode_nets.train import build_run, fit, prepare_folder
+    from ode_nets.build import build_run, fit_run, load_run, prepare_folder
 
     if not config.train.levels:
-        raise ValueError("train.levels: list the layer counts of the levels, e.g. train.levels=[32,64]")
+        raise ConfigError("train.levels: list the layer counts of the levels, e.g. train.levels=[32,64]")
     folder = Path(folder)
     results, previous, dataset = [], None, None
     for layers in config.train.levels:
@@ -100,11 +101,9 @@ def train_multilevel(config: Config, folder: Path, *, overwrite: bool = False, p
         dataset = run.dataset
         if previous is not None:
             run = dataclasses.replace(run, model=prolongate(previous, run.model, config.train.prolongation))
-        result = fit(run, progress=progress)
+        result = fit_run(run, progress=progress)
         if result.get("interrupted"):
             break
-        from ode_nets.train import load_run
-
         previous = load_run(sub)[2]
         results.append({"layers": layers, "folder": str(sub), **result})
         (folder / "levels.json").write_text(json.dumps(results, indent=2))
@@ -160,7 +159,8 @@ def plot_regions(folder: Path, path: Path, levels: list[int] | None = None, grid
     import matplotlib.pyplot as plt
 
     from ode_nets.losses import predicted_class
-    from ode_nets.train import load_run, predict
+    from ode_nets.build import load_run
+    from ode_nets.training import predict
 
     subs = sorted(Path(folder).glob("level_*"))
     if levels:

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ode_nets.config import ConfigError
+from ode_nets.errors import ConfigError
 
 BATCH_AXIS = "batch"
 

@@ -116,7 +116,8 @@ def plot_trajectory(inputs: np.ndarray, labels: np.ndarray, trajectory: np.ndarr
 
 def plot_run(folder: Path) -> list[Path]:
     """All figures for a run folder into `<folder>/figures/`; returns their paths."""
-    from ode_nets.train import load_run, predict
+    from ode_nets.build import load_run
+    from ode_nets.training import predict
 
     folder = Path(folder)
     config, dataset, model = load_run(folder)

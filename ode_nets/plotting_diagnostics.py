@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ode_nets.errors import ConfigError, RunDirError
 from ode_nets.plotting import _save, plt, read_metrics
 
 
@@ -14,12 +15,12 @@ def diagnose_run(folder: Path, samples: int = 400) -> list[Path]:
     """Diagnostics of a trained dense-cubic run on (up to) `samples` test points: figures into
     `<folder>/figures/diagnostics_*.png` and the numbers into `<folder>/diagnostics.json`."""
     from ode_nets.diagnostics import network_diagnostics
-    from ode_nets.train import load_run
+    from ode_nets.build import load_run
 
     folder = Path(folder)
     config, dataset, model = load_run(folder)
     if config.model.field != "cubic":
-        raise ValueError(f"diagnose: {folder} has model.field {config.model.field!r}; the diagnostics need 'cubic'")
+        raise ConfigError(f"diagnose: {folder} has model.field {config.model.field!r}; the diagnostics need 'cubic'")
     x, y = dataset.test.x[:samples], dataset.test.y[:samples]
     diag = network_diagnostics(model, x, y)
     (folder / "diagnostics.json").write_text(json.dumps({k: np.asarray(v).tolist() for k, v in diag.items()}))
@@ -69,7 +70,7 @@ def plot_training_pair(folders: list[Path], labels: list[str], path: Path) -> Pa
         train = [r for r in records if r.get("kind") == "train"]
         evals = [r for r in records if r.get("kind") == "eval" and "test_acc" in r]
         if not train:
-            raise ValueError(f"diagnose curves: {folder} has no training records in metrics.jsonl")
+            raise RunDirError(f"diagnose curves: {folder} has no training records in metrics.jsonl")
         line, = ax_loss.plot([r["step"] for r in train], [r["ce"] for r in train], label=f"{label}: train CE")
         if evals:
             ax_acc.plot([r["step"] for r in evals], [r["test_acc"] for r in evals], "-", color=line.get_color(),

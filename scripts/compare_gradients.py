@@ -39,13 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         from ode_nets import compare
         from ode_nets.config import load_config
         from ode_nets.data import load_dataset
+        from ode_nets.errors import ConfigError
 
         if args.rerender:
             for path in compare.rerender(args.rerender):
                 print(path)
             return
         if args.config is None:
-            raise ValueError("--config is required")
+            raise ConfigError("--config is required (or --rerender FOLDER)")
         overrides = ["model.init=normal", "model.init_scale=0.05", *args.overrides]
         config = load_config(args.config, overrides)
         solvers = [compare.parse_solver(s) for s in args.solvers]

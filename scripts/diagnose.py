@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> None:
         from ode_nets import plotting_diagnostics as pd
+        from ode_nets.errors import ConfigError
 
         if args.command == "summary":
             print(pd.summarize_runs(args.run_dirs, args.target_acc))
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             labels = args.labels or [d.name for d in args.run_dirs]
             if len(labels) != len(args.run_dirs):
-                raise ValueError("--labels: give one label per run folder")
+                raise ConfigError("--labels: give one label per run folder")
             paths = [pd.plot_training_pair(args.run_dirs, labels, args.out)]
         for path in paths:
             print(path)

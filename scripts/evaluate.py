@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> None:
         import numpy as np
-        from ode_nets.evaluation import evaluate_run, format_confusion
+        from ode_nets.build import evaluate_run
+        from ode_nets.training import format_confusion
 
         result = evaluate_run(args.run_dir)
         print(f"test accuracy {result['accuracy']:.4f} ({result['n']} examples)")

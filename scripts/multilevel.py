@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> None:
         from ode_nets import multilevel
+        from ode_nets.errors import ConfigError
 
         if args.command == "regions":
             print(f"figure: {multilevel.plot_regions(Path(args.run), Path(args.out), args.levels)}")
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plot":
             labels = args.labels or [Path(r).name for r in args.runs]
             if len(labels) != len(args.runs):
-                raise ValueError(f"--labels: {len(labels)} labels for {len(args.runs)} runs")
+                raise ConfigError(f"--labels: {len(labels)} labels for {len(args.runs)} runs")
             print(f"figure: {multilevel.plot_curves(dict(zip(labels, map(Path, args.runs))), Path(args.out))}")
             return
         from ode_nets.config import load_config

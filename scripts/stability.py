@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         import numpy as np
 
         from ode_nets.stability import network_eigenvalues
-        from ode_nets.train import load_run
+        from ode_nets.build import load_run
 
         for run in args.runs:
             config, dataset, model = load_run(Path(run))

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> None:
         from ode_nets.config import load_config
-        from ode_nets.train import build_run, fit, prepare_folder, resume_config
+        from ode_nets.build import build_run, fit_run, prepare_folder, resume_config
 
         if args.resume:
             folder = Path(args.resume)
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config, args.overrides)
             folder = Path(args.run_dir or Path(config.train.runs_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         prepare_folder(folder, config, overwrite=args.overwrite, resume=bool(args.resume))
-        results = fit(build_run(config, folder), resume=bool(args.resume), progress=not args.no_progress)
+        results = fit_run(build_run(config, folder), resume=bool(args.resume), progress=not args.no_progress)
         if not args.no_plots and not results.get("interrupted"):
             from ode_nets.plotting import plot_run
 

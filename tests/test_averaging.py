@@ -6,11 +6,11 @@ import equinox as eqx
 import numpy as np
 import pytest
 
-from ode_nets import checkpoint as ckpt
+from ode_nets.training import checkpoint as ckpt
 from ode_nets.averaging import average_models, average_run
 from ode_nets.config import load_config
-from ode_nets.train import RunDirError, build_run, checkpoint_template, fit, prepare_folder
-from ode_nets.evaluation import evaluate_run
+from ode_nets.build import build_run, checkpoint_template, evaluate_run, fit_run, prepare_folder
+from ode_nets.errors import RunDirError
 
 CIRCLES_CFG = Path(__file__).parent.parent / "configs" / "circles_model2.yaml"
 
@@ -32,7 +32,7 @@ def test_average_run_writes_a_run_of_the_mean_checkpoint(tmp_path):
     source = tmp_path / "run"
     prepare_folder(source, cfg, overwrite=False, resume=False)
     run = build_run(cfg, source)
-    fit(run, progress=False)
+    fit_run(run, progress=False)
     paths = ckpt.list_checkpoints(source / "checkpoints")
     assert len(paths) == 4  # one per epoch
     before = {p: p.read_bytes() for p in (source / "checkpoints").iterdir()}

@@ -98,7 +98,7 @@ def test_run_summary_lists_finished_and_stopped_runs(tmp_path):
 
     from ode_nets.config import from_dict
     from ode_nets.plotting_diagnostics import summarize_runs
-    from ode_nets.train import prepare_folder
+    from ode_nets.build import prepare_folder
 
     cfg = from_dict({"name": "tiny", "train": {"epochs": 2}})
     finished, stopped = tmp_path / "finished", tmp_path / "stopped"

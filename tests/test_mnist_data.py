@@ -137,7 +137,7 @@ def test_real_tfds_test_split_matches_idx():
 
 
 def test_confusion_matrix_counts():
-    from ode_nets.evaluation import confusion_matrix, format_confusion
+    from ode_nets.training import confusion_matrix, format_confusion
 
     counts = confusion_matrix(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2]), 3)
     np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 1, 0], [1, 0, 2]])

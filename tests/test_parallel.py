@@ -17,8 +17,8 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import jax, numpy as np
     from ode_nets.config import from_dict
-    from ode_nets.train import build_run, fit, prepare_folder
-    from ode_nets import checkpoint as ckpt
+    from ode_nets.build import build_run, fit_run, prepare_folder
+    from ode_nets.training import checkpoint as ckpt
 
     assert jax.device_count() == 4, jax.devices()
     out = {}
@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
         folder = Path(sys.argv[1]) / f"d{devices}"
         prepare_folder(folder, config, overwrite=True, resume=False)
         run = build_run(config, folder)
-        fit(run, progress=False)
+        fit_run(run, progress=False)
         model = ckpt.load_tree(folder / "model.eqx", run.model)
         losses = [json.loads(l)["loss"] for l in (folder / "metrics.jsonl").read_text().splitlines()
                   if json.loads(l)["kind"] == "train"]

@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ode_nets import checkpoint as ckpt
+from ode_nets.training import checkpoint as ckpt
 from ode_nets.config import load_config
 from ode_nets.data import DataError, Dataset, Split
-from ode_nets.train import TrainingError, build_run, fit, prepare_folder
+from ode_nets.build import build_run, fit_run, prepare_folder
+from ode_nets.training import Objective, TrainingError
 
 ROOT = Path(__file__).parent.parent
 CIRCLES = ROOT / "configs" / "circles_model2.yaml"
@@ -47,7 +48,7 @@ def test_same_seed_gives_identical_runs(tmp_path):
     cfg = load_config(CIRCLES, QUICK)
     for name in ("a", "b"):
         prepare_folder(tmp_path / name, cfg, overwrite=False, resume=False)
-        fit(build_run(cfg, tmp_path / name), progress=False)
+        fit_run(build_run(cfg, tmp_path / name), progress=False)
     assert stable_metrics(tmp_path / "a") == stable_metrics(tmp_path / "b")
     assert (tmp_path / "a" / "model.eqx").read_bytes() == (tmp_path / "b" / "model.eqx").read_bytes()
 
@@ -148,7 +149,7 @@ def test_corrupt_checkpoint_is_reported_and_not_overwritten(tmp_path, capsys):
     folder = tmp_path / "run"
     cfg = load_config(CIRCLES, QUICK)
     prepare_folder(folder, cfg, overwrite=False, resume=False)
-    fit(build_run(cfg, folder), progress=False)
+    fit_run(build_run(cfg, folder), progress=False)
     newest = sorted((folder / "checkpoints").glob("ckpt-*.eqx"))[-1]
     newest.write_bytes(newest.read_bytes()[:100])  # truncated
     before = {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
@@ -161,7 +162,7 @@ def test_resume_with_overrides_records_the_change(tmp_path, capsys):
     folder = tmp_path / "run"
     cfg = load_config(CIRCLES, QUICK)
     prepare_folder(folder, cfg, overwrite=False, resume=False)
-    fit(build_run(cfg, folder), progress=False)
+    fit_run(build_run(cfg, folder), progress=False)
     code, _ = train_cli(["--resume", str(folder), "--no-progress", "--no-plots", "train.epochs=4",
                          "optim.learning_rate=0.05"], capsys)
     assert code == 0
@@ -201,7 +202,7 @@ def test_skip_nonfinite_stops_after_that_many_consecutive_batches(tmp_path, caps
 
 
 def test_skip_nonfinite_skips_one_bad_batch_and_keeps_training(tmp_path, monkeypatch):
-    import ode_nets.train as train_module
+    import ode_nets.training.loop as train_module
 
     real_step, calls = train_module.train_step, []
 
@@ -216,7 +217,7 @@ def test_skip_nonfinite_skips_one_bad_batch_and_keeps_training(tmp_path, monkeyp
     cfg = load_config(CIRCLES, ["train.epochs=2", "train.skip_nonfinite=1"])
     folder = tmp_path / "run"
     prepare_folder(folder, cfg, overwrite=False, resume=False)
-    fit(build_run(cfg, folder), progress=False)
+    fit_run(build_run(cfg, folder), progress=False)
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "skipped"] == [2]
     assert (folder / "model.eqx").exists() and len(calls) == 20
@@ -226,7 +227,7 @@ def test_adaptive_solver_max_steps_is_a_clear_error(tmp_path):
     cfg = load_config(CIRCLES, ["solver.method=tsit5", "solver.max_steps=3", "train.epochs=1"])
     prepare_folder(tmp_path / "run", cfg, overwrite=False, resume=False)
     with pytest.raises(TrainingError, match="solver.max_steps = 3"):
-        fit(build_run(cfg, tmp_path / "run"), progress=False)
+        fit_run(build_run(cfg, tmp_path / "run"), progress=False)
 
 
 def test_data_with_nan_is_refused(tmp_path):
@@ -256,20 +257,20 @@ def _circles_with_one_overflowing_example(cfg, tmp_path):
 
 
 def test_without_nonfinite_drops_only_the_overflowing_examples(tmp_path):
-    from ode_nets.train import train_step, without_nonfinite
+    from ode_nets.training import train_step, without_nonfinite
 
     cfg = load_config(CIRCLES)
     run = build_run(cfg, tmp_path, _circles_with_one_overflowing_example(cfg, tmp_path))
     x, y, mask = jnp.asarray(run.dataset.train.x[:16]), jnp.asarray(run.dataset.train.y[:16]), jnp.ones(16)
     opt_state = run.optimizer.init(eqx.filter(run.model, eqx.is_inexact_array))
-    _, _, metrics = train_step(run.optimizer, run.model, opt_state, x, y, mask, 1.0)
+    _, _, metrics = train_step(run.optimizer, run.model, opt_state, x, y, mask, Objective(1.0))
     assert not bool(metrics["ok"])
-    x_kept, mask_kept, dropped = without_nonfinite(run.model, x, y, mask, 1.0)
+    x_kept, mask_kept, dropped = without_nonfinite(run.model, x, y, mask, Objective(1.0))
     assert dropped == 1 and float(mask_kept[5]) == 0.0 and float(jnp.sum(mask_kept)) == 15.0
     assert np.all(np.asarray(x_kept[5]) == 0) and np.array_equal(np.asarray(x_kept[:5]), np.asarray(x[:5]))
-    model, _, metrics = train_step(run.optimizer, run.model, opt_state, x_kept, y, mask_kept, 1.0)
+    model, _, metrics = train_step(run.optimizer, run.model, opt_state, x_kept, y, mask_kept, Objective(1.0))
     others = np.arange(16) != 5  # the same step as on the 15 finite examples alone
-    reference, _, _ = train_step(run.optimizer, run.model, opt_state, x[others], y[others], jnp.ones(15), 1.0)
+    reference, _, _ = train_step(run.optimizer, run.model, opt_state, x[others], y[others], jnp.ones(15), Objective(1.0))
     assert bool(metrics["ok"])
     np.testing.assert_allclose(np.asarray(model.field.w.values), np.asarray(reference.field.w.values), rtol=1e-5, atol=1e-7)
 
@@ -282,9 +283,9 @@ def test_drop_nonfinite_examples_keeps_training_where_skipping_stops(tmp_path):
         run = build_run(cfg, folder, _circles_with_one_overflowing_example(cfg, tmp_path))
         if not drop:
             with pytest.raises(TrainingError, match="non-finite"):
-                fit(run, progress=False)
+                fit_run(run, progress=False)
             continue
-        fit(run, progress=False)
+        fit_run(run, progress=False)
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         dropped = [r for r in records if r["kind"] == "dropped"]
         assert [(r["examples"], r["ok"]) for r in dropped] == [(1, True), (1, True)]  # once per epoch

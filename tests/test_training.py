@@ -14,7 +14,8 @@ from ode_nets.config import load_config
 from ode_nets.data import batch_indices
 from ode_nets.losses import cross_entropy, logit_level, smoothness
 from ode_nets.models import count_parameters, project_parameters
-from ode_nets.train import build_run, fit, prepare_folder
+from ode_nets.build import build_run, fit_run, prepare_folder
+from ode_nets.training import Objective
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 CIRCLES_CFG = CONFIGS / "circles_model2.yaml"
@@ -71,12 +72,10 @@ def test_logit_penalty_bounds_the_level_that_softmax_ignores():
 
 
 def test_loss_adds_the_logit_penalty_and_logs_it(tmp_path):
-    from ode_nets.train import loss_fn
-
     run = build_run(load_config(CIRCLES_CFG, ["model.init=normal"]), tmp_path)
     x, y, mask = run.dataset.train.x[:8], run.dataset.train.y[:8], np.ones(8, np.float32)
-    plain, aux = loss_fn(run.model, x, y, mask, 1.0)
-    penalised, aux_p = loss_fn(run.model, x, y, mask, 1.0, 0.0, 0.5)
+    plain, aux = Objective(smoothness=1.0)(run.model, x, y, mask)
+    penalised, aux_p = Objective(1.0, 0.0, 0.5)(run.model, x, y, mask)
     assert "logit_level" not in aux and float(aux_p["logit_level"]) > 0
     np.testing.assert_allclose(float(penalised), float(plain) + 0.5 * float(logit_level(run.model(x), mask)), rtol=1e-6)
 
@@ -104,7 +103,7 @@ def test_training_with_input_noise_is_deterministic_and_differs_from_clean(tmp_p
     def train(name: str, noise: float):
         cfg = load_config(CIRCLES_CFG, ["train.epochs=2", f"train.input_noise={noise}"])
         prepare_folder(tmp_path / name, cfg, overwrite=False, resume=False)
-        fit(build_run(cfg, tmp_path / name), progress=False)
+        fit_run(build_run(cfg, tmp_path / name), progress=False)
         return eqx.tree_deserialise_leaves(tmp_path / name / "model.eqx", build_run(cfg, tmp_path / "x").model)
 
     noisy, again, clean = train("a", 0.2), train("b", 0.2), train("c", 0.0)
@@ -119,7 +118,7 @@ def test_short_training_lowers_the_loss(tmp_path, strategy, solver):
                       ["train.epochs=12", "train.log_every=5", "optim.schedule=constant", "optim.learning_rate=0.2",
                        f"gradient.strategy={strategy}", f"solver.method={solver}"])
     prepare_folder(tmp_path / "run", cfg, overwrite=False, resume=False)
-    results = fit(build_run(cfg, tmp_path / "run"), progress=False)
+    results = fit_run(build_run(cfg, tmp_path / "run"), progress=False)
     evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if r["kind"] == "eval"]
     # zero init: every logit is 0, so the initial loss is exactly log 2
@@ -134,12 +133,12 @@ def test_learned_gamma_is_kept_nonnegative(tmp_path):
     import jax.numpy as jnp
     import optax
 
-    from ode_nets.train import train_step
+    from ode_nets.training import train_step
 
     run = build_run(load_config(CONFIGS / "circles_model1.yaml", ["model.gamma=0.3"]), tmp_path)
     push_down = optax.stateless(lambda updates, params: jax.tree_util.tree_map(lambda u: -jnp.ones_like(u), updates))
     x, y = jnp.asarray(run.dataset.train.x[:8]), jnp.asarray(run.dataset.train.y[:8])
-    model, _, metrics = train_step(push_down, run.model, push_down.init(None), x, y, jnp.ones(8), 1.0)
+    model, _, metrics = train_step(push_down, run.model, push_down.init(None), x, y, jnp.ones(8), Objective(1.0))
     assert bool(metrics["ok"]) and float(model.field.gamma) == 0.0
     assert np.all(np.asarray(model.field.w.values) == -1.0)  # the other parameters took the full step
     fixed = build_run(load_config(CONFIGS / "circles_model2.yaml"), tmp_path / "fixed").model
@@ -149,11 +148,11 @@ def test_learned_gamma_is_kept_nonnegative(tmp_path):
 def test_eval_train_examples_limits_the_train_metrics(tmp_path):
     """train.eval_train_examples: per-epoch train metrics on the first N examples, equal to evaluating them directly."""
     from ode_nets.data import Split
-    from ode_nets.train import split_metrics, evaluate
+    from ode_nets.training import split_metrics, evaluate
 
     cfg = load_config(CIRCLES_CFG, ["train.eval_train_examples=7", "model.init=normal"])
     run = build_run(cfg, tmp_path)
-    metrics = split_metrics(run.model, run.dataset, cfg)
+    metrics = split_metrics(run.model, run.dataset, cfg.train.eval_batch_size, cfg.train.eval_train_examples)
     first = evaluate(run.model, Split(run.dataset.train.x[:7], run.dataset.train.y[:7]), 1000)
     assert metrics["train_loss"] == pytest.approx(first["loss"]) and metrics["train_acc"] == pytest.approx(first["acc"])
     assert metrics["train_acc"] * 7 == pytest.approx(round(metrics["train_acc"] * 7))  # a multiple of 1/7
@@ -166,13 +165,11 @@ def test_depth_is_a_loop_not_unrolled(tmp_path):
     inside diffrax, so compile time does not grow with depth."""
     import equinox as eqx
 
-    from ode_nets.train import loss_fn
-
     sizes = []
     for layers in (10, 200):
         run = build_run(load_config(CIRCLES_CFG, [f"model.layers={layers}"]), tmp_path)
         x, y = run.dataset.train.x[:8], run.dataset.train.y[:8]
-        grad = eqx.filter_grad(lambda m: loss_fn(m, x, y, np.ones(8, np.float32), 1.0)[0])
+        grad = eqx.filter_grad(lambda m: Objective(1.0)(m, x, y, np.ones(8, np.float32))[0])
         sizes.append(len(str(jax.make_jaxpr(grad)(run.model))))
     assert sizes[1] <= 1.05 * sizes[0]
 
@@ -187,9 +184,8 @@ class _OverflowingNet(eqx.Module):
 
 def test_nonfinite_outputs_count_as_errors_not_as_class_0():
     from ode_nets.data import Split
-    from ode_nets.evaluation import evaluate_split
     from ode_nets.losses import accuracy
-    from ode_nets.train import evaluate
+    from ode_nets.training import evaluate, evaluate_split
 
     x = np.array([[1.0, 0.0], [-1.0, 0.0], [9.0, 0.0], [7.0, 0.0]], np.float32)
     y = np.array([0, 1, 0, 1], np.int32)  # rows 3 and 4 overflow; argmax of a NaN row would say class 0
@@ -223,8 +219,8 @@ def test_bayes_radius_is_the_best_circle():
 
 
 def test_boundary_radii_of_a_circle_and_of_an_ellipse():
-    """`evaluation.boundary_radii` finds where the prediction turns to class 1 along each ray."""
-    from ode_nets.evaluation import boundary_radii
+    """`training.boundary_radii` finds where the prediction turns to class 1 along each ray."""
+    from ode_nets.training import boundary_radii
 
     class Ring(eqx.Module):
         scale: jax.Array  # class 1 where (x/a)^2 + y^2 > 1.5^2

@@ -1,0 +1,264 @@
+"""`fit`: the epoch loop with checkpoints, resume, non-finite recovery and Ctrl-C handling.
+
+Checkpoints are written every `checkpoint_every` steps and at each epoch end; a run resumed from its newest
+checkpoint reproduces the uninterrupted run bit for bit (same data order from `fold_in(PRNGKey(seed + 1),
+epoch)`, input noise keyed per (epoch, batch)). Ctrl-C writes a checkpoint and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ode_nets.data import Dataset, add_input_noise, batch_indices
+from ode_nets.errors import TrainingError
+from ode_nets.models import count_parameters
+from ode_nets.training.checkpoint import Position
+from ode_nets.training.evaluation import evaluate, learned_gamma, split_metrics
+from ode_nets.training.objective import Objective
+from ode_nets.training.options import TrainOptions
+from ode_nets.training.run_dir import MetricsLog, RunDir
+from ode_nets.training.step import train_step, without_nonfinite
+
+FIXED_STEP_SOLVERS = ("euler", "heun", "midpoint", "ralston")
+
+
+def fit(model: eqx.Module, data: Dataset, *, optimizer: optax.GradientTransformation, run_dir: str | Path | RunDir,
+        objective: Objective | None = None, options: TrainOptions | None = None, resume: bool = False,
+        overwrite: bool = False, progress: bool = True, config: dict | str | None = None, **settings: Any) -> dict:
+    """Train `model` (called as `model(x) -> logits`) on `data.train`; returns the final results (also in
+    `results.json`), or {"interrupted": True, "step": ...} after Ctrl-C.
+
+    `settings` are `TrainOptions` fields (epochs=..., batch_size=..., seed=...) and override `options`.
+    `run_dir`: a folder, created (refused if it holds files, unless `overwrite`) or with `resume` continued
+    from its newest checkpoint; or a `RunDir` already prepared. `config` (a dict or YAML text) is written as
+    `config.yaml` of a new folder; on resume a changed one is recorded in `resumes.jsonl`.
+    """
+    options = dataclasses.replace(options or TrainOptions(), **settings)
+    options.check(len(data.train))
+    if not isinstance(run_dir, RunDir):
+        run_dir = RunDir.resume(run_dir) if resume else RunDir.create(run_dir, config, overwrite=overwrite)
+    trainer = _Trainer(model, data, optimizer, objective or Objective(), options, run_dir, progress)
+    if resume:
+        trainer.restore(config)
+    trainer.begin(resume)
+    with _InterruptFlag() as interrupted:
+        for epoch in range(trainer.position.epoch, options.epochs):
+            if trainer.done:
+                break
+            if trainer.run_epoch(epoch, interrupted):
+                return {"interrupted": True, "step": trainer.step}
+    return trainer.finish()
+
+
+class _Trainer:
+    """The mutable state of one `fit` call: model, optimizer state, key, step, and where to write."""
+
+    def __init__(self, model: eqx.Module, data: Dataset, optimizer: optax.GradientTransformation,
+                 objective: Objective, options: TrainOptions, run_dir: RunDir, progress: bool):
+        self.model, self.data, self.optimizer, self.objective = model, data, optimizer, objective
+        self.options, self.run_dir, self.progress = options, run_dir, progress
+        self.opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+        self.key = jax.random.PRNGKey(options.seed + 1)
+        self.position = Position(step=0, epoch=0, batch=0)
+        self.total_steps = options.total_steps(len(data.train))
+        self.name = options.name or run_dir.path.name
+        self.mesh: Any = None
+        self.skipped = 0  # consecutive batches skipped for a non-finite loss or gradient (skip_nonfinite)
+        self.log: MetricsLog | None = None  # opened by `begin`, as are the following
+        self.n_params, self.start, self.step, self.done = 0, 0.0, 0, False
+        self.window = (0.0, 0)  # (start time, examples) of the current examples/s measurement
+
+    def state(self) -> dict:
+        return {"model": self.model, "opt_state": self.opt_state, "key": self.key}
+
+    def restore(self, config: dict | str | None) -> None:
+        """Continue from the newest checkpoint; then record a changed `config` (a failed resume changes nothing)."""
+        state, self.position = self.run_dir.load_latest(self.state())
+        self.model, self.opt_state, self.key = state["model"], state["opt_state"], state["key"]
+        if config is not None:
+            self.run_dir.record_resume(config)
+
+    def begin(self, resume: bool) -> None:
+        """Replicate over devices if asked, open the metrics log, print the run's size; the clock starts."""
+        if self.options.devices > 1:  # data parallel: batch axis sharded, parameters replicated (ode_nets.parallel)
+            from ode_nets import parallel
+
+            parallel.check_devices(self.options.devices, self.options.batch_size)
+            self.mesh = parallel.batch_mesh(self.options.devices)
+            self.model, self.opt_state = parallel.replicate((self.model, self.opt_state), self.mesh)
+        self.log = self.run_dir.metrics_log(self.position.step if resume else None)
+        self.n_params = count_parameters(self.model)
+        print(f"{self.name}: {self.n_params:,} trainable parameters; {len(self.data.train)} training examples; "
+              f"device {jax.devices()[0].device_kind}")
+        self.start = time.time()
+        self.step = self.position.step
+        self.done = self.step >= self.total_steps
+
+    def elapsed(self) -> float:
+        """Training wall time over all sessions of this run (resumes included)."""
+        return self.position.elapsed_s + time.time() - self.start
+
+    def save(self, position: Position) -> None:
+        position = dataclasses.replace(position, elapsed_s=self.elapsed())
+        self.run_dir.save_checkpoint(self.state(), position, self.options.keep_checkpoints)
+
+    def run_epoch(self, epoch: int, interrupted: "_InterruptFlag") -> bool:
+        """Train one epoch (from the resumed batch), evaluate, checkpoint; True if Ctrl-C stopped it."""
+        first_batch = self.position.batch if epoch == self.position.epoch else 0
+        order_key = jax.random.fold_in(self.key, epoch)
+        batches = list(batch_indices(len(self.data.train), self.options.batch_size, order_key))[first_batch:]
+        last = len(batches) + first_batch - 1
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.options.epochs}", disable=not self.progress, leave=False)
+        self.window = (time.time(), 0)
+        for i, (idx, mask) in enumerate(bar, start=first_batch):
+            metrics = self.train_batch(*self.batch(idx, mask, order_key, i), epoch, i)
+            self.step += 1
+            self.window = (self.window[0], self.window[1] + int(mask.sum()))
+            if self.step % self.options.log_every == 0 or i == last:
+                self.log_train(metrics, epoch, bar)
+            self.done = self.step >= self.total_steps
+            next_pos = Position(self.step, epoch + 1, 0) if i == last else Position(self.step, epoch, i + 1)
+            if interrupted.fired:
+                self.save(next_pos)
+                print(f"\ninterrupted at step {self.step}: checkpoint written; continue with --resume "
+                      f"{self.run_dir.path}")
+                return True
+            if self.options.checkpoint_every and self.step % self.options.checkpoint_every == 0 and i != last:
+                self.save(next_pos)
+            if self.done:
+                break
+        bar.close()
+        self.end_epoch(epoch)
+        return False
+
+    def batch(self, idx: np.ndarray, mask: np.ndarray, order_key: jax.Array, i: int) -> tuple:
+        """Inputs, labels and mask of batch `i` (noise keyed per (epoch, batch): a resumed run draws the same)."""
+        x, y = self.data.train.x[idx], self.data.train.y[idx]
+        if self.options.input_noise:
+            x = add_input_noise(x, self.options.input_noise, jax.random.fold_in(order_key, i))
+        if self.mesh is not None:
+            from ode_nets import parallel
+
+            x, y, mask = parallel.shard_batch((x, y, mask), self.mesh)
+        return x, y, mask
+
+    def train_batch(self, x: jax.Array, y: jax.Array, mask: jax.Array, epoch: int, i: int) -> dict:
+        """One step; non-finite: retry without the bad examples (drop_nonfinite_examples), then skip or stop."""
+        try:
+            self.model, self.opt_state, metrics = train_step(self.optimizer, self.model, self.opt_state, x, y, mask,
+                                                             self.objective)
+        except Exception as e:  # noqa: BLE001 - diffrax reports solver failures as runtime errors
+            if "maximum number of solver steps" not in str(e):
+                raise
+            self.save(Position(self.step, epoch, i))  # no donation: `model` is still the last good state
+            raise TrainingError(_max_steps_message(self.step, self.options.solver)) from None
+        if not bool(metrics["ok"]) and self.options.drop_nonfinite_examples:
+            metrics = self.retry_finite(x, y, mask, epoch, i, metrics)
+        if bool(metrics["ok"]):
+            self.skipped = 0
+            return metrics
+        self.skipped += 1  # the step kept the last good state: skip the batch, or checkpoint that state and stop
+        if self.skipped > self.options.skip_nonfinite:
+            self.save(Position(self.step, epoch, i))
+            raise TrainingError(_nonfinite_message(self.step, self.options, metrics, self.skipped))
+        self.log.write({"kind": "skipped", "step": self.step, "epoch": epoch, "batch": i, **_floats(metrics)})
+        return metrics
+
+    def retry_finite(self, x: jax.Array, y: jax.Array, mask: jax.Array, epoch: int, i: int, metrics: dict) -> dict:
+        """Retry the step on the examples whose loss and gradient stay finite (if some, but not all, overflow)."""
+        x, kept_mask, dropped = without_nonfinite(self.model, x, y, mask, self.objective)
+        if 0 < dropped < int(mask.sum()):
+            self.model, self.opt_state, metrics = train_step(self.optimizer, self.model, self.opt_state, x, y,
+                                                             kept_mask, self.objective)
+            self.log.write({"kind": "dropped", "step": self.step, "epoch": epoch, "batch": i, "examples": dropped,
+                            "ok": bool(metrics["ok"])})
+        return metrics
+
+    def log_train(self, metrics: dict, epoch: int, bar: Any) -> None:
+        start, examples = self.window
+        rate = examples / max(time.time() - start, 1e-9)
+        record = {"kind": "train", "step": self.step, "epoch": epoch, **_floats(metrics),
+                  "gamma": learned_gamma(self.model), "examples_per_sec": rate}
+        self.log.write(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['acc']:.3f}", ex_s=f"{rate:.0f}")
+        self.window = (time.time(), 0)
+
+    def end_epoch(self, epoch: int) -> None:
+        """The `eval` record of the epoch (train, validation, test metrics), printed, and a checkpoint."""
+        metrics = split_metrics(self.model, self.data, self.options.eval_batch_size, self.options.eval_train_examples)
+        record = {"kind": "eval", "step": self.step, "epoch": epoch + 1, **metrics}
+        self.log.write(record)
+        print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                  for k, v in record.items() if k not in ("kind", "step", "epoch")))
+        self.save(Position(self.step, epoch + 1, 0))
+
+    def finish(self) -> dict:
+        """Save the final model and `results.json` (`train_wall_time_s`: all sessions of the run)."""
+        wall_time = self.elapsed()
+        self.run_dir.save_model(self.model)
+        test = evaluate(self.model, self.data.test, self.options.eval_batch_size)
+        results = {"name": self.name, "parameters": self.n_params, "test_acc": test["acc"], "test_loss": test["loss"],
+                   "test_non_finite": test["non_finite"], "gamma": learned_gamma(self.model),
+                   "train_wall_time_s": wall_time, "device": jax.devices()[0].device_kind}
+        self.run_dir.write_results(results)
+        overflowed = f" ({test['non_finite']} overflowed, counted as errors)" if test["non_finite"] else ""
+        print(f"test accuracy {test['acc']:.4f}{overflowed}; trainable parameters {self.n_params:,}; "
+              f"learned gamma~ {results['gamma']}; results in {self.run_dir.path}")
+        return results
+
+
+def _floats(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k != "ok"}
+
+
+def _max_steps_message(step: int, solver: dict) -> str:
+    limit = f"solver.max_steps = {solver['max_steps']}" if "max_steps" in solver else "solver.max_steps"
+    tolerances = ", ".join(f"solver.{k} = {solver[k]}" for k in ("rtol", "atol") if k in solver)
+    return (f"the adaptive solver hit {limit} at step {step}: the ODE became too stiff (large gamma~ x^2) for its "
+            f"tolerances ({tolerances or 'solver.rtol, solver.atol'}); raise solver.max_steps or loosen the "
+            f"tolerances. The last good state is checkpointed.")
+
+
+def _nonfinite_message(step: int, options: TrainOptions, metrics: dict, consecutive: int = 1) -> str:
+    what = "loss" if not np.isfinite(float(metrics["loss"])) else "gradient"
+    hint = ("the explicit step dt = T/L may be too large for the stiffness 3*gamma*x^2 of the cubic term "
+            "(raise model.layers, lower optim.learning_rate, or set optim.clip_norm)")
+    if options.solver.get("method") not in FIXED_STEP_SOLVERS:
+        hint += "; with an adaptive solver, also check solver.max_steps and tolerances"
+    if options.skip_nonfinite:
+        hint += f" ({consecutive} consecutive batches, more than train.skip_nonfinite = {options.skip_nonfinite})"
+    else:
+        hint += "; train.skip_nonfinite=N skips up to N such batches in a row"
+    return f"non-finite {what} at step {step} (epoch counted from 0): {hint}. The last good state is checkpointed."
+
+
+class _InterruptFlag:
+    """Context manager: the first Ctrl-C sets `fired` instead of raising, so the loop can checkpoint."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.fired = True
+
+    def __enter__(self) -> "_InterruptFlag":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not in the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

@@ -1,0 +1,169 @@
+"""The run folder: `config.yaml`, `metrics.jsonl`, `checkpoints/`, `model.eqx`, `results.json`, `figures/`
+(and `resumes.jsonl` when a resumed run changed its config).
+
+`RunDir.create` refuses an existing non-empty folder unless `overwrite` (which wipes it); `RunDir.resume`
+checks that a folder can be continued. The config is written as given (a serialisable dict or YAML text):
+this package knows nothing of `ode_nets.config`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jaxtyping import PyTree
+
+from ode_nets.errors import RunDirError
+from ode_nets.training import checkpoint as ckpt
+
+
+class MetricsLog:
+    """Append-only JSON-lines metrics; on resume, lines after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+            kept = [line for line in lines if json.loads(line).get("step", 0) <= resume_step]
+            ckpt.atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _yaml_text(config: dict | str) -> str:
+    return config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+
+
+class RunDir:
+    """One run folder and the paths in it. Construct with `create` (new run) or `resume` (continue one);
+    `RunDir(path)` just names a folder (e.g. to read a finished run)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    config_path = property(lambda self: self.path / "config.yaml")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    model_path = property(lambda self: self.path / "model.eqx")
+    results_path = property(lambda self: self.path / "results.json")
+    figures = property(lambda self: self.path / "figures")
+    resumes_path = property(lambda self: self.path / "resumes.jsonl")
+
+    @classmethod
+    def create(cls, path: str | Path, config: dict | str | None = None, *, overwrite: bool = False) -> "RunDir":
+        """A new, empty run folder (with `config.yaml` if `config` is given). An existing non-empty folder
+        is refused unless `overwrite`, which deletes it first."""
+        run = cls(path)
+        if run.path.exists() and any(run.path.iterdir()):
+            if not overwrite:
+                raise RunDirError(f"run folder {run.path} already exists; pass --overwrite to replace it or "
+                                  f"--resume {run.path} to continue it")
+            shutil.rmtree(run.path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            run.write_config(config)
+        return run
+
+    @classmethod
+    def resume(cls, path: str | Path, *, need_config: bool = False) -> "RunDir":
+        """An existing run folder to continue: it must hold `checkpoints/` (and `config.yaml` if `need_config`)."""
+        run = cls(path)
+        if not run.checkpoints.is_dir() or (need_config and not run.config_path.is_file()):
+            raise RunDirError(f"cannot resume: {run.path} is not a run folder with checkpoints "
+                              f"(expected {run.config_path} and {run.checkpoints}/)")
+        return run
+
+    @classmethod
+    def existing(cls, path: str | Path) -> "RunDir":
+        """A run folder to read (it must hold `config.yaml`)."""
+        run = cls(path)
+        if not run.config_path.is_file():
+            raise RunDirError(f"{run.path} is not a run folder (no config.yaml)")
+        return run
+
+    def write_config(self, config: dict | str) -> None:
+        """Write `config.yaml` (atomically) from a serialisable dict or YAML text."""
+        ckpt.atomic_write_bytes(self.config_path, _yaml_text(config).encode())
+
+    def read_config(self) -> dict:
+        """`config.yaml` as plain nested dicts ({} if there is none)."""
+        if not self.config_path.is_file():
+            return {}
+        return yaml.safe_load(self.config_path.read_text()) or {}
+
+    def record_resume(self, config: dict | str) -> dict:
+        """On resume with a changed config: log what changed (and the checkpoint step it takes effect from) to
+        `resumes.jsonl` and write the new `config.yaml`. Returns the changes, {key: [old, new]}."""
+        new = yaml.safe_load(_yaml_text(config)) or {}  # as it reads back from config.yaml
+        old, flat_new = _flat(self.read_config()), _flat(new)
+        changed = {k: [old.get(k), v] for k, v in flat_new.items() if old.get(k) != v}
+        if changed:
+            step = self.latest_step()
+            with self.resumes_path.open("a") as f:
+                f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": step,
+                                    "changed": changed}) + "\n")
+            self.write_config(config)
+        return changed
+
+    def metrics_log(self, resume_step: int | None = None) -> MetricsLog:
+        """The `metrics.jsonl` log; with `resume_step`, records after that step are dropped first."""
+        return MetricsLog(self.metrics_path, resume_step)
+
+    def read_metrics(self) -> list[dict]:
+        """All records of `metrics.jsonl`."""
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def write_results(self, results: dict) -> None:
+        ckpt.atomic_write_bytes(self.results_path, json.dumps(results, indent=2).encode())
+
+    def read_results(self) -> dict:
+        return json.loads(self.results_path.read_text())
+
+    def figure(self, name: str) -> Path:
+        """The path of figure `name` in `figures/` (the folder is created)."""
+        self.figures.mkdir(parents=True, exist_ok=True)
+        return self.figures / name
+
+    def save_checkpoint(self, state: PyTree, position: ckpt.Position, keep: int) -> Path:
+        return ckpt.save_checkpoint(self.checkpoints, state, position, keep)
+
+    def list_checkpoints(self) -> list[Path]:
+        return ckpt.list_checkpoints(self.checkpoints)
+
+    def latest_step(self) -> int | None:
+        """The step of the newest checkpoint (None if there is none)."""
+        found = self.list_checkpoints()
+        return ckpt.checkpoint_step(found[-1]) if found else None
+
+    def load_latest(self, like: PyTree) -> tuple[PyTree, ckpt.Position]:
+        return ckpt.load_latest(self.checkpoints, like)
+
+    def save_model(self, model: PyTree) -> None:
+        """The final parameters, `model.eqx`."""
+        ckpt.atomic_save_tree(self.model_path, model)
+
+    def load_model(self, like: PyTree) -> Any:
+        """The final parameters `model.eqx`, restored into the structure of `like`."""
+        return ckpt.load_tree(self.model_path, like)
