@@ -9,19 +9,24 @@ allowed names from.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import diffrax
+import equinox as eqx
 import jax
 import optax
 from jaxtyping import PRNGKeyArray
 
-from ode_nets.config import Config, GradientConfig, ModelConfig, OptimConfig, SolverConfig
+from ode_nets.config import Config, GradientConfig, ModelConfig, OptimConfig, SolverConfig, load_config, to_dict
+from ode_nets.data import Dataset, check_finite, load_dataset
 from ode_nets.errors import ConfigError
 from ode_nets.fields import FIELDS, AbstractField, LayerGrid, ParamInit
 from ode_nets.models import READOUTS, ODENet, check_readout
 from ode_nets.solvers import SOLVERS, AbstractStepping, AdaptiveSteps, FixedSteps
 from ode_nets.strategies import STRATEGIES, AbstractGradientStrategy
+from ode_nets.training import Objective, RunDir, TrainOptions, evaluate_test, fit
 
 
 def param_init(model: ModelConfig) -> ParamInit:
@@ -122,14 +127,8 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
 # ---------------------------------------------------------------------------------------------
 # Config -> training run (ode_nets.training knows nothing of configs)
 
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-import equinox as eqx  # noqa: E402
-import jax  # noqa: E402
 
-from ode_nets.data import Dataset, check_finite, load_dataset  # noqa: E402
-from ode_nets.training import Objective, RunDir, TrainOptions, evaluate_test, fit  # noqa: E402
 
 
 @dataclass
@@ -147,7 +146,6 @@ class Run:
 
 def config_dict(config: Config) -> dict:
     """The config as plain nested dicts (what `config.yaml` holds)."""
-    from ode_nets.config import to_dict
 
     return to_dict(config)
 
@@ -192,7 +190,6 @@ def prepare_folder(folder: Path, config: Config, *, overwrite: bool, resume: boo
 
 def resume_config(folder: Path, overrides: list[str]) -> Config:
     """The config saved in a run folder (plus overrides), for `--resume`."""
-    from ode_nets.config import load_config
 
     RunDir.resume(folder, need_config=True)
     return load_config(Path(folder) / "config.yaml", overrides)
@@ -214,7 +211,6 @@ def checkpoint_template(run: Run) -> dict:
 
 def load_run(folder: Path) -> tuple[Config, Dataset, ODENet]:
     """Config, dataset and final (or newest checkpointed) model of a run folder."""
-    from ode_nets.config import load_config
 
     run_dir = RunDir.existing(folder)
     config = load_config(run_dir.config_path)

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def job() -> None:
-        from ode_nets.averaging import average_run
+        from ode_nets.experiments.averaging import average_run
 
         r = average_run(args.run_dir, args.out_dir, args.from_step, args.to_step, overwrite=args.overwrite)
         print(f"averaged {len(r['steps'])} checkpoints (steps {r['steps'][0]}..{r['steps'][-1]}): test accuracy "

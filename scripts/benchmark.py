@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out needs a single --config")
 
     def job() -> None:
-        from ode_nets.benchmark import load_bench_config, run_bench
+        from ode_nets.experiments.benchmark import load_bench_config, run_bench
 
         benches = [load_bench_config(path, args.overrides) for path in args.config]  # validate all first
         for bench in benches:

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         import jax
         import numpy as np
 
-        from ode_nets import compare
+        from ode_nets.experiments import compare
         from ode_nets.config import load_config
         from ode_nets.data import load_dataset
         from ode_nets.errors import ConfigError

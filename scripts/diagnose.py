@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def job() -> None:
-        from ode_nets import plotting_diagnostics as pd
+        from ode_nets.plotting import diagnostics as pd
         from ode_nets.errors import ConfigError
 
         if args.command == "summary":

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def job() -> None:
-        from ode_nets import multilevel
+        from ode_nets.experiments import multilevel
         from ode_nets.errors import ConfigError
 
         if args.command == "regions":

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> None:
         import numpy as np
 
-        from ode_nets.stability import network_eigenvalues
+        from ode_nets.analysis.stability import network_eigenvalues
         from ode_nets.build import load_run
 
         for run in args.runs:

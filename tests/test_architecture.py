@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ode_nets.benchmark import BenchConfig
+from ode_nets.experiments.benchmark import BenchConfig
 from ode_nets.config import DataConfig, GradientConfig, ModelConfig, SolverConfig
 from ode_nets.data import DATASETS
 from ode_nets.fields import FIELDS
@@ -27,31 +27,7 @@ FORBIDDEN_IN_CORE = ("ode_nets.config", "ode_nets.build")
 
 # (importing module, imported module) -> why the import is inside a function. Every entry is needed today: no
 # import cycle would follow from hoisting any of them (test (a) checks the graph with these edges included).
-TRAINING_STACK = "ode_nets.train (epoch loop, run folders, checkpoints, tqdm) is imported only by the function that needs it"
-IN_FUNCTION_ALLOWED: dict[tuple[str, str], str] = {
-    ("ode_nets.cli", "ode_nets.checkpoint"): "the CLI's error-type list is built on call, so `cli` imports nothing heavy",
-    ("ode_nets.cli", "ode_nets.config"): "the CLI's error-type list is built on call, so `cli` imports nothing heavy",
-    ("ode_nets.cli", "ode_nets.data"): "the CLI's error-type list is built on call, so `cli` imports nothing heavy",
-    ("ode_nets.cli", "ode_nets.train"): TRAINING_STACK + " (the CLI wrapper stays light)",
-    ("ode_nets.train", "ode_nets.parallel"): "jax.sharding set-up only for data-parallel runs (train.devices > 1)",
-    ("ode_nets.compare", "ode_nets.plotting"): "ode_nets.plotting loads matplotlib at import; only the figure needs it",
-    ("ode_nets.averaging", "ode_nets.train"): TRAINING_STACK,
-    ("ode_nets.evaluation", "ode_nets.train"): TRAINING_STACK,
-    ("ode_nets.multilevel", "ode_nets.train"): TRAINING_STACK + " (prolongation is usable without it)",
-    ("ode_nets.plotting", "ode_nets.train"): TRAINING_STACK,
-    ("ode_nets.plotting_diagnostics", "ode_nets.train"): TRAINING_STACK,
-    ("ode_nets.plotting_diagnostics", "ode_nets.diagnostics"): "physics diagnostics (stability, adjoint) only for "
-                                                               "diagnose_run",
-    # No reason beyond habit: these modules are cheap or already imported at module level; candidates to hoist.
-    ("ode_nets.averaging", "ode_nets.config"): "none (config is cheap); could be hoisted",
-    ("ode_nets.averaging", "ode_nets.models"): "none (models is cheap); could be hoisted",
-    ("ode_nets.benchmark", "ode_nets.fields.cubic"): "none (already loaded through ode_nets.build); could be hoisted",
-    ("ode_nets.evaluation", "ode_nets.losses"): "none (losses is cheap); could be hoisted",
-    ("ode_nets.evaluation", "ode_nets.data.circles"): "none (circles is cheap); could be hoisted",
-    ("ode_nets.multilevel", "ode_nets.losses"): "none (losses is cheap); could be hoisted",
-    ("ode_nets.plotting_diagnostics", "ode_nets.config"): "none (config is cheap); could be hoisted",
-    ("ode_nets.train", "ode_nets.config"): "none: train imports ode_nets.config at module level too; redundant",
-}
+IN_FUNCTION_ALLOWED: dict[tuple[str, str], str] = {}  # none: every ode_nets import sits at the top of its module
 
 
 def module_files() -> dict[str, tuple[Path, bool]]:

@@ -1,4 +1,4 @@
-"""Stochastic weight averaging of checkpoints (ode_nets.averaging, scripts/average.py)."""
+"""Stochastic weight averaging of checkpoints (ode_nets.experiments.averaging, scripts/average.py)."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ode_nets.training import checkpoint as ckpt
-from ode_nets.averaging import average_models, average_run
+from ode_nets.experiments.averaging import average_models, average_run
 from ode_nets.config import load_config
 from ode_nets.build import build_run, checkpoint_template, evaluate_run, fit_run, prepare_folder
 from ode_nets.errors import RunDirError

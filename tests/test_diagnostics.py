@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ode_nets.diagnostics import (cubic_energy, energy_balance, entropy_rate, hamiltonian_along, jacobian_trace,
+from ode_nets.analysis.diagnostics import (cubic_energy, energy_balance, entropy_rate, hamiltonian_along, jacobian_trace,
                                   kinetic_energy, stability)
 from ode_nets.fields.cubic import CubicField
 from ode_nets.fields.time_params import Constant, LayerGrid
@@ -97,7 +97,7 @@ def test_run_summary_lists_finished_and_stopped_runs(tmp_path):
     import json
 
     from ode_nets.config import from_dict
-    from ode_nets.plotting_diagnostics import summarize_runs
+    from ode_nets.plotting.diagnostics import summarize_runs
     from ode_nets.build import prepare_folder
 
     cfg = from_dict({"name": "tiny", "train": {"epochs": 2}})
@@ -120,7 +120,7 @@ def test_curves_figure_caps_the_loss_axis_above_overflow_spikes(tmp_path):
     figure says how many points it leaves out; without an outlier the axis is left alone."""
     import matplotlib.pyplot as plt
 
-    from ode_nets.plotting import _clip_outliers, plot_curves
+    from ode_nets.plotting.figures import _clip_outliers, plot_curves
 
     losses = [0.5 / (1 + s) for s in range(200)]
     losses[100] = 1e28

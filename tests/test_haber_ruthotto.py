@@ -20,7 +20,7 @@ from ode_nets.solve import solve
 from ode_nets.solvers import SOLVERS, FixedSteps, TwoStepField
 from ode_nets.strategies import STRATEGIES
 from ode_nets.solvers.verlet import reconstruct_initial_state
-from ode_nets.stability import (jacobian_eigenvalues, max_real_eigenvalue, revnet_growth_factor, revnet_iterates)
+from ode_nets.analysis.stability import (jacobian_eigenvalues, max_real_eigenvalue, revnet_growth_factor, revnet_iterates)
 
 A = np.array([[-0.3, 2.0], [-2.0, -0.3]])
 Y0 = np.array([1.0, 0.5])

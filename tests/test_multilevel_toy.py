@@ -13,7 +13,7 @@ from helpers import config, net_from_config
 from ode_nets.config import DataConfig, from_dict
 from ode_nets.data import load_dataset
 from ode_nets.data.toy import ELLIPSE_RINGS, make_ellipses, make_peaks, make_swiss_roll, peaks
-from ode_nets.multilevel import level_curves, plot_regions, prolong_values, prolongate, train_multilevel
+from ode_nets.experiments.multilevel import level_curves, plot_regions, prolong_values, prolongate, train_multilevel
 
 
 def net(field: str, layers: int, method: str = "euler", augment: int = 2, horizon: float = 2.0):

@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent("""
         flat = lambda m: np.concatenate([np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(m)
                                          if hasattr(x, "shape")]).tolist()
         out[devices] = {"losses": losses, "params": flat(model), "initial": flat(run.model)}
-    from ode_nets.parallel import batch_mesh, shard_batch
+    from ode_nets.training.parallel import batch_mesh, shard_batch
     (x,) = shard_batch((np.zeros((16, 3)),), batch_mesh(4))
     assert len(x.sharding.device_set) == 4 and x.addressable_shards[0].data.shape == (4, 3)
     print("RESULT " + json.dumps(out))
@@ -69,7 +69,7 @@ def test_batch_must_split_evenly():
 
 
 def test_more_devices_than_available():
-    from ode_nets.parallel import check_devices
+    from ode_nets.training.parallel import check_devices
 
     import jax
 

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from helpers import net_from_config
-from ode_nets.benchmark import (BenchConfig, GradientCase, compiled_step, experiment_config, jax_loss_and_grads,
+from ode_nets.experiments.benchmark import (BenchConfig, GradientCase, compiled_step, experiment_config, jax_loss_and_grads,
                                 memory_report, peer_arrays, random_batch, relative_difference, PRESETS)
 from ode_nets.config import parse
 from ode_nets.errors import ConfigError
@@ -69,7 +69,7 @@ def test_memory_grows_with_depth_only_when_every_step_is_stored():
 def test_torchdiffeq_twin_gives_the_same_loss_and_gradient(strategy):
     """odeint (through the Euler steps) and odeint_adjoint (continuous adjoint on the shifted backward grid)
     agree with ode_nets' two strategies to float32 rounding on the same weights and data."""
-    from ode_nets.peer_torch import run
+    from ode_nets.experiments.peer_torch import run
 
     bench = bench_from_dict({"model": "mnist_conv"})
     model, example = small_model(bench, 4, 3, GradientCase(strategy))
@@ -85,7 +85,7 @@ def test_torchdiffeq_twin_gives_the_same_loss_and_gradient(strategy):
 def test_peer_without_torch_is_refused_before_measuring(tmp_path, monkeypatch):
     import importlib.util
 
-    from ode_nets import benchmark
+    from ode_nets.experiments import benchmark
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchdiffeq" else real(name, *a))

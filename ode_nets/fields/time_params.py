@@ -90,6 +90,10 @@ class ParamInit:
     init: Literal["zeros", "normal"] = "zeros"
     scale: float = 0.01
 
+    def __post_init__(self) -> None:
+        if self.init not in INITS or self.layers < 1 or self.horizon <= 0 or self.scale < 0:
+            raise ValueError(f"ParamInit: init must be one of {INITS}, layers >= 1, horizon > 0, scale >= 0; got {self}")
+
     @property
     def dt(self) -> float:
         """Layer width in time, dt = T / L (eq 110)."""

@@ -2,7 +2,7 @@
 
 The solver state carries the history (previous field values or increments) from step to step, so
 the layers stay one `lax` loop inside `diffrax.diffeqsolve`. Both assume the uniform step grids of
-`ode_nets.solve.step_grid`. The history crosses layer boundaries on purpose: AB3 combines
+`LayerGrid.step_times`. The history crosses layer boundaries on purpose: AB3 combines
 f(Y_j, theta_j), f(Y_{j-1}, theta_{j-1}), f(Y_{j-2}, theta_{j-2}) exactly as on the slides.
 """
 

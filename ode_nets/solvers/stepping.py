@@ -89,6 +89,9 @@ class AdaptiveSteps(AbstractStepping):
     def forward(self, solver: diffrax.AbstractSolver, step_ts: np.ndarray, jump_ts: np.ndarray | None
                 ) -> tuple[Controller, None, int]:
         """dt0 None: diffrax picks the first step (Hairer's heuristic)."""
+        tableau = getattr(solver, "tableau", None)
+        if tableau is not None and not np.any(tableau.b_error):
+            raise ValueError(f"{type(solver).__name__} has no embedded error estimate: use FixedSteps")
         return self.controller(jump_ts), None, self.max_steps
 
     def backward(self, solver: diffrax.AbstractSolver, step_ts: np.ndarray, jump_ts: np.ndarray | None) -> Controller:

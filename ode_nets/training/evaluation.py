@@ -14,6 +14,8 @@ import jax
 import numpy as np
 
 from ode_nets.data import Dataset, Split, batch_indices
+from ode_nets.data.circles import bayes_radius, circle_accuracy
+from ode_nets.losses import predicted_class
 from ode_nets.training.step import eval_step
 
 
@@ -94,7 +96,6 @@ def boundary_radii(model: eqx.Module, n_angles: int = 72, radii: np.ndarray | No
 
     For the circles set (§5.1) this is the learned decision boundary; a circle gives a constant.
     """
-    from ode_nets.losses import predicted_class
 
     radii = np.linspace(0.3, 3.0, 271) if radii is None else radii
     angles = np.linspace(0.0, 2 * np.pi, n_angles, endpoint=False)
@@ -116,7 +117,6 @@ def evaluate_test(model: eqx.Module, dataset: Dataset, batch_size: int = 1000,
     `bayes_radius`/`bayes_accuracy` on the same points and the model's `boundary_radii`, for reference."""
     result = evaluate_split(model, dataset.test, dataset.num_classes, batch_size)
     if circles_noise is not None:
-        from ode_nets.data.circles import bayes_radius, circle_accuracy
 
         result["bayes_radius"] = bayes_radius(circles_noise)
         result["bayes_accuracy"] = circle_accuracy(dataset.test.x, dataset.test.y, result["bayes_radius"])

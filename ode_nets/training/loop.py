@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ode_nets.data import Dataset, add_input_noise, batch_indices
 from ode_nets.errors import TrainingError
 from ode_nets.models import count_parameters
+from ode_nets.training import parallel
 from ode_nets.training.checkpoint import Position
 from ode_nets.training.evaluation import evaluate, learned_gamma, split_metrics
 from ode_nets.training.objective import Objective
@@ -90,8 +91,7 @@ class _Trainer:
 
     def begin(self, resume: bool) -> None:
         """Replicate over devices if asked, open the metrics log, print the run's size; the clock starts."""
-        if self.options.devices > 1:  # data parallel: batch axis sharded, parameters replicated (ode_nets.parallel)
-            from ode_nets import parallel
+        if self.options.devices > 1:  # data parallel: batch axis sharded, parameters replicated (ode_nets.training.parallel)
 
             parallel.check_devices(self.options.devices, self.options.batch_size)
             self.mesh = parallel.batch_mesh(self.options.devices)
@@ -147,7 +147,6 @@ class _Trainer:
         if self.options.input_noise:
             x = add_input_noise(x, self.options.input_noise, jax.random.fold_in(order_key, i))
         if self.mesh is not None:
-            from ode_nets import parallel
 
             x, y, mask = parallel.shard_batch((x, y, mask), self.mesh)
         return x, y, mask

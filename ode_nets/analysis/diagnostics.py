@@ -5,7 +5,7 @@
   symmetric, time-independent w (eq 36);
 - `energy_balance`: d/dt (x^2/2) = P_w + P_b - P_gamma (eqs 103-108);
 - `entropy_rate`: E_x[Tr dF/dx] = dH_entropy/dt (eq 32);
-- stability: the largest real part of the Jacobian's eigenvalues (`ode_nets.stability`).
+- stability: the largest real part of the Jacobian's eigenvalues (`ode_nets.analysis.stability`).
 
 All functions take the dense `CubicField` with its scaled parameters (eq 110): w = w~/dt etc. States are
 (batch, N); quantities are per example unless they say "mean".
@@ -24,7 +24,7 @@ from jaxtyping import Array, Float
 from ode_nets.fields.cubic import odd_power
 from ode_nets.losses import cross_entropy
 from ode_nets.solvers.stepping import Discretisation
-from ode_nets.stability import jacobian, max_real_eigenvalue
+from ode_nets.analysis.stability import jacobian, max_real_eigenvalue
 from ode_nets.strategies.analytic import adjoint_on_grid
 
 

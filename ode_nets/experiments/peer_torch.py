@@ -7,7 +7,7 @@ gamma~ (eq 110), loss = cross entropy + lambda * eq 113. Gradients either throug
 (`torchdiffeq.odeint_adjoint`, optimize-then-discretize).
 
 Needs the optional `bench` extra (torch, torchdiffeq). It runs in its own process
-(`python -m ode_nets.peer_torch IN.npz OUT.json`) so that torch's threads and its peak
+(`python -m ode_nets.experiments.peer_torch IN.npz OUT.json`) so that torch's threads and its peak
 resident memory are measured apart from JAX's.
 """
 
@@ -139,7 +139,7 @@ def run(arrays: dict[str, np.ndarray], *, horizon: float, lam: float, adjoint: b
 
 
 def main(argv: list[str]) -> int:
-    """`python -m ode_nets.peer_torch IN.npz OUT.json`; IN.npz holds arrays and a JSON `options` string."""
+    """`python -m ode_nets.experiments.peer_torch IN.npz OUT.json`; IN.npz holds arrays and a JSON `options` string."""
     source, target = argv
     with np.load(source) as data:
         arrays = {k: data[k] for k in data.files if k != "options"}

@@ -11,7 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ode_nets.build import load_run  # noqa: E402
 from ode_nets.fields.time_params import is_time_param  # noqa: E402
+from ode_nets.training import predict  # noqa: E402
 
 
 def read_metrics(folder: Path) -> list[dict]:
@@ -116,8 +118,6 @@ def plot_trajectory(inputs: np.ndarray, labels: np.ndarray, trajectory: np.ndarr
 
 def plot_run(folder: Path) -> list[Path]:
     """All figures for a run folder into `<folder>/figures/`; returns their paths."""
-    from ode_nets.build import load_run
-    from ode_nets.training import predict
 
     folder = Path(folder)
     config, dataset, model = load_run(folder)

@@ -1,5 +1,5 @@
 """Benchmarks: compile time, step time, memory and FLOP/s of a training step over a grid of depths and
-batch sizes, with a PyTorch + torchdiffeq peer of the conv model (`ode_nets.peer_torch`).
+batch sizes, with a PyTorch + torchdiffeq peer of the conv model (`ode_nets.experiments.peer_torch`).
 
 A bench YAML (`configs/bench/*.yaml`) names a model preset, the solver, a list of gradient
 settings, and the depth and batch-size grid; every combination is one case. Data are random
@@ -30,6 +30,7 @@ import yaml
 
 from ode_nets.build import build_model
 from ode_nets.config import Config, ConfigError, SolverName, Strategy, from_dict, parse, read_yaml, require
+from ode_nets.fields.cubic import conv3x3_im2col, conv3x3_xla
 from ode_nets.models import ODENet, count_parameters
 from ode_nets.training import Objective, train_step
 
@@ -293,7 +294,6 @@ def conv_loop_probe(batch: int, layers: int, repeats: int = 3) -> dict[str, Any]
     gradient. Also the conv's dimension labels in the compiled HLO (bf01 = NCHW kept, b01f = NHWC)."""
     import re
 
-    from ode_nets.fields.cubic import conv3x3_im2col, conv3x3_xla
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((batch, 10, 28, 28), dtype=np.float32))
@@ -342,7 +342,7 @@ def probe_table(probe: dict) -> str:
 
 
 def peer_arrays(model: ODENet, example: tuple) -> dict[str, np.ndarray]:
-    """Weights, layer grid and data of a conv model as NumPy arrays for `ode_nets.peer_torch`."""
+    """Weights, layer grid and data of a conv model as NumPy arrays for `ode_nets.experiments.peer_torch`."""
     field_ = model.field
     return {"kernel": np.asarray(field_.kernel.values), "b": np.asarray(field_.b.values),
             "gamma": np.asarray(field_.gamma, np.float32), "grid": model.grid.times(),
@@ -360,11 +360,11 @@ def check_peer_installed(bench: BenchConfig) -> None:
 
 
 def run_peer(arrays: dict[str, np.ndarray], options: dict) -> dict:
-    """Run `ode_nets.peer_torch` in a subprocess (own threads, own peak RSS) and return its JSON."""
+    """Run `ode_nets.experiments.peer_torch` in a subprocess (own threads, own peak RSS) and return its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "in.npz", Path(tmp) / "out.json"
         np.savez(source, options=json.dumps(options), **arrays)
-        proc = subprocess.run([sys.executable, "-m", "ode_nets.peer_torch", str(source), str(target)],
+        proc = subprocess.run([sys.executable, "-m", "ode_nets.experiments.peer_torch", str(source), str(target)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"torch peer failed:\n{proc.stderr[-3000:]}")

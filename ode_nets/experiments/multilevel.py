@@ -17,10 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from ode_nets.build import build_run, fit_run, load_run, prepare_folder
 from ode_nets.config import Config
 from ode_nets.errors import ConfigError
 from ode_nets.fields.time_params import PiecewiseConstant, is_time_param
+from ode_nets.losses import predicted_class
 from ode_nets.models import ODENet
+from ode_nets.training import predict
 
 
 def prolong_values(values: Array, factor: int, kind: str) -> Array:
@@ -87,7 +90,6 @@ def train_multilevel(config: Config, folder: Path, *, overwrite: bool = False, p
 
     Returns the per-level results (also written to `folder/levels.json`).
     """
-    from ode_nets.build import build_run, fit_run, load_run, prepare_folder
 
     if not config.train.levels:
         raise ConfigError("train.levels: list the layer counts of the levels, e.g. train.levels=[32,64]")
@@ -158,9 +160,6 @@ def plot_regions(folder: Path, path: Path, levels: list[int] | None = None, grid
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ode_nets.losses import predicted_class
-    from ode_nets.build import load_run
-    from ode_nets.training import predict
 
     subs = sorted(Path(folder).glob("level_*"))
     if levels:

@@ -31,6 +31,7 @@ from ode_nets.build import build_model
 from ode_nets.config import Config, GradientConfig, SolverConfig
 from ode_nets.errors import ConfigError, RunDirError
 from ode_nets.losses import cross_entropy
+from ode_nets.plotting.figures import _save, plt
 from ode_nets.solvers import SOLVERS
 
 STRATEGIES = ("discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint")
@@ -228,7 +229,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def plot_comparison(rows: list[dict[str, Any]], path: Path) -> Path:
     """Error vs reference, step time and temp memory against L, one line per (solver, strategy)."""
-    from ode_nets.plotting import _save, plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     keys = sorted({(r["solver"], r["strategy"]) for r in rows})

@@ -16,7 +16,11 @@ import equinox as eqx
 import jax
 from jaxtyping import PyTree
 
+from ode_nets.build import build_run, checkpoint_template, config_dict
+from ode_nets.config import load_config
 from ode_nets.errors import RunDirError
+from ode_nets.models import count_parameters
+from ode_nets.training import RunDir, learned_gamma, split_metrics
 from ode_nets.training import checkpoint as ckpt
 
 
@@ -47,10 +51,6 @@ def average_run(source: Path, target: Path, from_step: int, to_step: int | None 
     Returns (and writes to `target/results.json`) the averaged model's test accuracy and loss, its train
     metrics on `train.eval_train_examples`, gamma~ and the steps averaged.
     """
-    from ode_nets.build import build_run, checkpoint_template, config_dict
-    from ode_nets.config import load_config
-    from ode_nets.models import count_parameters
-    from ode_nets.training import RunDir, learned_gamma, split_metrics
 
     source, target = RunDir.existing(source), RunDir(target)
     if source.path.resolve() == target.path.resolve():

@@ -1,4 +1,4 @@
-"""Figures for `ode_nets.diagnostics` and for comparing training runs (PNG, no display needed)."""
+"""Figures for `ode_nets.analysis.diagnostics` and for comparing training runs (PNG, no display needed)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ode_nets.analysis.diagnostics import network_diagnostics
+from ode_nets.build import load_run
+from ode_nets.config import load_config
 from ode_nets.errors import ConfigError, RunDirError
-from ode_nets.plotting import _save, plt, read_metrics
+from ode_nets.plotting.figures import _save, plt, read_metrics
 
 
 def diagnose_run(folder: Path, samples: int = 400) -> list[Path]:
     """Diagnostics of a trained dense-cubic run on (up to) `samples` test points: figures into
     `<folder>/figures/diagnostics_*.png` and the numbers into `<folder>/diagnostics.json`."""
-    from ode_nets.diagnostics import network_diagnostics
-    from ode_nets.build import load_run
 
     folder = Path(folder)
     config, dataset, model = load_run(folder)
@@ -85,7 +86,6 @@ def plot_training_pair(folders: list[Path], labels: list[str], path: Path) -> Pa
 def summarize_runs(folders: list[Path], target_acc: float = 0.95) -> str:
     """Markdown table of runs (a run without results.json is listed as stopped): strategy, final train/test accuracy, wall time per epoch, and the first
     epoch whose test accuracy reaches `target_acc` (a training-speed measure for §2.5)."""
-    from ode_nets.config import load_config
 
     lines = [f"| run | strategy | time-dependent | params | train acc | test acc | s / epoch | "
              f"first epoch with test acc >= {target_acc:g} | final train CE |", "|" + "---|" * 9]
