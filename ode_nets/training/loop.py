@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ode_nets.data import Dataset, add_input_noise, batch_indices
 from ode_nets.errors import TrainingError
 from ode_nets.models import count_parameters
+from ode_nets.solvers import SOLVERS
 from ode_nets.training import parallel
 from ode_nets.training.checkpoint import Position
 from ode_nets.training.evaluation import evaluate, learned_gamma, split_metrics
@@ -30,7 +31,6 @@ from ode_nets.training.options import TrainOptions
 from ode_nets.training.run_dir import MetricsLog, RunDir
 from ode_nets.training.step import train_step, without_nonfinite
 
-FIXED_STEP_SOLVERS = ("euler", "heun", "midpoint", "ralston")
 
 
 def fit(model: eqx.Module, data: Dataset, *, optimizer: optax.GradientTransformation, run_dir: str | Path | RunDir,
@@ -232,7 +232,8 @@ def _nonfinite_message(step: int, options: TrainOptions, metrics: dict, consecut
     what = "loss" if not np.isfinite(float(metrics["loss"])) else "gradient"
     hint = ("the explicit step dt = T/L may be too large for the stiffness 3*gamma*x^2 of the cubic term "
             "(raise model.layers, lower optim.learning_rate, or set optim.clip_norm)")
-    if options.solver.get("method") not in FIXED_STEP_SOLVERS:
+    info = SOLVERS.get(options.solver.get("method"))
+    if info is None or info.adaptive:
         hint += "; with an adaptive solver, also check solver.max_steps and tolerances"
     if options.skip_nonfinite:
         hint += f" ({consecutive} consecutive batches, more than train.skip_nonfinite = {options.skip_nonfinite})"
