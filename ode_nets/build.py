@@ -27,6 +27,7 @@ from ode_nets.models import READOUTS, ODENet, check_readout
 from ode_nets.solvers import SOLVERS, AbstractStepping, AdaptiveSteps, FixedSteps
 from ode_nets.strategies import STRATEGIES, AbstractGradientStrategy
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate_test, fit
+from ode_nets.training.checkpoint import train_state
 
 
 def param_init(model: ModelConfig) -> ParamInit:
@@ -128,9 +129,6 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
 # Config -> training run (ode_nets.training knows nothing of configs)
 
 
-
-
-
 @dataclass
 class Run:
     """Everything a training run needs, built from its config."""
@@ -142,12 +140,6 @@ class Run:
     optimizer: optax.GradientTransformation
     steps_per_epoch: int
     total_steps: int
-
-
-def config_dict(config: Config) -> dict:
-    """The config as plain nested dicts (what `config.yaml` holds)."""
-
-    return to_dict(config)
 
 
 def build_objective(config: Config) -> Objective:
@@ -185,12 +177,11 @@ def prepare_folder(folder: Path, config: Config, *, overwrite: bool, resume: boo
     `overwrite`), or with `resume` checked for checkpoints."""
     if resume:
         return RunDir.resume(folder)
-    return RunDir.create(folder, config_dict(config), overwrite=overwrite)
+    return RunDir.create(folder, to_dict(config), overwrite=overwrite)
 
 
 def resume_config(folder: Path, overrides: list[str]) -> Config:
     """The config saved in a run folder (plus overrides), for `--resume`."""
-
     RunDir.resume(folder, need_config=True)
     return load_config(Path(folder) / "config.yaml", overrides)
 
@@ -200,18 +191,17 @@ def fit_run(run: Run, *, resume: bool = False, progress: bool = True) -> dict:
     on resume a changed config is recorded (`resumes.jsonl`)."""
     return fit(run.model, run.dataset, optimizer=run.optimizer, run_dir=RunDir(run.folder),
                objective=build_objective(run.config), options=build_train_options(run.config), resume=resume,
-               progress=progress, config=config_dict(run.config) if resume else None)
+               progress=progress, config=to_dict(run.config) if resume else None)
 
 
 def checkpoint_template(run: Run) -> dict:
     """A train state of `run`'s structure (fresh model and optimizer state) to restore checkpoints into."""
     opt_state = run.optimizer.init(eqx.filter(run.model, eqx.is_inexact_array))
-    return {"model": run.model, "opt_state": opt_state, "key": jax.random.PRNGKey(0)}
+    return train_state(run.model, opt_state, jax.random.PRNGKey(0))
 
 
 def load_run(folder: Path) -> tuple[Config, Dataset, ODENet]:
     """Config, dataset and final (or newest checkpointed) model of a run folder."""
-
     run_dir = RunDir.existing(folder)
     config = load_config(run_dir.config_path)
     run = build_run(config, run_dir.path)

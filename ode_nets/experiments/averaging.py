@@ -16,8 +16,8 @@ import equinox as eqx
 import jax
 from jaxtyping import PyTree
 
-from ode_nets.build import build_run, checkpoint_template, config_dict
-from ode_nets.config import load_config
+from ode_nets.build import build_run, checkpoint_template
+from ode_nets.config import load_config, to_dict
 from ode_nets.errors import RunDirError
 from ode_nets.models import count_parameters
 from ode_nets.training import RunDir, learned_gamma, split_metrics
@@ -51,7 +51,6 @@ def average_run(source: Path, target: Path, from_step: int, to_step: int | None 
     Returns (and writes to `target/results.json`) the averaged model's test accuracy and loss, its train
     metrics on `train.eval_train_examples`, gamma~ and the steps averaged.
     """
-
     source, target = RunDir.existing(source), RunDir(target)
     if source.path.resolve() == target.path.resolve():
         raise RunDirError("the averaged run needs its own folder (the source run is never modified)")
@@ -62,7 +61,7 @@ def average_run(source: Path, target: Path, from_step: int, to_step: int | None 
     run = build_run(config, target.path)
     like = checkpoint_template(run)
     model = average_models([ckpt.load_tree(p, like)["model"] for p in paths])
-    target = RunDir.create(target.path, config_dict(config), overwrite=True)
+    target = RunDir.create(target.path, to_dict(config), overwrite=True)
     target.save_model(model)
     metrics = split_metrics(model, run.dataset, config.train.eval_batch_size, config.train.eval_train_examples)
     steps = [ckpt.checkpoint_step(p) for p in paths]

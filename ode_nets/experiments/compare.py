@@ -229,7 +229,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def plot_comparison(rows: list[dict[str, Any]], path: Path) -> Path:
     """Error vs reference, step time and temp memory against L, one line per (solver, strategy)."""
-
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     keys = sorted({(r["solver"], r["strategy"]) for r in rows})
     for solver, strategy in keys:

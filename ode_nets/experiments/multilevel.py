@@ -90,7 +90,6 @@ def train_multilevel(config: Config, folder: Path, *, overwrite: bool = False, p
 
     Returns the per-level results (also written to `folder/levels.json`).
     """
-
     if not config.train.levels:
         raise ConfigError("train.levels: list the layer counts of the levels, e.g. train.levels=[32,64]")
     folder = Path(folder)

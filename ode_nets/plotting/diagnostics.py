@@ -17,7 +17,6 @@ from ode_nets.plotting.figures import _save, plt, read_metrics
 def diagnose_run(folder: Path, samples: int = 400) -> list[Path]:
     """Diagnostics of a trained dense-cubic run on (up to) `samples` test points: figures into
     `<folder>/figures/diagnostics_*.png` and the numbers into `<folder>/diagnostics.json`."""
-
     folder = Path(folder)
     config, dataset, model = load_run(folder)
     if config.model.field != "cubic":
@@ -86,7 +85,6 @@ def plot_training_pair(folders: list[Path], labels: list[str], path: Path) -> Pa
 def summarize_runs(folders: list[Path], target_acc: float = 0.95) -> str:
     """Markdown table of runs (a run without results.json is listed as stopped): strategy, final train/test accuracy, wall time per epoch, and the first
     epoch whose test accuracy reaches `target_acc` (a training-speed measure for §2.5)."""
-
     lines = [f"| run | strategy | time-dependent | params | train acc | test acc | s / epoch | "
              f"first epoch with test acc >= {target_acc:g} | final train CE |", "|" + "---|" * 9]
     for folder in map(Path, folders):

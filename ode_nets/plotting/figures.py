@@ -118,7 +118,6 @@ def plot_trajectory(inputs: np.ndarray, labels: np.ndarray, trajectory: np.ndarr
 
 def plot_run(folder: Path) -> list[Path]:
     """All figures for a run folder into `<folder>/figures/`; returns their paths."""
-
     folder = Path(folder)
     config, dataset, model = load_run(folder)
     out = folder / "figures"

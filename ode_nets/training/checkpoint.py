@@ -30,6 +30,11 @@ class Position:
     elapsed_s: float = 0.0  # absent in older position files
 
 
+def train_state(model: PyTree, opt_state: PyTree, key: PyTree) -> dict:
+    """What a checkpoint holds besides its position: model, optimizer state and PRNG key."""
+    return {"model": model, "opt_state": opt_state, "key": key}
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and `os.replace`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

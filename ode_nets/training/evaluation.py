@@ -96,7 +96,6 @@ def boundary_radii(model: eqx.Module, n_angles: int = 72, radii: np.ndarray | No
 
     For the circles set (§5.1) this is the learned decision boundary; a circle gives a constant.
     """
-
     radii = np.linspace(0.3, 3.0, 271) if radii is None else radii
     angles = np.linspace(0.0, 2 * np.pi, n_angles, endpoint=False)
     points = np.stack([np.outer(radii, np.cos(angles)), np.outer(radii, np.sin(angles))], -1).reshape(-1, 2)

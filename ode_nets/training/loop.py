@@ -24,7 +24,7 @@ from ode_nets.errors import TrainingError
 from ode_nets.models import count_parameters
 from ode_nets.solvers import SOLVERS
 from ode_nets.training import parallel
-from ode_nets.training.checkpoint import Position
+from ode_nets.training.checkpoint import Position, train_state
 from ode_nets.training.evaluation import evaluate, learned_gamma, split_metrics
 from ode_nets.training.objective import Objective
 from ode_nets.training.options import TrainOptions
@@ -80,7 +80,7 @@ class _Trainer:
         self.window = (0.0, 0)  # (start time, examples) of the current examples/s measurement
 
     def state(self) -> dict:
-        return {"model": self.model, "opt_state": self.opt_state, "key": self.key}
+        return train_state(self.model, self.opt_state, self.key)
 
     def restore(self, config: dict | str | None) -> None:
         """Continue from the newest checkpoint; then record a changed `config` (a failed resume changes nothing)."""
