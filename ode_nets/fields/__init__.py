@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ode_nets.fields._base import AbstractAnalyticField, AbstractField, LayerParams
 from ode_nets.fields.antisymmetric import AntisymmetricField
+from ode_nets.fields.concat_squash import ConcatSquashField, MLPField
 from ode_nets.fields.cubic import CONV_IMPLS, AbstractCubicField, ConvCubicField, CubicField, odd_power
 from ode_nets.fields.hamiltonian import HamiltonianField
 from ode_nets.fields.resnet import ACTIVATIONS, ResNetField, SingleLayerField
@@ -19,9 +20,10 @@ from ode_nets.fields.time_params import (Constant, LayerGrid, ParamInit, Piecewi
 FIELDS: dict[str, type[AbstractField]] = {
     "cubic": CubicField, "conv_cubic": ConvCubicField, "resnet": ResNetField, "single_layer": SingleLayerField,
     "antisymmetric": AntisymmetricField, "hamiltonian": HamiltonianField,
+    "concat_squash": ConcatSquashField,  # FFJORD (continuous normalizing flows, docs/continuous_time.md)
 }
 
 __all__ = ["FIELDS", "ACTIVATIONS", "CONV_IMPLS", "AbstractField", "AbstractAnalyticField", "AbstractCubicField",
            "LayerParams", "CubicField", "ConvCubicField", "ResNetField", "SingleLayerField", "AntisymmetricField",
            "HamiltonianField", "Constant", "PiecewiseConstant", "ParamInit", "LayerGrid", "has_jumps",
-           "is_time_param", "layer_grid", "odd_power"]
+           "is_time_param", "layer_grid", "odd_power", "ConcatSquashField", "MLPField"]
