@@ -86,7 +86,7 @@ def test_baseline_predictions_do_not_depend_on_other_queries():
 
 def test_config_trains_end_to_end(tmp_path):
     results = run_config("configs/spirals_latent_ode.yaml",
-                         ["data.n_train=16", "data.n_test=6", "data.n_obs=8", "data.n_int=3", "data.n_ext=3",
+                         ["data.n_train=16", "data.n_test=6", "data.series.n_obs=8", "data.series.n_int=3", "data.series.n_ext=3",
                           "train.steps=2", "train.batch_size=8", "model.rec_hidden=4", "model.field_width=4",
                           "model.dec_width=4", "model.baseline_hidden=4"], tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -128,32 +128,25 @@ class CNFConfig:
 
 @dataclass(frozen=True)
 class SeriesData:
-    """A time-series set from `TIME_SERIES` with `SeriesSpec`'s fields (points per series, windows, noise)."""
+    """A time-series set from `TIME_SERIES`; `series`: points per series, windows, noise, missing fraction."""
 
     name: SeriesName = "spirals"
     n_train: int = 1000
     n_test: int = 200
     seed: int = 0
-    n_obs: int = 30
-    n_int: int = 10
-    n_ext: int = 15
-    t_obs: float = 5.0
-    t_end: float = 8.0
-    noise: float = 0.1
-    missing: float = 0.0
+    series: SeriesSpec = field(default_factory=SeriesSpec)
 
     def __post_init__(self) -> None:
-        require(0 < self.t_obs < self.t_end, "data.t_obs", "must satisfy 0 < t_obs < t_end")
-        require(0 <= self.missing < 1, "data.missing", f"must be in [0, 1), got {self.missing}")
-
-    def spec(self) -> SeriesSpec:
-        names = [f.name for f in dataclasses.fields(SeriesSpec)]
-        return SeriesSpec(**{k: getattr(self, k) for k in names})
+        spec = self.series
+        require(0 < spec.t_obs < spec.t_end, "data.series.t_obs", "must satisfy 0 < t_obs < t_end")
+        require(0 <= spec.missing < 1, "data.series.missing", f"must be in [0, 1), got {spec.missing}")
+        require(min(spec.n_obs, spec.n_int, spec.n_ext) > 0, "data.series", "n_obs, n_int, n_ext must be > 0")
 
 
 @dataclass(frozen=True)
 class LatentModel:
-    """Latent ODE sizes, the observation std of its likelihood, and the GRU-Δt baseline's hidden size."""
+    """Latent ODE sizes, the observation std of its likelihood, the GRU-Δt baseline's hidden size, and the
+    training context of both (`NegativeELBO`, `MaskedPredictionMSE`)."""
 
     latent_dim: int = 4
     rec_hidden: int = 25
@@ -161,6 +154,7 @@ class LatentModel:
     dec_width: int = 32
     obs_std: float = 0.1
     baseline_hidden: int = 64
+    min_context: float = 0.4  # both models read the points before a random cut in [min_context, 1] x the window
 
 
 @dataclass(frozen=True)
@@ -263,10 +257,11 @@ def run_latent(config: LatentConfig, folder: Path, *, progress: bool = True, res
     """Train the latent ODE and the GRU-Δt baseline (subfolders `latent_ode/`, `baseline/`), compare their
     interpolation and extrapolation MSE, write `results.json` and `figures/<name>.png`."""
     d = config.data
-    train, test = series_data(d.name, jax.random.PRNGKey(d.seed), d.n_train, d.n_test, d.spec())
+    train, test = series_data(d.name, jax.random.PRNGKey(d.seed), d.n_train, d.n_test, d.series)
     ode, rnn = build_latent(config, jax.random.PRNGKey(config.train.seed))
     run = _open(folder, raw_config, resume, overwrite)
-    models = {"latent_ode": (ode, NegativeELBO()), "baseline": (rnn, MaskedPredictionMSE())}
+    cut = config.model.min_context
+    models = {"latent_ode": (ode, NegativeELBO(cut)), "baseline": (rnn, MaskedPredictionMSE(min_context=cut))}
     results: dict[str, Any] = {"name": config.name, "data": d.name, "device": jax.devices()[0].device_kind}
     for label, (model, objective) in models.items():
         sub_resume = resume and (folder / label / "checkpoints").is_dir()
@@ -278,7 +273,7 @@ def run_latent(config: LatentConfig, folder: Path, *, progress: bool = True, res
         models[label] = (trained, objective)
     results["latent_ode"]["test_neg_elbo"] = float(_test_elbo(models["latent_ode"][0], test, jax.random.PRNGKey(1)))
     run.write_results(results)
-    figures.plot_series(test, {k: v[0] for k, v in models.items()}, d.t_obs, config.name,
+    figures.plot_series(test, {k: v[0] for k, v in models.items()}, d.series.t_obs, config.name,
                         run.figure(f"{config.name}.png"))
     return results
 

@@ -92,7 +92,7 @@ class LatentODE(AbstractSeriesModel):
         """A latent ODE with random weights; `settings`: solver, stepping, obs_std."""
         k_enc, k_field, k_dec = jax.random.split(key, 3)
         field = MLPField.init((latent_dim,), ParamInit(), k_field, width=field_width)
-        decoder = eqx.nn.MLP(latent_dim, data_dim, dec_width, 1, activation=jax.nn.relu, key=k_dec)
+        decoder = eqx.nn.MLP(latent_dim, data_dim, dec_width, 1, activation=jnp.tanh, key=k_dec)
         return cls(Recognition.init(data_dim, latent_dim, rec_hidden, k_enc), field, decoder, **settings)
 
     def encode(self, obs_t: Array, obs_x: Array, obs_m: Array) -> tuple[Array, Array]:
@@ -112,13 +112,29 @@ class LatentODE(AbstractSeriesModel):
         return self.decode(self.latent_paths(mean, query_t))
 
 
+def random_context(obs_t: Array, min_context: float, key: PRNGKeyArray) -> Array:
+    """(n, K) True for the points before a random cut at a uniform fraction in [min_context, 1] of each series'
+    last observed time (all True for min_context = 1)."""
+    cut = jax.random.uniform(key, (obs_t.shape[0], 1), minval=min_context) * obs_t[:, -1:]
+    return obs_t <= cut
+
+
 class NegativeELBO(eqx.Module):
     """-ELBO per series: -log p(x_obs | z) (Gaussian, std `model.obs_std`, observed entries) + KL(q(z0) || N(0, I)),
-    one reparameterised z0 per series; `mse` is the reconstruction error of the observed entries."""
+    one reparameterised z0 per series; `mse` is the reconstruction error of the observed entries.
+
+    With `min_context` < 1, q(z0) reads only the points before a random cut (`random_context`) while the
+    likelihood covers all observed points: the model is trained to forecast past what it has read (Rubanova et
+    al.'s extrapolation training; the baseline gets the same context).
+    """
+
+    min_context: float = 1.0
 
     def __call__(self, model: LatentODE, batch: IrregularSeries, key: PRNGKeyArray) -> tuple[Array, dict]:
-        mean, log_std = model.encode(batch.obs_t, batch.obs_x, batch.obs_m)
-        z0 = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+        k_cut, k_z = jax.random.split(key)
+        context = random_context(batch.obs_t, self.min_context, k_cut)[..., None]
+        mean, log_std = model.encode(batch.obs_t, batch.obs_x * context, batch.obs_m * context)
+        z0 = mean + jnp.exp(log_std) * jax.random.normal(k_z, mean.shape)
         x_hat = model.decode(model.latent_paths(z0, batch.obs_t))
         log_lik = gaussian_log_likelihood(batch.obs_x, x_hat, model.obs_std, batch.obs_m)
         kl = kl_standard_normal(mean, log_std)
@@ -178,16 +194,16 @@ class GRUDeltaT(AbstractSeriesModel):
 
 class MaskedPredictionMSE(eqx.Module):
     """The baseline's loss: each observed point predicted before it is read. A random fraction `hide` of the
-    inputs and every input after a random cut (uniform in the last (1 - `min_cut`) of the series) are hidden,
-    so the GRU learns to predict across gaps, as it must for held-out and extrapolated points."""
+    inputs and every input after a random cut (`random_context` with `min_context`) are hidden, so the GRU learns
+    to predict across gaps, as it must for held-out and extrapolated points."""
 
     hide: float = 0.5
-    min_cut: float = 0.4
+    min_context: float = 0.4
 
     def __call__(self, model: GRUDeltaT, batch: IrregularSeries, key: PRNGKeyArray) -> tuple[Array, dict]:
         k_hide, k_cut = jax.random.split(key)
-        cut = jax.random.uniform(k_cut, (len(batch.obs_t), 1), minval=self.min_cut) * batch.obs_t[:, -1:]
-        shown = jax.random.bernoulli(k_hide, 1 - self.hide, batch.obs_t.shape) & (batch.obs_t <= cut)
+        context = random_context(batch.obs_t, self.min_context, k_cut)
+        shown = jax.random.bernoulli(k_hide, 1 - self.hide, batch.obs_t.shape) & context
         prediction = jax.vmap(model.run)(batch.obs_t, batch.obs_x, batch.obs_m * shown[..., None])
         mse = masked_mse(prediction, batch.obs_x, batch.obs_m)
         return mse, {"mse": mse}
