@@ -92,7 +92,7 @@ class LatentODE(AbstractSeriesModel):
         """A latent ODE with random weights; `settings`: solver, stepping, obs_std."""
         k_enc, k_field, k_dec = jax.random.split(key, 3)
         field = MLPField.init((latent_dim,), ParamInit(), k_field, width=field_width)
-        decoder = eqx.nn.MLP(latent_dim, data_dim, dec_width, 1, activation=jnp.tanh, key=k_dec)
+        decoder = eqx.nn.MLP(latent_dim, data_dim, dec_width, 1, activation=jax.nn.relu, key=k_dec)
         return cls(Recognition.init(data_dim, latent_dim, rec_hidden, k_enc), field, decoder, **settings)
 
     def encode(self, obs_t: Array, obs_x: Array, obs_m: Array) -> tuple[Array, Array]:
