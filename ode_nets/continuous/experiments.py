@@ -152,6 +152,7 @@ class LatentModel:
     rec_hidden: int = 25
     field_width: int = 32
     dec_width: int = 32
+    dec_activation: Literal["relu", "tanh"] = "relu"
     obs_std: float = 0.1
     baseline_hidden: int = 64
     min_context: float = 0.4  # both models read the points before a random cut in [min_context, 1] x the window
@@ -242,7 +243,8 @@ def build_latent(config: LatentConfig, key: jax.Array) -> tuple[LatentODE, GRUDe
     m, s = config.model, config.solver
     k_ode, k_rnn = jax.random.split(key)
     ode = LatentODE.init(k_ode, data_dim=2, latent_dim=m.latent_dim, rec_hidden=m.rec_hidden,
-                         field_width=m.field_width, dec_width=m.dec_width, solver=SOLVERS[s.method].cls(),
+                         field_width=m.field_width, dec_width=m.dec_width, dec_activation=m.dec_activation,
+                         solver=SOLVERS[s.method].cls(),
                          stepping=s.stepping(), obs_std=m.obs_std)
     return ode, GRUDeltaT.init(k_rnn, data_dim=2, hidden=m.baseline_hidden)
 
