@@ -103,6 +103,7 @@ class CNFModel:
     activation: Literal["tanh", "relu"] = "tanh"
     horizon: float = 1.0
     trace: TraceName = "exact"
+    init: Literal["zeros", "normal"] = "zeros"  # zeros: last layer 0, the flow starts as the identity
 
 
 @dataclass(frozen=True)
@@ -172,9 +173,10 @@ class LatentConfig:
 
 
 def build_cnf(config: CNFConfig, key: jax.Array) -> CNF:
-    """The CNF of a config (last layer zero: the flow starts as the identity, log p = the base density)."""
+    """The CNF of a config (`model.init: zeros`: last layer zero, the flow starts as the identity; `normal`: a
+    random last layer, which breaks the symmetry of a rotation-invariant target such as the rings)."""
     m, s = config.model, config.solver
-    field_ = ConcatSquashField.init((2,), ParamInit(init="zeros"), key, width=m.width, activation=m.activation,
+    field_ = ConcatSquashField.init((2,), ParamInit(init=m.init), key, width=m.width, activation=m.activation,
                                     hidden_layers=m.hidden_layers)
     return CNF(field_, TRACE_ESTIMATORS[m.trace](), m.horizon, SOLVERS[s.method].cls(), s.stepping(),
                STRATEGIES[s.strategy]())
