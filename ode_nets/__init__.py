@@ -27,7 +27,7 @@ from ode_nets.solvers import (RK4, SOLVERS, AbstractStepping, AdamsBashforth3, A
 from ode_nets.strategies import (STRATEGIES, AbstractDiffraxAdjoint, AbstractGradientStrategy, AnalyticAdjoint,
                                  DiscretizeThenOptimize, OptimizeThenDiscretize, Reversible)
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate, fit, predict
-from ode_nets.fields.concat_squash import ConcatSquashField, MLPField  # continuous time (docs/continuous_time.md)
+from ode_nets.fields.concat_squash import ConcatSquashField, AutonomousMLPField  # continuous time (docs/continuous_time.md)
 
 __all__ = [
     "build", "Config", "load_config", "DATASETS", "Dataset", "Split", "load_dataset",
@@ -43,4 +43,4 @@ __all__ = [
     "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible",
     "fit", "Objective", "TrainOptions", "RunDir", "evaluate", "predict",
 ]
-__all__ += ["ConcatSquashField", "MLPField"]
+__all__ += ["ConcatSquashField", "AutonomousMLPField"]

@@ -20,7 +20,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ode_nets.continuous.data import IrregularSeries
 from ode_nets.fields._base import AbstractField
-from ode_nets.fields.concat_squash import MLPField
+from ode_nets.fields.concat_squash import AutonomousMLPField
 from ode_nets.fields.resnet import activation
 from ode_nets.fields.time_params import ParamInit
 from ode_nets.solvers.stepping import AdaptiveSteps
@@ -94,7 +94,7 @@ class LatentODE(AbstractSeriesModel):
         """A latent ODE with random weights; `dec_activation` from `ACTIVATIONS` (relu extrapolates growing
         outputs, tanh saturates: bounded data); `settings`: solver, stepping, obs_std."""
         k_enc, k_field, k_dec = jax.random.split(key, 3)
-        field = MLPField.init((latent_dim,), ParamInit(), k_field, width=field_width)
+        field = AutonomousMLPField.init((latent_dim,), ParamInit(), k_field, width=field_width)
         decoder = eqx.nn.MLP(latent_dim, data_dim, dec_width, 1, activation=activation(dec_activation), key=k_dec)
         return cls(Recognition.init(data_dim, latent_dim, rec_hidden, k_enc), field, decoder, **settings)
 

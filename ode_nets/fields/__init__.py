@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ode_nets.fields._base import AbstractAnalyticField, AbstractField, LayerParams
 from ode_nets.fields.antisymmetric import AntisymmetricField
-from ode_nets.fields.concat_squash import ConcatSquashField, MLPField
+from ode_nets.fields.concat_squash import ConcatSquashField, AutonomousMLPField
 from ode_nets.fields.cubic import CONV_IMPLS, AbstractCubicField, ConvCubicField, CubicField, odd_power
 from ode_nets.fields.hamiltonian import HamiltonianField
 from ode_nets.fields.resnet import ACTIVATIONS, ResNetField, SingleLayerField
@@ -26,4 +26,4 @@ FIELDS: dict[str, type[AbstractField]] = {
 __all__ = ["FIELDS", "ACTIVATIONS", "CONV_IMPLS", "AbstractField", "AbstractAnalyticField", "AbstractCubicField",
            "LayerParams", "CubicField", "ConvCubicField", "ResNetField", "SingleLayerField", "AntisymmetricField",
            "HamiltonianField", "Constant", "PiecewiseConstant", "ParamInit", "LayerGrid", "has_jumps",
-           "is_time_param", "layer_grid", "odd_power", "ConcatSquashField", "MLPField"]
+           "is_time_param", "layer_grid", "odd_power", "ConcatSquashField", "AutonomousMLPField"]

@@ -1,7 +1,7 @@
 """Continuous-in-t vector fields for continuous normalizing flows and latent ODEs.
 
 `ConcatSquashField` is FFJORD's field (Grathwohl et al. 2019, their "concatsquash" layers): every layer is
-`(W h + b) * sigmoid(w_g t + b_g) + w_b t`, so t enters each layer smoothly, with no layer grid. `MLPField` is an
+`(W h + b) * sigmoid(w_g t + b_g) + w_b t`, so t enters each layer smoothly, with no layer grid. `AutonomousMLPField` is an
 autonomous tanh MLP, dz/dt = f(z), the latent dynamics of Chen et al. (2018, §5). Both take states with any
 leading batch axes (features last).
 """
@@ -73,7 +73,7 @@ class ConcatSquashField(AbstractField):
         return cls(layers, activation)
 
 
-class MLPField(AbstractField):
+class AutonomousMLPField(AbstractField):
     """dz/dt = f(z), an autonomous tanh MLP (the latent dynamics of a latent ODE, Chen et al. 2018 §5)."""
 
     mlp: eqx.nn.MLP
@@ -85,7 +85,7 @@ class MLPField(AbstractField):
 
     @classmethod
     def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, width: int = 0,
-             hidden_layers: int = 2) -> "MLPField":
+             hidden_layers: int = 2) -> "AutonomousMLPField":
         """`hidden_layers` tanh layers of `width` units (0: 64) on states of shape (n,)."""
         (n,) = state_shape
         return cls(eqx.nn.MLP(n, n, width or 64, hidden_layers, activation=jnp.tanh, key=key))
