@@ -163,6 +163,14 @@ def share_text(text: str | None) -> str:
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))).decode()
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is set on any process (e.g. Ctrl-C reached only some); a collective in a multi-process run, so
+    every process must ask at the same point, and all get the same answer."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def broadcast_tree(tree: PyTree) -> PyTree:
     """Process 0's array leaves of `tree` on every process (same structure everywhere), as local arrays."""
     if jax.process_count() == 1:

@@ -130,7 +130,7 @@ class _Trainer:
                 self.log_train(metrics, epoch, bar)
             self.done = self.step >= self.total_steps
             next_pos = Position(self.step, epoch + 1, 0) if i == last else Position(self.step, epoch, i + 1)
-            if interrupted.fired:
+            if distributed.any_process(interrupted.fired):  # all processes stop at the same step
                 self.save(next_pos)
                 print(f"\ninterrupted at step {self.step}: checkpoint written; continue with --resume "
                       f"{self.run_dir.path}")
