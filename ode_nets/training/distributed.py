@@ -22,6 +22,7 @@ by the coordinator after `heartbeat_timeout_s`, and the runtime then ends every 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -34,9 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
 from ode_nets.errors import ConfigError, TrainingError
+from ode_nets.training import parallel
 from ode_nets.training.checkpoint import Position
 from ode_nets.training.run_dir import MetricsLog, RunDir
 
@@ -168,7 +171,16 @@ def any_process(flag: bool) -> bool:
     every process must ask at the same point, and all get the same answer."""
     if jax.process_count() == 1:
         return flag
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+    sharding, reduce = _flag_reduction()
+    return bool(reduce(jax.make_array_from_process_local_data(sharding, np.full(1, flag, np.int32))))
+
+
+@functools.cache
+def _flag_reduction() -> tuple[NamedSharding, Callable]:
+    """One int per process on a mesh of one device per process, and its jitted max (a ~2 ms all-reduce on CPU; the
+    general `multihost_utils.process_allgather` took three times as long)."""
+    mesh = Mesh(np.asarray(parallel.mesh_devices(1)), ("process",))
+    return NamedSharding(mesh, PartitionSpec("process")), jax.jit(jnp.max, out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
 def broadcast_tree(tree: PyTree) -> PyTree:
