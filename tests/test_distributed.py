@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from ode_nets.build import load_run
+from ode_nets.data import add_input_noise
 from ode_nets.errors import ConfigError
 from ode_nets.launch import free_port, launch_local, process_env, stop
 from ode_nets.training.distributed import cluster_from
@@ -179,3 +180,11 @@ def test_cluster_settings_from_flags_and_environment():
         cluster_from(coordinator="10.0.0.1", environ=env)
     with pytest.raises(ConfigError, match="JAX_PROCESS_ID='x'"):
         cluster_from(environ={**env, "JAX_PROCESS_ID": "x"})
+
+
+def test_input_noise_of_a_process_share_is_its_rows_of_the_whole_batch():
+    """Each half of a batch gets exactly its rows of the noise one process draws for the whole batch."""
+    x, key = np.arange(24, dtype=np.float32).reshape(8, 3), jax.random.PRNGKey(5)
+    whole = np.asarray(add_input_noise(x, 0.3, key))
+    for rows in (slice(0, 4), slice(4, 8)):
+        np.testing.assert_array_equal(np.asarray(add_input_noise(x[rows], 0.3, key, rows, 8)), whole[rows])
