@@ -194,11 +194,12 @@ def shared_setup(setup: Callable[[], tuple[Path, Config]]) -> tuple[Path, Config
     every process of a multi-process run gets process 0's (the others need not see its files). One process: `setup()`."""
     if jax.process_count() == 1:
         return setup()
-    text = None
-    if distributed.is_main():
+
+    def read() -> str:
         folder, config = setup()
-        text = json.dumps({"folder": str(folder), "config": to_dict(config)})
-    shared = json.loads(distributed.share_text(text))
+        return json.dumps({"folder": str(folder), "config": to_dict(config)})
+
+    shared = json.loads(distributed.from_main(read))  # a bad config or folder: the same error on every process
     return Path(shared["folder"]), from_dict(shared["config"], "process 0's config")
 
 

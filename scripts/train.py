@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
     distributed.add_flags(parser)
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after the flags
+    if not args.config and not args.resume:
+        parser.error("--config is required (or --resume RUN_DIR)")
 
     def setup() -> tuple[Path, object]:  # on process 0 only (every process of a single-process run)
         from ode_nets.config import load_config
@@ -35,8 +37,6 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(args.resume)
             config = resume_config(folder, args.overrides)
         else:
-            if not args.config:
-                parser.error("--config is required (or --resume RUN_DIR)")
             config = load_config(args.config, args.overrides)
             folder = Path(args.run_dir or Path(config.train.runs_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         prepare_folder(folder, config, overwrite=args.overwrite, resume=bool(args.resume))
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in plot_run(folder):
                 print(f"figure: {path}")
 
-    return distributed.finalize(run_cli(distributed.guard(job)))
+    return distributed.run_job(job, run_cli)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
-from ode_nets.errors import ConfigError, TrainingError
+from ode_nets.errors import ConfigError, TrainingError, UserError
 from ode_nets.training import parallel
 from ode_nets.training.checkpoint import Position
 from ode_nets.training.run_dir import MetricsLog, RunDir
@@ -166,6 +166,28 @@ def share_text(text: str | None) -> str:
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))).decode()
 
 
+_USER_ERRORS = {cls.__name__: cls for cls in (UserError, *UserError.__subclasses__())}
+
+
+def from_main(read: Callable[[], str]) -> str:
+    """`read()` run on process 0 only, and its text on every process. A `UserError` there (config, run folder,
+    checkpoint) is raised on every process, marked `on_every_process` so that they can shut down together."""
+    if jax.process_count() == 1:
+        return read()
+    reply = None
+    if is_main():
+        try:
+            reply = json.dumps({"text": read()})
+        except UserError as e:
+            reply = json.dumps({"error": type(e).__name__, "message": str(e)})
+    shared = json.loads(share_text(reply))
+    if "error" in shared:
+        error = _USER_ERRORS.get(shared["error"], UserError)(shared["message"])
+        error.on_every_process = True
+        raise error
+    return shared["text"]
+
+
 def any_process(flag: bool) -> bool:
     """Whether `flag` is set on any process (e.g. Ctrl-C reached only some); a collective in a multi-process run, so
     every process must ask at the same point, and all get the same answer."""
@@ -231,10 +253,15 @@ class ProcessRunDir(RunDir):
         return super().metrics_log(resume_step) if self.main else _NoLog()
 
     def load_latest(self, like: PyTree) -> tuple[PyTree, Position]:
-        """Process 0's newest checkpoint and position, on every process."""
-        state, position = super().load_latest(like) if self.main else (like, None)
-        shared = share_text(json.dumps(position.__dict__) if self.main else None)
-        return broadcast_tree(state), Position(**json.loads(shared))
+        """Process 0's newest checkpoint and position, on every process (its `CheckpointError` too)."""
+        found = {"state": like}
+
+        def read() -> str:
+            found["state"], position = RunDir.load_latest(self, like)
+            return json.dumps(position.__dict__)
+
+        position = Position(**json.loads(from_main(read)))
+        return broadcast_tree(found["state"]), position
 
 
 def process_run_dir(run_dir: RunDir | str | Path) -> RunDir:
@@ -250,28 +277,37 @@ def lost_peer(error: BaseException) -> bool:
     return jax.process_count() > 1 and any(marker in text for marker in _PEER_LOST)
 
 
-def guard(job: Callable[[], Any]) -> Callable[[], Any]:
-    """`job` with the runtime's error for a lost peer process turned into a one-line `TrainingError`."""
+def _peer_lost_error() -> TrainingError:
+    return TrainingError(f"process {jax.process_index()} of {jax.process_count()} lost contact with another process "
+                         f"of the run (killed, crashed or unreachable; see its output)")
+
+
+def run_job(job: Callable[[], Any], run_cli: Callable[[Callable[[], Any]], int]) -> int:
+    """`run_cli(job)` (one-line errors, exit codes) for one process of a run, then `finalize`. The runtime's error
+    for a lost peer process becomes a one-line `TrainingError`; an error every process raised together (`from_main`)
+    lets them shut down together."""
+    together: list[bool] = []
+
     def guarded() -> Any:
         try:
             return job()
         except Exception as e:  # noqa: BLE001 - XLA reports a failed collective as various runtime errors
+            together.append(bool(getattr(e, "on_every_process", False)))
             if not lost_peer(e):
                 raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TrainingError(f"process {jax.process_index()} of {jax.process_count()} lost contact with another "
-                                f"process of the run (killed, crashed or unreachable; see its output): {first[:300]}"
-                                ) from None
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise TrainingError(f"{_peer_lost_error()}: {first}") from None
 
-    return guarded
+    return finalize(run_cli(guarded), together=any(together))
 
 
-def finalize(code: int) -> int:
-    """End this process's part of a multi-process run: after success the runtime is shut down together with the
-    others; after a failure the process exits at once with `code` (the runtime's shutdown barrier would wait for,
-    then abort on, the peers that are gone). Returns `code` in a single-process run."""
+def finalize(code: int, together: bool = False) -> int:
+    """End this process's part of a multi-process run: after success (or an error all processes share, `together`)
+    the runtime is shut down with the others; after any other failure the process exits at once with `code` (the
+    runtime's shutdown barrier would wait for, then abort on, peers that are gone or still training). Returns
+    `code` in a single-process run."""
     if jax.distributed.is_initialized():
-        if code == 0:
+        if code == 0 or together:
             jax.distributed.shutdown()
         else:
             sys.stdout.flush()
