@@ -274,29 +274,28 @@ def process_run_dir(run_dir: RunDir | str | Path) -> RunDir:
 def lost_peer(error: BaseException) -> bool:
     """Whether `error` is the runtime's report of a peer process gone (in a multi-process run)."""
     text = str(error).lower()
-    return jax.process_count() > 1 and any(marker in text for marker in _PEER_LOST)
-
-
-def _peer_lost_error() -> TrainingError:
-    return TrainingError(f"process {jax.process_index()} of {jax.process_count()} lost contact with another process "
-                         f"of the run (killed, crashed or unreachable; see its output)")
+    return (jax.process_count() > 1 and not isinstance(error, (UserError, TrainingError))
+            and any(marker in text for marker in _PEER_LOST))
 
 
 def run_job(job: Callable[[], Any], run_cli: Callable[[Callable[[], Any]], int]) -> int:
     """`run_cli(job)` (one-line errors, exit codes) for one process of a run, then `finalize`. The runtime's error
-    for a lost peer process becomes a one-line `TrainingError`; an error every process raised together (`from_main`)
-    lets them shut down together."""
+    for a lost peer process becomes a one-line `TrainingError`. Errors that every process raises at the same point
+    (a `from_main` error; a `TrainingError` of the loop, whose metrics are the same on every process) let the
+    processes shut down together."""
     together: list[bool] = []
 
     def guarded() -> Any:
         try:
             return job()
         except Exception as e:  # noqa: BLE001 - XLA reports a failed collective as various runtime errors
-            together.append(bool(getattr(e, "on_every_process", False)))
             if not lost_peer(e):
+                together.append(getattr(e, "on_every_process", False) or isinstance(e, TrainingError))
                 raise
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise TrainingError(f"{_peer_lost_error()}: {first}") from None
+            raise TrainingError(f"process {jax.process_index()} of {jax.process_count()} lost contact with another "
+                                f"process of the run (killed, crashed or unreachable; see its output): {first}"
+                                ) from None
 
     return finalize(run_cli(guarded), together=any(together))
 
