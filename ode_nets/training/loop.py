@@ -23,7 +23,7 @@ from ode_nets.data import Dataset, add_input_noise, batch_indices
 from ode_nets.errors import TrainingError
 from ode_nets.models import count_parameters
 from ode_nets.solvers import SOLVERS
-from ode_nets.training import parallel
+from ode_nets.training import distributed, parallel
 from ode_nets.training.checkpoint import Position, train_state
 from ode_nets.training.evaluation import evaluate, learned_gamma, split_metrics
 from ode_nets.training.objective import Objective
@@ -46,8 +46,9 @@ def fit(model: eqx.Module, data: Dataset, *, optimizer: optax.GradientTransforma
     """
     options = dataclasses.replace(options or TrainOptions(), **settings)
     options.check(len(data.train))
-    if not isinstance(run_dir, RunDir):
+    if not isinstance(run_dir, RunDir) and distributed.is_main():
         run_dir = RunDir.resume(run_dir) if resume else RunDir.create(run_dir, config, overwrite=overwrite)
+    run_dir = distributed.process_run_dir(run_dir)  # several processes: only process 0 reads and writes the folder
     trainer = _Trainer(model, data, optimizer, objective or Objective(), options, run_dir, progress)
     if resume:
         trainer.restore(config)
@@ -91,7 +92,8 @@ class _Trainer:
 
     def begin(self, resume: bool) -> None:
         """Replicate over devices if asked, open the metrics log, print the run's size; the clock starts."""
-        if self.options.devices > 1:  # data parallel: batch axis sharded, parameters replicated (ode_nets.training.parallel)
+        if self.options.devices > 1 or jax.process_count() > 1:  # data parallel: batch axis sharded, parameters
+            # replicated (ode_nets.training.parallel), over every process's devices (ode_nets.training.distributed)
 
             parallel.check_devices(self.options.devices, self.options.batch_size)
             self.mesh = parallel.batch_mesh(self.options.devices)
@@ -128,7 +130,7 @@ class _Trainer:
                 self.log_train(metrics, epoch, bar)
             self.done = self.step >= self.total_steps
             next_pos = Position(self.step, epoch + 1, 0) if i == last else Position(self.step, epoch, i + 1)
-            if interrupted.fired:
+            if distributed.any_process(interrupted.fired):  # all processes stop at the same step
                 self.save(next_pos)
                 print(f"\ninterrupted at step {self.step}: checkpoint written; continue with --resume "
                       f"{self.run_dir.path}")
@@ -143,9 +145,10 @@ class _Trainer:
 
     def batch(self, idx: np.ndarray, mask: np.ndarray, order_key: jax.Array, i: int) -> tuple:
         """Inputs, labels and mask of batch `i` (noise keyed per (epoch, batch): a resumed run draws the same)."""
-        x, y = self.data.train.x[idx], self.data.train.y[idx]
+        rows = parallel.process_rows(len(idx))  # this process's rows of the global batch (all, with one process)
+        x, y, mask = self.data.train.x[idx[rows]], self.data.train.y[idx[rows]], mask[rows]
         if self.options.input_noise:
-            x = add_input_noise(x, self.options.input_noise, jax.random.fold_in(order_key, i))
+            x = add_input_noise(x, self.options.input_noise, jax.random.fold_in(order_key, i), rows, len(idx))
         if self.mesh is not None:
 
             x, y, mask = parallel.shard_batch((x, y, mask), self.mesh)
