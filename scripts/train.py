@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after the flags
 
-    def job() -> None:
+    def job() -> int:
         from ode_nets.config import load_config
         from ode_nets.build import build_run, fit_run, prepare_folder, resume_config
+        from ode_nets.cli import RESUMABLE_EXIT
+        from ode_nets.training.lock import hold
 
         if args.resume:
             folder = Path(args.resume)
@@ -33,13 +35,19 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--config is required (or --resume RUN_DIR)")
             config = load_config(args.config, args.overrides)
             folder = Path(args.run_dir or Path(config.train.runs_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        prepare_folder(folder, config, overwrite=args.overwrite, resume=bool(args.resume))
-        results = fit_run(build_run(config, folder), resume=bool(args.resume), progress=not args.no_progress)
-        if not args.no_plots and not results.get("interrupted"):
-            from ode_nets.plotting import plot_run
+        run = build_run(config, folder)  # data and model first: a bad config or data set leaves no folder behind
+        with hold(folder):  # one process per run folder
+            prepare_folder(folder, config, overwrite=args.overwrite, resume=bool(args.resume))
+            print(f"run folder: {folder}")
+            results = fit_run(run, resume=bool(args.resume), progress=not args.no_progress)
+            if results.get("interrupted"):
+                return RESUMABLE_EXIT
+            if not args.no_plots:
+                from ode_nets.plotting import plot_run
 
-            for path in plot_run(folder):
-                print(f"figure: {path}")
+                for path in plot_run(folder):
+                    print(f"figure: {path}")
+        return 0
 
     return run_cli(job)
 
