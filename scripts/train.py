@@ -1,4 +1,7 @@
-"""Train a model from a config file: python scripts/train.py --config configs/circles_model2.yaml [key.sub=value ...]"""
+"""Train a model from a config file: python scripts/train.py --config configs/circles_model2.yaml [key.sub=value ...]
+
+Exit codes: 0 finished, 1 training failed, 2 bad input, 75 stopped by SIGTERM/SIGINT/SIGUSR1 (continue with --resume).
+"""
 
 from __future__ import annotations
 
