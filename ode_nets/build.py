@@ -22,7 +22,7 @@ from jaxtyping import PRNGKeyArray
 
 from ode_nets.config import (Config, GradientConfig, ModelConfig, OptimConfig, SolverConfig, from_dict, load_config,
                              to_dict)
-from ode_nets.data import Dataset, check_finite, load_dataset
+from ode_nets.data import Dataset, check_dataset, load_dataset
 from ode_nets.errors import ConfigError
 from ode_nets.fields import FIELDS, AbstractField, LayerGrid, ParamInit
 from ode_nets.models import READOUTS, ODENet, check_readout
@@ -166,7 +166,7 @@ def build_run(config: Config, folder: Path, dataset: Dataset | None = None) -> R
     k_data, k_model = jax.random.split(jax.random.PRNGKey(config.seed))
     if dataset is None:
         dataset = load_dataset(config.data, k_data)
-    check_finite(dataset)
+    check_dataset(dataset)
     options = build_train_options(config)
     options.check(len(dataset.train))
     model = build_model(config, dataset.input_shape, dataset.num_classes, k_model)

@@ -2,14 +2,15 @@
 
 Several processes (machines): run the same command on each with --coordinator HOST:PORT --num-processes N
 --process-id I (or the JAX_* environment variables, or --cluster auto under SLURM); scripts/launch_local.py starts
-N such processes on this machine."""
+N such processes on this machine.
+
+Exit codes: 0 finished, 1 training failed, 2 bad input, 75 stopped by SIGTERM/SIGINT/SIGUSR1 (continue with --resume).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 from ode_nets.cli import run_cli
 from ode_nets.training import distributed
@@ -29,32 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config and not args.resume:
         parser.error("--config is required (or --resume RUN_DIR)")
 
-    def setup() -> tuple[Path, object]:  # on process 0 only (every process of a single-process run)
-        from ode_nets.config import load_config
-        from ode_nets.build import prepare_folder, resume_config
+    def job() -> int:
+        from ode_nets.commands import train
 
-        if args.resume:
-            folder = Path(args.resume)
-            config = resume_config(folder, args.overrides)
-        else:
-            config = load_config(args.config, args.overrides)
-            folder = Path(args.run_dir or Path(config.train.runs_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        prepare_folder(folder, config, overwrite=args.overwrite, resume=bool(args.resume))
-        return folder, config
-
-    def job() -> None:
-        from ode_nets.build import build_run, fit_run, shared_setup
-
-        distributed.initialize(distributed.cluster_from_args(args))
-        folder, config = shared_setup(setup)
-        main_process = distributed.is_main()
-        results = fit_run(build_run(config, folder), resume=bool(args.resume),
-                          progress=not args.no_progress and main_process)
-        if not args.no_plots and not results.get("interrupted") and main_process:
-            from ode_nets.plotting import plot_run
-
-            for path in plot_run(folder):
-                print(f"figure: {path}")
+        return train(args)
 
     return distributed.run_job(job, run_cli)
 

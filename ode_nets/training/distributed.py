@@ -40,7 +40,7 @@ from jaxtyping import PyTree
 
 from ode_nets.errors import ConfigError, TrainingError, UserError
 from ode_nets.training import parallel
-from ode_nets.training.checkpoint import Position
+from ode_nets.training.checkpoint import Position, Restored
 from ode_nets.training.run_dir import MetricsLog, RunDir
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"  # read by jax.distributed itself as well
@@ -262,6 +262,25 @@ class ProcessRunDir(RunDir):
 
         position = Position(**json.loads(from_main(read)))
         return broadcast_tree(found["state"]), position
+
+    def restore(self, like: PyTree) -> Restored | None:
+        """Process 0's `RunDir.restore` (it alone sets damaged checkpoints aside), on every process."""
+        found = {"state": like}
+
+        def read() -> str:
+            restored = RunDir.restore(self, like)
+            if restored is None:
+                return "null"
+            found["state"] = restored.state
+            return json.dumps({"position": restored.position.__dict__, "path": str(restored.path),
+                               "skipped": [[str(p), why] for p, why in restored.skipped]})
+
+        shared = json.loads(from_main(read))
+        state = broadcast_tree(found["state"])
+        if shared is None:
+            return None
+        return Restored(state, Position(**shared["position"]), Path(shared["path"]),
+                        tuple((Path(p), why) for p, why in shared["skipped"]))
 
 
 def process_run_dir(run_dir: RunDir | str | Path) -> RunDir:
