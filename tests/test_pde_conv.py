@@ -47,7 +47,7 @@ def test_parabolic_is_a_gradient_flow(x64):
     t = jnp.zeros(())
     grad_e = jax.grad(lambda x: jnp.sum(field.energy(t, x)))(x0)
     assert relative_error(field(t, x0), -grad_e) < 1e-12  # F = -grad E (K^T is the adjoint of K)
-    energies = np.asarray(jax.vmap(lambda x: field.energy(t, x))(trajectory(field, x0, layers=400, horizon=2.0)))
+    energies = np.asarray(jax.vmap(lambda x: field.energy(t, x))(trajectory(field, x0, layers=200, horizon=2.0)))
     assert np.all(np.diff(energies, axis=0) <= 1e-12)  # E(Y(t)) never increases, each example
     assert np.all(energies[-1] < 0.9 * energies[0])  # and really decreases
 
@@ -70,10 +70,9 @@ def test_hyperbolic_verlet_is_leapfrog(x64):
     field, layers = hyperbolic(), 12
     h = 1.0 / layers
     y = split_channels(trajectory(field, random_state(4, 4), layers, solver=Verlet()))[0]
-    grid = LayerGrid(1.0, layers).times()
-    for j in range(1, layers):
-        v_dot = split_channels(field(grid[j], jnp.concatenate([y[j], jnp.zeros_like(y[j])], -3)))[1]
-        assert relative_error(y[j + 1] - 2 * y[j] + y[j - 1], h * h * v_dot) < 1e-12
+    ts = jnp.asarray(LayerGrid(1.0, layers).times()[1:-1])
+    v_dot = jax.vmap(lambda t, yj: split_channels(field(t, jnp.concatenate([yj, jnp.zeros_like(yj)], -3)))[1])(ts, y[1:-1])
+    assert relative_error(y[2:] - 2 * y[1:-1] + y[:-2], h * h * v_dot) < 1e-12
 
 
 def test_hyperbolic_reconstructs_inputs(x64):
@@ -103,7 +102,7 @@ def test_hyperbolic_memory_free_gradient(x64):
 
 
 def hamiltonian_energy_error(layers: int) -> float:
-    """max_j |H(Y_j, Z_j) - H(Y_0, Z_0)| of Stoermer-Verlet on [0, 2] with linear sigma, Z_j synchronised."""
+    """max_j |H(Y_j, Z_j) - H(Y_0, Z_0)| / |H_0| of Stoermer-Verlet on [0, 2] with linear sigma, Z_j synchronised."""
     field = HamiltonianConvField.init((4, *SHAPE[1:]), ParamInit(layers=1, time_dependent=False, init="normal",
                                                                  scale=0.4), jax.random.PRNGKey(8),
                                       activation="identity", conv_impl="im2col")
@@ -116,7 +115,7 @@ def hamiltonian_energy_error(layers: int) -> float:
 
 
 def test_hamiltonian_conv_conserves_energy_second_order(x64):
-    errors = [hamiltonian_energy_error(layers) for layers in (40, 80, 160)]
+    errors = [hamiltonian_energy_error(layers) for layers in (20, 40, 80)]
     assert errors[0] < 0.05
     for coarse, fine in zip(errors, errors[1:]):
         assert 3.0 < coarse / fine < 5.0  # O(h^2): halving h divides the error by ~4
@@ -136,38 +135,41 @@ def test_average_pool():
     assert np.allclose(average_pool(x, 2)[0, 0], [[2.5, 4.5], [10.5, 12.5]])
 
 
-FIELD_SETUPS = {"parabolic": ({}, {}), "resnet_conv": ({}, {}),
-                "hyperbolic": ({}, {"solver": {"method": "verlet"}}),
-                "hamiltonian_conv": ({}, {"solver": {"method": "verlet"}})}
+VERLET = {"solver": {"method": "verlet"}}
+FIELD_SETUPS = {"parabolic": {}, "resnet_conv": {}, "hyperbolic": VERLET, "hamiltonian_conv": VERLET}
 
 
 def multistage_config(field: str, stages: list[int], **sections):
-    model = {"field": field, "stages": stages, "layers": 3, "init": "normal", "init_scale": 0.1,
+    model = {"field": field, "stages": stages, "layers": 2, "init": "normal", "init_scale": 0.1,
              "readout": "linear_softmax", "conv_impl": "im2col", **sections.pop("model", {})}
     return config(model=model, **sections)
 
 
 @pytest.mark.parametrize("field", list(FIELD_SETUPS))
-def test_multistage_trains_one_step(field):
-    cfg = multistage_config(field, [4, 6], **FIELD_SETUPS[field][1])
-    net = net_from_config(cfg, (1, 8, 8), 3)
-    x = jax.random.uniform(jax.random.PRNGKey(0), (5, 1, 8, 8))
-    y = jnp.array([0, 1, 2, 0, 1])
-    assert [o.shape for o in net.stage_outputs(x)] == [(5, 4, 8, 8), (5, 6, 4, 4)]
-    loss, grads = eqx.filter_value_and_grad(lambda m: cross_entropy(m(x), y))(net)
-    assert np.isfinite(float(loss)) and all(np.all(np.isfinite(g)) for g in trainable_leaves(grads))
+def test_multistage_parameters(field):
+    net = net_from_config(multistage_config(field, [4, 6], **FIELD_SETUPS[field]), (1, 8, 8), 3)
     per_layer = {"parabolic": 9 * (16 + 36) + 4 + 6, "resnet_conv": 18 * (16 + 36) + 4 + 6,
                  "hyperbolic": 9 * (4 + 9) + 2 + 3, "hamiltonian_conv": 9 * (4 + 9) + 2 + 3}[field]
     connectives = (1 * 4 + 4) + (4 * 6 + 6)
-    assert count_parameters(net) == 3 * per_layer + connectives + (6 * 4 * 4 * 3 + 3)
+    assert count_parameters(net) == 2 * per_layer + connectives + (6 * 4 * 4 * 3 + 3)
+
+
+def test_multistage_trains_one_step():
+    net = net_from_config(multistage_config("parabolic", [2, 4]), (1, 4, 4), 3)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (5, 1, 4, 4))
+    y = jnp.array([0, 1, 2, 0, 1])
+    assert [o.shape for o in net.stage_outputs(x)] == [(5, 2, 4, 4), (5, 4, 2, 2)]
+    loss, grads = eqx.filter_value_and_grad(lambda m: cross_entropy(m(x), y))(net)
+    assert np.isfinite(float(loss)) and all(np.all(np.isfinite(g)) for g in trainable_leaves(grads))
+    assert all(float(jnp.sum(g ** 2)) > 0 for g in trainable_leaves(grads))  # every stage and connective is reached
 
 
 def test_multistage_reversible_gradient_equals_stored(x64):
-    base = multistage_config("hyperbolic", [4, 6], solver={"method": "verlet"})
-    rev = multistage_config("hyperbolic", [4, 6], solver={"method": "verlet"}, gradient={"strategy": "reversible"})
-    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 1, 8, 8), dtype=jnp.float64)
+    base = multistage_config("hyperbolic", [2, 4], **VERLET)
+    rev = multistage_config("hyperbolic", [2, 4], gradient={"strategy": "reversible"}, **VERLET)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 1, 4, 4), dtype=jnp.float64)
     y = jnp.array([0, 1, 2])
-    grads = [eqx.filter_grad(lambda m: cross_entropy(m(x), y))(net_from_config(c, (1, 8, 8), 3)) for c in (rev, base)]
+    grads = [eqx.filter_grad(lambda m: cross_entropy(m(x), y))(net_from_config(c, (1, 4, 4), 3)) for c in (rev, base)]
     assert relative_error(trainable_leaves(grads[0]), trainable_leaves(grads[1])) < 1e-10
 
 
@@ -177,6 +179,6 @@ def test_multistage_config_errors():
     with pytest.raises(ConfigError, match="model.stages"):
         net_from_config(multistage_config("parabolic", [4, 6, 8, 8]), (1, 6, 6), 3)  # 6 -> 3 -> not divisible
     with pytest.raises(ConfigError, match="model.augment"):
-        net_from_config(multistage_config("hyperbolic", [3], solver={"method": "verlet"}), (1, 8, 8), 3)
+        net_from_config(multistage_config("hyperbolic", [3], **VERLET), (1, 8, 8), 3)
     with pytest.raises(ConfigError, match="model.stages"):
         config(model={"stages": [4, 0]})
