@@ -1,7 +1,7 @@
 """PDE-motivated CNNs (docs/pde_cnns.md): depth study, stability constant M, and the 20-layer tanh toy.
 
     python scripts/pde_cnns.py depth --configs configs/digits_*.yaml --layers 4 16 64 --out runs/pde_cnns [key=value ...]
-    python scripts/pde_cnns.py stability RUN_DIR [RUN_DIR ...] --eps 0 0.02 0.05 0.1 0.2 --examples 400 --out runs/pde_cnns
+    python scripts/pde_cnns.py stability RUN_DIR [RUN_DIR ...] --eps 0.01 0.02 0.05 0.1 0.2 --examples 400 --out runs/pde_cnns
     python scripts/pde_cnns.py toy --out runs/pde_cnns
 
 `depth` trains every config at every depth (layers per stage; the config's epochs, so the same budget for each) and
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="*", help="stability: run folders; depth: key.sub=value overrides")
     parser.add_argument("--configs", nargs="+", default=[])
     parser.add_argument("--layers", nargs="+", type=int, default=[4, 16, 64])
-    parser.add_argument("--eps", nargs="+", type=float, default=[0.0, 0.02, 0.05, 0.1, 0.2])
+    parser.add_argument("--eps", nargs="+", type=float, default=[0.01, 0.02, 0.05, 0.1, 0.2])
     parser.add_argument("--table-eps", type=float, default=0.05, help="stability: the eps of the Markdown table")
     parser.add_argument("--examples", type=int, default=400)
     parser.add_argument("--pgd-steps", type=int, default=5)

@@ -182,7 +182,7 @@ def stability_table(results: dict[str, list[dict[str, float]]], eps: float) -> s
     return "\n".join(lines)
 
 
-def toy_flows(layers: int = 20, h: float = 0.5, scale: float = 1.0, points: int = 21, seed: int = 0
+def toy_flows(layers: int = 20, h: float = 0.1, scale: float = 2.0, points: int = 21, seed: int = 0
               ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The slides' 20-layer toy (sigma = tanh, b = 0, 2-D) on a grid of points in [-1, 1]^2: a random ResNet and the
     antisymmetric network made from the same random matrices. Returns the flows (L+1, P, 2) and a colour per point."""
