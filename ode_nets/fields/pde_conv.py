@@ -115,17 +115,31 @@ class AbstractConvPDEField(AbstractField):
         return jnp.sum(ANTIDERIVATIVES[self.activation](u), axis=(-3, -2, -1))
 
 
-class ParabolicField(AbstractConvPDEField):
-    """dY/dt = -K(t)^T sigma(N(K(t) Y + b(t))) (Ruthotto & Haber, parabolic CNN); state (..., C, H, W).
-
-    Parameters: K (L, C, C, 3, 3), b (L, C).
-    """
+class AbstractKernelField(AbstractConvPDEField):
+    """A field with one kernel K (L, C, C, 3, 3) and bias b (L, C) per layer; `two_state` fields act on (Y, Z) halves
+    of 2C channels."""
 
     K: TimeParam
     b: TimeParam
     activation: str = eqx.field(static=True, default="tanh")
     norm: str = eqx.field(static=True, default="none")
     conv_impl: str = eqx.field(static=True, default="xla_split")
+    two_state: ClassVar[bool] = False
+
+    @classmethod
+    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, activation: str = "tanh",
+             norm: str = "none", conv_impl: str = "xla_split") -> "AbstractKernelField":
+        """K, b for states of `state_shape` = (C, H, W), or (2C, H, W) for a two-state field."""
+        channels = even_channels(state_shape, cls.__name__) if cls.two_state else state_shape[0]
+        K, b = conv_params(params, channels, channels, key)
+        return cls(K=K, b=b, activation=activation, norm=norm, conv_impl=conv_impl)
+
+
+class ParabolicField(AbstractKernelField):
+    """dY/dt = -K(t)^T sigma(N(K(t) Y + b(t))) (Ruthotto & Haber, parabolic CNN); state (..., C, H, W).
+
+    Parameters: K (L, C, C, 3, 3), b (L, C).
+    """
 
     def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
         kernel = self.K(t)
@@ -135,26 +149,15 @@ class ParabolicField(AbstractConvPDEField):
         """E(Y) = sum Phi(K Y + b), with dY/dt = -grad E (norm 'none'): non-increasing along a solve."""
         return self.potential(self.K(t), self.b(t), x)
 
-    @classmethod
-    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, activation: str = "tanh",
-             norm: str = "none", conv_impl: str = "xla_split") -> "ParabolicField":
-        channels = state_shape[0]
-        K, b = conv_params(params, channels, channels, key)
-        return cls(K=K, b=b, activation=activation, norm=norm, conv_impl=conv_impl)
 
-
-class HyperbolicField(AbstractConvPDEField):
+class HyperbolicField(AbstractKernelField):
     """Y' = V, V' = -K(t)^T sigma(N(K(t) Y + b(t))): the second-order Y'' = -K^T sigma(N(K Y + b)) as a separable
     first-order system, state concat(Y, V) on 2C channels. With `solver.method: verlet` it is the leapfrog scheme.
 
     Parameters: K (L, C, C, 3, 3), b (L, C).
     """
 
-    K: TimeParam
-    b: TimeParam
-    activation: str = eqx.field(static=True, default="tanh")
-    norm: str = eqx.field(static=True, default="none")
-    conv_impl: str = eqx.field(static=True, default="xla_split")
+    two_state: ClassVar[bool] = True
 
     def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
         y, v = split_channels(x)
@@ -166,25 +169,14 @@ class HyperbolicField(AbstractConvPDEField):
         y, v = split_channels(x)
         return 0.5 * jnp.sum(v * v, axis=(-3, -2, -1)) + self.potential(self.K(t), self.b(t), y)
 
-    @classmethod
-    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, activation: str = "tanh",
-             norm: str = "none", conv_impl: str = "xla_split") -> "HyperbolicField":
-        channels = even_channels(state_shape, "hyperbolic")
-        K, b = conv_params(params, channels, channels, key)
-        return cls(K=K, b=b, activation=activation, norm=norm, conv_impl=conv_impl)
 
-
-class HamiltonianConvField(AbstractConvPDEField):
+class HamiltonianConvField(AbstractKernelField):
     """Y' = sigma(K(t)^T Z + b(t)), Z' = -sigma(K(t) Y + b(t)) (the conv `HamiltonianField`); state concat(Y, Z).
 
     Parameters: K (L, C, C, 3, 3), b (L, C). With `norm` 'none' (the default) H is conserved for any sigma.
     """
 
-    K: TimeParam
-    b: TimeParam
-    activation: str = eqx.field(static=True, default="tanh")
-    norm: str = eqx.field(static=True, default="none")
-    conv_impl: str = eqx.field(static=True, default="xla_split")
+    two_state: ClassVar[bool] = True
 
     def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
         y, z = split_channels(x)
@@ -199,13 +191,6 @@ class HamiltonianConvField(AbstractConvPDEField):
         kernel, bias = self.K(t), self.b(t)
         u = self.conv_transpose(kernel, z) + bias[:, None, None]
         return self.potential(kernel, bias, y) + jnp.sum(ANTIDERIVATIVES[self.activation](u), axis=(-3, -2, -1))
-
-    @classmethod
-    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, activation: str = "tanh",
-             norm: str = "none", conv_impl: str = "xla_split") -> "HamiltonianConvField":
-        channels = even_channels(state_shape, "hamiltonian_conv")
-        K, b = conv_params(params, channels, channels, key)
-        return cls(K=K, b=b, activation=activation, norm=norm, conv_impl=conv_impl)
 
 
 class ResNetConvField(AbstractConvPDEField):
