@@ -86,13 +86,18 @@ class MultiStageNet(eqx.Module):
         return solve(self.fields[stage], x, solver=self.solver, grid=self.grid, strategy=self.strategy,
                      stepping=self.stepping, saveat=saveat)
 
+    def stage_states(self, x: Array) -> list[tuple[Array, Array]]:
+        """(Y_s(0), Y_s(T)) of every stage s, (batch, C_s, H_s, W_s) each: each ODE block's input and output."""
+        states = []
+        for stage, connective in enumerate(self.connectives):
+            y0 = connective(x)
+            x = self.block(stage, y0).ys[-1]
+            states.append((y0, x))
+        return states
+
     def stage_outputs(self, x: Array) -> list[Array]:
         """Y_s(T) of every stage s, (batch, C_s, H_s, W_s) each."""
-        outputs = []
-        for stage, connective in enumerate(self.connectives):
-            x = self.block(stage, connective(x)).ys[-1]
-            outputs.append(x)
-        return outputs
+        return [y_final for _, y_final in self.stage_states(x)]
 
     def features(self, x: Array) -> Array:
         """The last stage's Y(T), the input of the classifier."""

@@ -3,11 +3,13 @@
     python scripts/pde_cnns.py depth --configs configs/digits_*.yaml --layers 4 16 64 --out runs/pde_cnns [key=value ...]
     python scripts/pde_cnns.py stability RUN_DIR [RUN_DIR ...] --eps 0.01 0.02 0.05 0.1 0.2 --examples 400 --out runs/pde_cnns
     python scripts/pde_cnns.py toy --out runs/pde_cnns
+    python scripts/pde_cnns.py table --out runs/pde_cnns --table-eps 0.05
 
 `depth` trains every config at every depth (layers per stage; the config's epochs, so the same budget for each) and
 measures one compiled training step (time, XLA peak memory; Verlet fields also with stored activations);
 `stability` perturbs test inputs (random signs, FGSM, PGD) and reports accuracy and M = |y(T) - y~(T)| / |y(0) - y~(0)|;
-`toy` draws the slides' 20-layer tanh example. Each writes JSON, a Markdown table and figures into --out.
+`toy` draws the slides' 20-layer tanh example; `table` joins the depth and stability results of --out into one table.
+Each writes JSON, a Markdown table and figures into --out.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ode_nets.cli import run_cli
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=("depth", "stability", "toy"))
+    parser.add_argument("study", choices=("depth", "stability", "toy", "table"))
     parser.add_argument("runs", nargs="*", help="stability: run folders; depth: key.sub=value overrides")
     parser.add_argument("--configs", nargs="+", default=[])
     parser.add_argument("--layers", nargs="+", type=int, default=[4, 16, 64])
@@ -46,12 +48,22 @@ def main(argv: list[str] | None = None) -> int:
             (out / "depth.md").write_text(table + "\n")
             print(table)
         elif args.study == "stability":
-            runs = {Path(run).name: load_run(Path(run))[1:] for run in args.runs}
+            runs = {}
+            for run in args.runs:
+                _, dataset, model = load_run(Path(run))
+                runs[Path(run).name] = (model, dataset)
             results = study.stability_study(runs, args.eps, args.examples, out, args.pgd_steps)
             table = study.stability_table(results, args.table_eps)
             (out / "stability.md").write_text(table + "\n")
             print(table)
             print(f"figure: {plot_perturbations(results, out / 'perturbations.png')}")
+        elif args.study == "table":
+            import json
+
+            depth = json.loads((out / "depth.json").read_text())
+            table = study.combined_table(depth, json.loads((out / "stability.json").read_text()), args.table_eps)
+            (out / "table.md").write_text(table + "\n")
+            print(table)
         else:
             flows, colours = study.toy_flows()
             for name, flow in flows.items():

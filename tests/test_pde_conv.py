@@ -47,9 +47,13 @@ def test_parabolic_is_a_gradient_flow(x64):
     t = jnp.zeros(())
     grad_e = jax.grad(lambda x: jnp.sum(field.energy(t, x)))(x0)
     assert relative_error(field(t, x0), -grad_e) < 1e-12  # F = -grad E (K^T is the adjoint of K)
-    energies = np.asarray(jax.vmap(lambda x: field.energy(t, x))(trajectory(field, x0, layers=200, horizon=2.0)))
+    ys = trajectory(field, x0, layers=200, horizon=2.0)
+    energies = np.asarray(jax.vmap(lambda x: field.energy(t, x))(ys))
     assert np.all(np.diff(energies, axis=0) <= 1e-12)  # E(Y(t)) never increases, each example
     assert np.all(energies[-1] < 0.9 * energies[0])  # and really decreases
+    # E is convex (log cosh of an affine map), so the flow is non-expansive: two solutions never move apart (M <= 1)
+    distance = np.linalg.norm(np.asarray(ys[:, 0] - ys[:, 1]).reshape(len(ys), -1), axis=1)
+    assert np.all(np.diff(distance) <= 1e-12)
 
 
 def test_normalisations():

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ode_nets.analysis.stability import (amplification, fgsm, pgd, random_sign_perturbation, tanh_toy_flow,
-                                         toy_matrices)
+from ode_nets.analysis.stability import (amplification, fgsm, per_example_norm, pgd, random_sign_perturbation,
+                                         tanh_toy_flow, toy_matrices)
 from ode_nets.build import build_model, build_optimizer, build_run, fit_run, prepare_folder, with_model
 from ode_nets.config import Config
 from ode_nets.experiments.benchmark import compiled_step, memory_report, time_steps
@@ -41,12 +41,18 @@ def perturbations(model: eqx.Module, x: jax.Array, y: jax.Array, eps: float, key
 @eqx.filter_jit
 def perturbation_record(model: eqx.Module, x: jax.Array, y: jax.Array, eps: float, key: jax.Array,
                         pgd_steps: int = 5) -> dict[str, jax.Array]:
-    """Accuracy on the perturbed inputs and the amplification M (mean, median, max over the examples) of each kind."""
+    """Accuracy on the perturbed inputs and the amplification M (mean, median, max over the examples) of each kind:
+    end to end (input -> last stage's Y(T), connective layers included) and of each ODE block alone
+    (|Y_s(T) - Y~_s(T)| / |Y_s(0) - Y~_s(0)|, the slides' M of that block's flow)."""
     record = {}
+    clean = model.stage_states(x)
     for kind, x_tilde in perturbations(model, x, y, eps, key, pgd_steps).items():
         m = amplification(model.features, x, x_tilde)
         record.update({f"{kind}_acc": accuracy(model(x_tilde), y), f"{kind}_M_mean": jnp.mean(m),
                        f"{kind}_M_median": jnp.median(m), f"{kind}_M_max": jnp.max(m)})
+        for s, ((y0, y1), (z0, z1)) in enumerate(zip(clean, model.stage_states(x_tilde))):
+            block = per_example_norm(z1 - y1) / per_example_norm(z0 - y0)
+            record.update({f"{kind}_block{s}_M_mean": jnp.mean(block), f"{kind}_block{s}_M_max": jnp.max(block)})
     return record
 
 
@@ -201,3 +207,22 @@ def toy_amplification(flow: np.ndarray, points: int) -> dict[str, float]:
               for a in (0, 1)]
     m = np.concatenate([r.ravel() for r in ratios])
     return {"M_min": float(m.min()), "M_median": float(np.median(m)), "M_max": float(m.max())}
+
+
+def combined_table(depth_records: list[dict[str, Any]], stability: dict[str, list[dict[str, float]]], eps: float) -> str:
+    """Markdown, one row per trained network: field, layers per stage, parameters, test accuracy, mean M (random and
+    PGD perturbations) and the accuracy under FGSM and PGD at perturbation size `eps`, time per epoch and memory."""
+    lines = [f"| field | layers / stage | parameters | test acc. | M random | M PGD | block M PGD (stage 1 / 2 / 3) | "
+             f"acc. FGSM | acc. PGD | train time / epoch (s) | step peak memory (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in depth_records:
+        records = stability.get(r["name"])
+        if not records:
+            continue
+        s = min(records, key=lambda rec: abs(rec["eps"] - eps))
+        memory = r[f"{r['strategy']}_peak_MiB"]
+        blocks = " / ".join(f"{s[k]:.2f}" for k in sorted(s) if k.startswith("pgd_block") and k.endswith("_M_mean"))
+        lines.append(f"| {r['field']} | {r['layers']} | {r['parameters']:,} | {100 * r['test_acc']:.1f} % | "
+                     f"{s['random_M_mean']:.2f} | {s['pgd_M_mean']:.2f} | {blocks} | {100 * s['fgsm_acc']:.1f} % | "
+                     f"{100 * s['pgd_acc']:.1f} % | {r['time_per_epoch_s']:.1f} | {memory:.1f} |")
+    return "\n".join(lines)
