@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import diffrax
 import equinox as eqx
 import jax
@@ -21,10 +23,14 @@ import pytest
 from helpers import config, net_from_config, relative_error, trainable_leaves
 from ode_nets import (DiscretizeThenOptimize, HamiltonianConvField, HyperbolicField, LayerGrid, ParabolicField,
                       ParamInit, Reversible, Verlet, solve)
+from ode_nets.build import build_run, fit_run, load_run, prepare_folder
+from ode_nets.config import load_config
+from ode_nets.errors import ConfigError
 from ode_nets.fields.pde_conv import normalise, split_channels
 from ode_nets.losses import cross_entropy
 from ode_nets.models import count_parameters
 from ode_nets.multistage import average_pool
+from ode_nets.plotting import plot_run
 from ode_nets.solvers.verlet import half_kick, reconstruct_initial_state, reversible_final_state
 
 SHAPE = (2, 6, 6)  # batch of 2 is added below; C = 2 (parabolic) or (Y, Z) = 2 + 2 channels
@@ -178,11 +184,24 @@ def test_multistage_reversible_gradient_equals_stored(x64):
 
 
 def test_multistage_config_errors():
-    from ode_nets.errors import ConfigError
-
     with pytest.raises(ConfigError, match="model.stages"):
         net_from_config(multistage_config("parabolic", [4, 6, 8, 8]), (1, 6, 6), 3)  # 6 -> 3 -> not divisible
     with pytest.raises(ConfigError, match="model.augment"):
         net_from_config(multistage_config("hyperbolic", [3], **VERLET), (1, 8, 8), 3)
     with pytest.raises(ConfigError, match="model.stages"):
         config(model={"stages": [4, 0]})
+
+
+def test_digits_config_trains_saves_and_reloads(tmp_path):
+    """configs/digits_hamiltonian_conv.yaml, shrunk, through build_run -> fit -> load_run and the figures."""
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "digits_hamiltonian_conv.yaml",
+                      ["model.stages=[4, 8]", "model.layers=2", "train.epochs=1", "train.max_steps=2",
+                       "data.n_train=128", "data.n_test=64", "train.eval_batch_size=64"])
+    prepare_folder(tmp_path / "run", cfg, overwrite=False, resume=False)
+    results = fit_run(build_run(cfg, tmp_path / "run"), progress=False)
+    _, data, model = load_run(tmp_path / "run")
+    assert data.input_shape == (1, 8, 8) and results["parameters"] == count_parameters(model)
+    assert np.isclose(float(jnp.mean(jnp.argmax(model(jnp.asarray(data.test.x)), -1) == data.test.y)),
+                      results["test_acc"])
+    assert [p.name for p in plot_run(tmp_path / "run")] == ["curves.png"]
