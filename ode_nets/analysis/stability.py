@@ -95,7 +95,7 @@ def amplification(features: Features, x: Array, x_tilde: Array) -> Array:
     return per_example_norm(features(x_tilde) - features(x)) / per_example_norm(x_tilde - x)
 
 
-def random_sign_perturbation(key: Array, x: Array, eps: float) -> Array:
+def random_sign_perturbation(key: Array, x: Array, eps: float | Array) -> Array:
     """x + eps * s with independent random signs s = +-1 (a random corner of the L-infinity ball of radius eps)."""
     return x + eps * jax.random.rademacher(key, x.shape, dtype=x.dtype)
 
@@ -105,12 +105,12 @@ def input_gradient(loss: Callable[[Array, Array], Array], x: Array, y: Array) ->
     return jax.grad(loss)(x, y)
 
 
-def fgsm(loss: Callable[[Array, Array], Array], x: Array, y: Array, eps: float) -> Array:
+def fgsm(loss: Callable[[Array, Array], Array], x: Array, y: Array, eps: float | Array) -> Array:
     """Fast gradient sign method (Goodfellow et al. 2015): x + eps sign(grad_x loss)."""
     return x + eps * jnp.sign(input_gradient(loss, x, y))
 
 
-def pgd(loss: Callable[[Array, Array], Array], x: Array, y: Array, eps: float, steps: int = 5,
+def pgd(loss: Callable[[Array, Array], Array], x: Array, y: Array, eps: float | Array, steps: int = 5,
         step_size: float | None = None) -> Array:
     """Projected gradient ascent on the loss in the L-infinity ball of radius eps (Madry et al. 2018), `steps` sign
     steps of `step_size` (default 2.5 eps / steps) from x, each projected back onto the ball."""

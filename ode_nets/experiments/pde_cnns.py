@@ -30,7 +30,7 @@ def summed_loss(model: eqx.Module) -> Callable[[jax.Array, jax.Array], jax.Array
     return lambda x, y: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(model(x), y))
 
 
-def perturbations(model: eqx.Module, x: jax.Array, y: jax.Array, eps: float, key: jax.Array, pgd_steps: int
+def perturbations(model: eqx.Module, x: jax.Array, y: jax.Array, eps: jax.Array, key: jax.Array, pgd_steps: int
                   ) -> dict[str, jax.Array]:
     """Inputs perturbed by eps in the L-infinity norm: random signs, FGSM, and `pgd_steps` steps of PGD."""
     loss = summed_loss(model)
@@ -39,7 +39,7 @@ def perturbations(model: eqx.Module, x: jax.Array, y: jax.Array, eps: float, key
 
 
 @eqx.filter_jit
-def perturbation_record(model: eqx.Module, x: jax.Array, y: jax.Array, eps: float, key: jax.Array,
+def perturbation_record(model: eqx.Module, x: jax.Array, y: jax.Array, eps: jax.Array, key: jax.Array,
                         pgd_steps: int = 5) -> dict[str, jax.Array]:
     """Accuracy on the perturbed inputs and the amplification M (mean, median, max over the examples) of each kind:
     end to end (input -> last stage's Y(T), connective layers included) and of each ODE block alone
@@ -67,7 +67,7 @@ def stability_records(model: eqx.Module, x: np.ndarray, y: np.ndarray, eps_value
         for b, i in enumerate(range(0, len(x), batch_size)):
             key = jax.random.fold_in(jax.random.PRNGKey(seed), e * 1000 + b)
             out = perturbation_record(model, jnp.asarray(x[i:i + batch_size]), jnp.asarray(y[i:i + batch_size]),
-                                      eps, key, pgd_steps)
+                                      jnp.asarray(eps), key, pgd_steps)  # eps an array: one compilation for all
             batches.append((len(x[i:i + batch_size]), {k: float(v) for k, v in out.items()}))
         records.append({"eps": eps, "clean_acc": clean, **combine_batches(batches)})
     return records
