@@ -8,7 +8,7 @@
 `depth` trains every config at every depth (layers per stage; the config's epochs, so the same budget for each) and
 measures one compiled training step (time, XLA peak memory; Verlet fields also with stored activations);
 `stability` perturbs test inputs (random signs, FGSM, PGD) and reports accuracy and M = |y(T) - y~(T)| / |y(0) - y~(0)|;
-`toy` draws the slides' 20-layer tanh example; `table` joins the depth and stability results of --out into one table.
+`toy` draws the slides' 20-layer tanh example; `table` joins the depth and stability results of --out into one table and draws the perturbation figure.
 Each writes JSON, a Markdown table and figures into --out.
 """
 
@@ -61,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             import json
 
             depth = json.loads((out / "depth.json").read_text())
-            table = study.combined_table(depth, json.loads((out / "stability.json").read_text()), args.table_eps)
+            stability = json.loads((out / "stability.json").read_text())
+            table = study.combined_table(depth, stability, args.table_eps)
             (out / "table.md").write_text(table + "\n")
             print(table)
+            print(f"figure: {plot_perturbations(stability, out / 'perturbations.png')}")
         else:
             flows, colours = study.toy_flows()
             for name, flow in flows.items():

@@ -17,22 +17,27 @@ KINDS = ("random", "fgsm", "pgd")
 
 
 def plot_perturbations(results: dict[str, list[dict]], path: Path) -> Path:
-    """Left: test accuracy against eps (clean dotted, random, FGSM, PGD); right: mean M against eps; one colour a run."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    """One column per network family (run names `<family>_L<layers>`, one colour per run): test accuracy (top) and mean
+    amplification M (bottom) against eps; random perturbations dotted, FGSM dashed, PGD solid."""
+    families: dict[str, list[str]] = {}
+    for name in results:
+        families.setdefault(name.rsplit("_L", 1)[0], []).append(name)
+    fig, axes = plt.subplots(2, len(families), figsize=(3.6 * len(families), 6.4), squeeze=False, sharey="row")
     styles = {"random": ":", "fgsm": "--", "pgd": "-"}
-    for i, (name, records) in enumerate(results.items()):
-        eps = [r["eps"] for r in records]
-        colour = f"C{i}"
-        for kind in KINDS:
-            left.plot(eps, [r[f"{kind}_acc"] for r in records], styles[kind], color=colour, marker=".",
-                      label=f"{name} {kind}")
-            right.semilogy(eps, [r[f"{kind}_M_mean"] for r in records], styles[kind], color=colour, marker=".")
-    left.set_xlabel("perturbation size eps (L-infinity)")
-    left.set_ylabel("test accuracy")
-    left.legend(fontsize=6, ncol=2)
-    right.set_xlabel("perturbation size eps (L-infinity)")
-    right.set_ylabel("mean M = |y(T) - y~(T)| / |y(0) - y~(0)|")
-    right.set_title("random (dotted), FGSM (dashed), PGD (solid)", fontsize=9)
+    for col, (family, names) in enumerate(families.items()):
+        for i, name in enumerate(names):
+            eps = [r["eps"] for r in results[name]]
+            for kind in KINDS:
+                label = f"{name.rsplit('_', 1)[-1]} {kind}"
+                axes[0, col].plot(eps, [r[f"{kind}_acc"] for r in results[name]], styles[kind], color=f"C{i}",
+                                  marker=".", label=label)
+                axes[1, col].semilogy(eps, [r[f"{kind}_M_mean"] for r in results[name]], styles[kind], color=f"C{i}",
+                                      marker=".")
+        axes[0, col].set_title(family, fontsize=9)
+        axes[1, col].set_xlabel("eps (L-infinity)")
+        axes[0, col].legend(fontsize=6)
+    axes[0, 0].set_ylabel("test accuracy")
+    axes[1, 0].set_ylabel("mean M, input -> last stage")
     return _save(fig, path)
 
 
