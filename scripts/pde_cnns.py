@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             depth = json.loads((out / "depth.json").read_text())
             stability = json.loads((out / "stability.json").read_text())
             table = study.combined_table(depth, stability, args.table_eps)
+            table += "\n\n" + study.memory_table(depth)
             (out / "table.md").write_text(table + "\n")
             print(table)
             print(f"figure: {plot_perturbations(stability, out / 'perturbations.png')}")

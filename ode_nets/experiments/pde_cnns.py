@@ -226,3 +226,14 @@ def combined_table(depth_records: list[dict[str, Any]], stability: dict[str, lis
                      f"{s['random_M_mean']:.2f} | {s['pgd_M_mean']:.2f} | {blocks} | {100 * s['fgsm_acc']:.1f} % | "
                      f"{100 * s['pgd_acc']:.1f} % | {r['time_per_epoch_s']:.1f} | {memory:.1f} |")
     return "\n".join(lines)
+
+
+def memory_table(records: list[dict[str, Any]]) -> str:
+    """Markdown: for the reversible runs, XLA peak memory and step time of the reversible and the stored gradient."""
+    lines = ["| field | layers / stage | reversible: peak MiB / step ms | stored activations: peak MiB / step ms |",
+             "|---|---|---|---|"]
+    for r in records:
+        if "reversible_peak_MiB" in r and "discretize_then_optimize_peak_MiB" in r:
+            lines.append(f"| {r['field']} | {r['layers']} | {r['reversible_peak_MiB']:.1f} / {r['reversible_step_ms']:.0f}"
+                         f" | {r['discretize_then_optimize_peak_MiB']:.1f} / {r['discretize_then_optimize_step_ms']:.0f} |")
+    return "\n".join(lines)
