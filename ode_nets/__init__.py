@@ -18,9 +18,11 @@ from ode_nets.errors import CheckpointError, ConfigError, DataError, RunDirError
 from ode_nets.fields import (FIELDS, AbstractAnalyticField, AbstractCubicField, AbstractField, AntisymmetricField,
                              Constant, ConvCubicField, CubicField, HamiltonianField, LayerGrid, LayerParams, ParamInit,
                              PiecewiseConstant, ResNetField, SingleLayerField)
+from ode_nets.fields import HamiltonianConvField, HyperbolicField, ParabolicField, ResNetConvField
 from ode_nets.losses import cross_entropy, smoothness
 from ode_nets.models import (READOUTS, AbstractReadout, LinearSoftmax, MaxPoolSoftmax, ODENet, SigmoidLast, Softmax,
                              count_parameters)
+from ode_nets.multistage import Connective, MultiStageNet
 from ode_nets.solve import solve
 from ode_nets.solvers import (RK4, SOLVERS, AbstractStepping, AdamsBashforth3, AdaptiveSteps, Discretisation,
                               FixedSteps, TwoStepLM, Verlet, with_two_step_memory)
@@ -41,4 +43,5 @@ __all__ = [
     "STRATEGIES", "AbstractGradientStrategy", "AbstractDiffraxAdjoint", "DiscretizeThenOptimize",
     "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible",
     "fit", "Objective", "TrainOptions", "RunDir", "evaluate", "predict",
+    "ParabolicField", "HyperbolicField", "HamiltonianConvField", "ResNetConvField", "MultiStageNet", "Connective",
 ]

@@ -26,6 +26,7 @@ from ode_nets.data import Dataset, check_dataset, load_dataset
 from ode_nets.errors import ConfigError
 from ode_nets.fields import FIELDS, AbstractField, LayerGrid, ParamInit
 from ode_nets.models import READOUTS, ODENet, check_readout
+from ode_nets.multistage import MultiStageNet, stage_shapes
 from ode_nets.solvers import SOLVERS, AbstractStepping, AdaptiveSteps, FixedSteps
 from ode_nets.strategies import STRATEGIES, AbstractGradientStrategy
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate_test, fit
@@ -84,6 +85,8 @@ def state_shape(model: ModelConfig, input_shape: tuple[int, ...]) -> tuple[int, 
 def build_model(config: Config, input_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray) -> ODENet:
     """The `ODENet` of `config` (model, solver, gradient sections) for inputs of `input_shape` (no batch axis)."""
     model, solver = config.model, config.solver
+    if model.stages:
+        return build_multistage(config, input_shape, num_classes, key)
     shape = state_shape(model, input_shape)
     k_field, k_head = jax.random.split(key)
     field = build_field(model, shape, k_field)
@@ -97,6 +100,27 @@ def build_model(config: Config, input_shape: tuple[int, ...], num_classes: int, 
         check_readout(net, shape, num_classes)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    return net
+
+
+def build_multistage(config: Config, input_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray
+                     ) -> MultiStageNet:
+    """The `MultiStageNet` of `config`: one `model.field` block of `model.layers` layers per entry of `model.stages`
+    (its channels), joined by 1x1 convolutions and 2x2 average pooling (Ruthotto & Haber §4)."""
+    model, solver = config.model, config.solver
+    if len(input_shape) != 3:
+        raise ConfigError(f"model.stages: a multi-stage network takes images (C, H, W), the data has shape {input_shape}")
+    wrap = SOLVERS[solver.method].wrap_field
+    make = lambda shape, k: build_field(model, shape, k) if wrap is None else wrap(build_field(model, shape, k),  # noqa: E731
+                                                                                   param_init(model))
+    try:
+        net = MultiStageNet.init(make, input_shape, model.stages, solver=build_solver(solver.method),
+                                 strategy=build_strategy(config.gradient, solver), readout=READOUTS[model.readout],
+                                 num_classes=num_classes, grid=LayerGrid(model.horizon, model.layers),
+                                 stepping=build_stepping(solver), key=key)
+        check_readout(net, stage_shapes(input_shape, model.stages, 2)[-1], num_classes)
+    except ValueError as e:
+        raise ConfigError(f"model.stages: {e}") from None
     return net
 
 

@@ -19,7 +19,7 @@ import yaml
 
 from ode_nets.data import DATASETS
 from ode_nets.errors import ConfigError
-from ode_nets.fields import ACTIVATIONS, CONV_IMPLS, FIELDS
+from ode_nets.fields import ACTIVATIONS, CONV_IMPLS, FIELDS, NORMS
 from ode_nets.models import READOUTS
 from ode_nets.solvers import SOLVERS
 from ode_nets.strategies import STRATEGIES
@@ -32,6 +32,7 @@ Readout = Literal[tuple(READOUTS)]  # type: ignore[valid-type]
 DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
 Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
 ConvImpl = Literal[tuple(CONV_IMPLS)]  # type: ignore[valid-type]
+Norm = Literal[tuple(NORMS)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class ModelConfig:
     width: int = 0  # hidden width for the resnet field (0: same as the state)
     activation: Activation = "tanh"
     conv_impl: ConvImpl = "xla_split"  # 3x3 conv, eq 72 (docs/performance.md)
+    norm: Norm = "none"  # N in the PDE-motivated conv fields, sigma(N(K Y + b)) (docs/pde_cnns.md)
+    stages: tuple[int, ...] = ()  # multi-stage network: channels of each stage's state (empty: one ODE block)
 
     def __post_init__(self) -> None:
         require(self.layers > 0, "model.layers", f"must be a positive number of layers, got {self.layers}")
@@ -61,6 +64,7 @@ class ModelConfig:
         require(self.mu > 1, "model.mu", f"must be > 1 (eq 53), got {self.mu}")
         require(self.init_scale >= 0, "model.init_scale", f"must be >= 0, got {self.init_scale}")
         require(self.width >= 0, "model.width", f"must be >= 0, got {self.width}")
+        require(all(c > 0 for c in self.stages), "model.stages", f"must be positive channel counts, got {list(self.stages)}")
 
     @property
     def dt(self) -> float:

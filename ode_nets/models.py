@@ -147,7 +147,7 @@ def project_parameters(model: ODENet) -> ODENet:
     turns it into growth that blows up in finite time (seen on MNIST: gamma~ drifted to -3.5e-5 and the
     state overflowed within 5 layers once |x| ~ 100). A fixed gamma (a Python float) is left alone.
     """
-    gamma = getattr(model.field, "gamma", None)
+    gamma = getattr(getattr(model, "field", None), "gamma", None)
     if not eqx.is_array(gamma):
         return model
     return eqx.tree_at(lambda m: m.field.gamma, model, jnp.maximum(gamma, 0.0))
