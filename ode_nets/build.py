@@ -19,7 +19,8 @@ import jax
 import optax
 from jaxtyping import PRNGKeyArray
 
-from ode_nets.config import Config, GradientConfig, ModelConfig, OptimConfig, SolverConfig, load_config, to_dict
+from ode_nets.config import (Config, GradientConfig, ModelConfig, OptimConfig, SolverConfig, TrainConfig, load_config,
+                             to_dict)
 from ode_nets.data import Dataset, check_finite, load_dataset
 from ode_nets.errors import ConfigError
 from ode_nets.fields import FIELDS, AbstractField, LayerGrid, ParamInit
@@ -58,14 +59,18 @@ def build_stepping(solver: SolverConfig, method: str | None = None, rtol: float 
     return FixedSteps(steps_per_layer=solver.steps_per_layer)
 
 
-def build_strategy(gradient: GradientConfig, solver: SolverConfig) -> AbstractGradientStrategy:
-    """The strategy named `gradient.strategy`, given the `gradient.*` options it declares."""
+def build_strategy(gradient: GradientConfig, solver: SolverConfig, train: TrainConfig | None = None
+                   ) -> AbstractGradientStrategy:
+    """The strategy named `gradient.strategy`, given the `gradient.*` (and device) options it declares."""
     backward = gradient.adjoint_method is not None or gradient.adjoint_rtol or gradient.adjoint_atol
     available: dict[str, Any] = {
         "checkpoints": gradient.checkpoints,
         "backward_solver": build_solver(gradient.adjoint_method) if gradient.adjoint_method else None,
         "backward_stepping": (build_stepping(solver, gradient.adjoint_method, gradient.adjoint_rtol,
                                              gradient.adjoint_atol) if backward else None),
+        "coarsening": gradient.mgrit_coarsening, "levels": gradient.mgrit_levels,
+        "iterations": gradient.mgrit_iterations, "tol": gradient.mgrit_tol, "relaxation": gradient.mgrit_relaxation,
+        "layer_devices": train.layer_devices if train else 1, "data_devices": train.devices if train else 1,
     }
     cls = STRATEGIES[gradient.strategy]
     return cls(**{name: available[name] for name in cls.config_options})
@@ -87,7 +92,7 @@ def build_model(config: Config, input_shape: tuple[int, ...], num_classes: int, 
     wrap = SOLVERS[solver.method].wrap_field
     if wrap is not None:  # lm2: the per-layer k_l of eq 111 are trainable parameters held beside the field
         field = wrap(field, param_init(model))
-    net = ODENet(field, build_solver(solver.method), build_strategy(config.gradient, solver),
+    net = ODENet(field, build_solver(solver.method), build_strategy(config.gradient, solver, config.train),
                  READOUTS[model.readout].init(shape, num_classes, k_head), augment=model.augment,
                  grid=LayerGrid(model.horizon, model.layers), stepping=build_stepping(solver))
     try:
@@ -155,6 +160,7 @@ def build_train_options(config: Config) -> TrainOptions:
         eval_train_examples=t.eval_train_examples, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
         keep_checkpoints=t.keep_checkpoints, max_steps=t.max_steps, skip_nonfinite=t.skip_nonfinite,
         drop_nonfinite_examples=t.drop_nonfinite_examples, input_noise=t.input_noise, devices=t.devices,
+        layer_devices=t.layer_devices,
         name=config.name, solver={"method": s.method, "max_steps": s.max_steps, "rtol": s.rtol, "atol": s.atol})
 
 

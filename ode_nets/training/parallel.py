@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ode_nets.errors import ConfigError
+from ode_nets.strategies.layer_parallel import layer_mesh
 
 BATCH_AXIS = "batch"
 
@@ -35,8 +36,12 @@ def check_devices(devices: int, batch_size: int) -> None:
         raise ConfigError(f"train.batch_size = {batch_size} is not divisible by train.devices = {devices}")
 
 
-def batch_mesh(devices: int) -> Mesh:
-    """A one-axis mesh ("batch") over the first `devices` devices."""
+def batch_mesh(devices: int, layer_devices: int = 1) -> Mesh:
+    """A one-axis mesh ("batch") over the first `devices` devices; with `layer_devices` > 1 the 2-D mesh
+    ("batch", "layers") of layer-parallel training (`ode_nets.strategies.layer_parallel.layer_mesh`), on which a
+    batch sharded over "batch" is replicated along "layers"."""
+    if layer_devices > 1:
+        return layer_mesh(devices, layer_devices)
     return Mesh(np.asarray(jax.devices()[:devices]), (BATCH_AXIS,))
 
 
