@@ -29,6 +29,7 @@ from ode_nets.solvers import SOLVERS, AbstractStepping, AdaptiveSteps, FixedStep
 from ode_nets.strategies import STRATEGIES, AbstractGradientStrategy
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate_test, fit
 from ode_nets.training.checkpoint import train_state
+from ode_nets.training.newton_pcg import newton_pcg
 
 
 def param_init(model: ModelConfig) -> ParamInit:
@@ -119,6 +120,8 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
         schedule = optax.exponential_decay(lr, max(total_steps, 1), cfg.decay_rate)
     else:
         schedule = optax.warmup_cosine_decay_schedule(0.0, lr, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1))
+    if cfg.name == "newton_pcg":  # line search instead of a schedule; no clipping (ode_nets.training.newton_pcg)
+        return newton_pcg(cfg.cg_iterations, cfg.weight_decay, cfg.learning_rate)
     if cfg.name == "sgd":
         opt = optax.sgd(schedule, momentum=cfg.momentum or None)
     elif cfg.name == "adam":
@@ -170,6 +173,9 @@ def build_run(config: Config, folder: Path, dataset: Dataset | None = None) -> R
     if dataset is None:
         dataset = load_dataset(config.data, k_data)
     check_finite(dataset)
+    if config.optim.name == "newton_pcg" and not STRATEGIES[config.gradient.strategy].forward_mode:
+        raise ConfigError(f"optim.name newton_pcg needs forward-mode products (jax.jvp) through the solve: set "
+                          f"gradient.strategy: direct (got {config.gradient.strategy})")
     options = build_train_options(config)
     options.check(len(dataset.train))
     model = build_model(config, dataset.input_shape, dataset.num_classes, k_model)

@@ -130,7 +130,7 @@ class LossConfig:
 class OptimConfig:
     """optax optimizer and learning-rate schedule."""
 
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: Literal["sgd", "adam", "adamw", "newton_pcg"] = "sgd"  # newton_pcg: lr = initial step, weight_decay = Tikhonov
     learning_rate: float = 0.1
     momentum: float = 0.0  # sgd only
     weight_decay: float = 0.0  # adamw only
@@ -138,6 +138,7 @@ class OptimConfig:
     decay_rate: float = 0.1  # exponential: lr multiplied by this over the whole run
     warmup_steps: int = 0
     clip_norm: Optional[float] = None  # global gradient-norm clipping
+    cg_iterations: int = 10  # newton_pcg: preconditioned CG iterations (Gauss-Newton products) per step
 
     def __post_init__(self) -> None:
         require(self.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {self.learning_rate}")
@@ -145,6 +146,7 @@ class OptimConfig:
         require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(0 < self.decay_rate <= 1, "optim.decay_rate", f"must be in (0, 1], got {self.decay_rate}")
         require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.cg_iterations > 0, "optim.cg_iterations", f"must be > 0, got {self.cg_iterations}")
         require(self.clip_norm is None or self.clip_norm > 0, "optim.clip_norm",
                  f"must be > 0 or null, got {self.clip_norm}")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ode_nets.strategies._base import AbstractDiffraxAdjoint, AbstractGradientStrategy, Monitor, pop_monitors
 from ode_nets.strategies.analytic import AnalyticAdjoint, adjoint_on_grid
-from ode_nets.strategies.diffrax_adjoints import DiscretizeThenOptimize, OptimizeThenDiscretize
+from ode_nets.strategies.diffrax_adjoints import Direct, DiscretizeThenOptimize, OptimizeThenDiscretize
 from ode_nets.strategies.layer_parallel import LayerParallel
 from ode_nets.strategies.reversible import Reversible
 
@@ -25,6 +25,7 @@ STRATEGIES: dict[str, type[AbstractGradientStrategy]] = {
     "analytic_adjoint": AnalyticAdjoint,
     "reversible": Reversible,
     "layer_parallel": LayerParallel,
+    "direct": Direct,
 }
 
 
@@ -35,4 +36,4 @@ def strategy_name(strategy: AbstractGradientStrategy) -> str:
 
 __all__ = ["STRATEGIES", "strategy_name", "AbstractGradientStrategy", "AbstractDiffraxAdjoint",
            "DiscretizeThenOptimize", "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "adjoint_on_grid",
-           "LayerParallel", "Monitor", "pop_monitors"]
+           "LayerParallel", "Monitor", "pop_monitors", "Direct"]

@@ -26,6 +26,7 @@ class AbstractGradientStrategy(eqx.Module):
     (`checkpoints`, `backward_solver`, `backward_stepping`) that `ode_nets.build` passes from the `gradient` config."""
 
     config_options: ClassVar[tuple[str, ...]] = ()
+    forward_mode: ClassVar[bool] = False  # supports jax.jvp (forward-mode autodiff) through the solve
 
     @abc.abstractmethod
     def solve(self, field: AbstractField, x0: PyTree[Array], discretisation: Discretisation, saveat: diffrax.SaveAt,

@@ -40,6 +40,7 @@ from ode_nets.solvers.registry import solver_info
 from ode_nets.solvers.stepping import Discretisation, FixedSteps
 from ode_nets.solvers.verlet import StepSolution
 from ode_nets.strategies._base import AbstractGradientStrategy, Monitor
+from ode_nets.strategies.analytic import _is_t1_only
 from ode_nets.strategies.diffrax_adjoints import DiscretizeThenOptimize
 
 BATCH_AXIS, LAYER_AXIS = "batch", "layers"
@@ -223,12 +224,6 @@ class LayerParallel(AbstractGradientStrategy):
 
     def constrain(self, state_ndim: int) -> Callable[[Array], Array]:
         return block_constraint(self.data_devices, self.layer_devices, state_ndim)
-
-
-def _is_t1_only(saveat: diffrax.SaveAt) -> bool:
-    sub = saveat.subs
-    return (not saveat.dense and isinstance(sub, diffrax.SubSaveAt) and sub.t1 and not sub.t0 and sub.ts is None
-            and not sub.steps)
 
 
 def _last_residual(result: MGRITResult) -> Array:

@@ -12,6 +12,7 @@ import optax
 from ode_nets.losses import predicted_class
 from ode_nets.models import project_parameters
 from ode_nets.strategies import pop_monitors
+from ode_nets.training.newton_pcg import NewtonPCG, newton_inputs, optimizer_stats
 from ode_nets.training.objective import Objective
 
 
@@ -24,7 +25,8 @@ def train_step(optimizer: optax.GradientTransformation, model: eqx.Module, opt_s
     """
     (loss, aux), grads = eqx.filter_value_and_grad(objective.__call__, has_aux=True)(model, x, y, mask)
     grads, solver_stats = pop_monitors(grads)  # layer_parallel: MGRIT residuals / iterations (strategies._base.Monitor)
-    updates, new_opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    extra = newton_inputs(objective, model, x, y, mask) if isinstance(optimizer, NewtonPCG) else {}
+    updates, new_opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array), **extra)
     new_model = project_parameters(eqx.apply_updates(model, updates))
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -32,7 +34,8 @@ def train_step(optimizer: optax.GradientTransformation, model: eqx.Module, opt_s
     model = eqx.combine(keep(eqx.filter(new_model, eqx.is_array), eqx.filter(model, eqx.is_array)),
                         eqx.filter(model, eqx.is_array, inverse=True))
     opt_state = keep(new_opt_state, opt_state)
-    return model, opt_state, {"loss": loss, "grad_norm": grad_norm, "ok": ok, **aux, **solver_stats}
+    stats = {**solver_stats, **optimizer_stats(opt_state)}
+    return model, opt_state, {"loss": loss, "grad_norm": grad_norm, "ok": ok, **aux, **stats}
 
 
 @eqx.filter_jit
