@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             figure = lp.plot_cost_model(data["rows"], args.out)
         else:
             labels = args.labels or [Path(r).name for r in args.runs]
-            figure = lp.plot_training(dict(zip(labels, map(Path, args.runs))), args.out)
+            runs = dict(zip(labels, map(Path, args.runs)))
+            data = lp.training_summary(runs)
+            figure = lp.plot_training(runs, args.out)
         if data is not None:
             args.out.with_suffix(".json").write_text(json.dumps(data, indent=1))
         print(f"figure: {figure}")

@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ode_nets.build import build_model  # noqa: E402
+from ode_nets.build import build_model, load_run  # noqa: E402
 from ode_nets.config import Config, load_config  # noqa: E402
 from ode_nets.data import load_dataset  # noqa: E402
 from ode_nets.experiments.multilevel import level_config  # noqa: E402
@@ -39,6 +39,7 @@ from ode_nets.plotting.figures import _save, read_metrics  # noqa: E402
 from ode_nets.solve import solve  # noqa: E402
 from ode_nets.strategies.diffrax_adjoints import DiscretizeThenOptimize  # noqa: E402
 from ode_nets.strategies.layer_parallel import LayerParallel  # noqa: E402
+from ode_nets.training import evaluate  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # cost model
@@ -192,6 +193,25 @@ def time_gradient(config: Config, layers: int, layer_devices: int, repeats: int 
                  "levels": levels}
     for name, strategy in strategies.items():
         out[name] = _median_time(eqx.tree_at(lambda n: n.strategy, net, strategy), x0, repeats)
+    return out
+
+
+def training_summary(runs: dict[str, Path]) -> dict[str, dict]:
+    """Per run: test accuracy with its own forward (MGRIT for layer-parallel runs), with the exact serial forward
+    (the same parameters, `DiscretizeThenOptimize`), wall time, and the mean logged MGRIT residuals."""
+    out = {}
+    for label, folder in runs.items():
+        config, dataset, model = load_run(Path(folder))
+        serial = eqx.tree_at(lambda n: n.strategy, model, DiscretizeThenOptimize())
+        train = [r for r in read_metrics(Path(folder)) if r["kind"] == "train"]
+        results = json.loads((Path(folder) / "results.json").read_text())
+        row = {"test_acc": results["test_acc"], "wall_s": results["train_wall_time_s"],
+               "test_acc_serial_forward": evaluate(serial, dataset.test, config.train.eval_batch_size)["acc"]}
+        for key in ("mgrit_forward_residual", "mgrit_adjoint_residual"):
+            if train and key in train[0]:
+                row[key + "_mean"] = float(np.mean([r[key] for r in train]))
+        out[label] = row
+        print(label, row)
     return out
 
 
