@@ -127,7 +127,7 @@ def test_bad_settings_are_config_errors():
 
 
 SCRIPT = textwrap.dedent("""
-    import json
+    import json, sys
     import diffrax, equinox as eqx, jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
     import ode_nets as on
@@ -153,16 +153,38 @@ SCRIPT = textwrap.dedent("""
         v, g, s, n = run(**devices)
         out[name] = {"value": abs(v - one[0]), "grad": float(np.max(np.abs(g - one[1]))),
                      "states": float(np.max(np.abs(s - one[2]))), "devices": n}
+    from pathlib import Path
+    from ode_nets.build import build_run, fit_run, prepare_folder
+    from ode_nets.config import from_dict
+    losses = {}
+    for data, layers in ((1, 1), (2, 2)):  # the training loop on a 2 x 2 (data x layers) mesh
+        config = from_dict({"model": {"field": "resnet", "layers": 16, "augment": 2, "init": "normal",
+                                      "init_scale": 0.5, "readout": "linear_softmax"},
+                            "gradient": {"strategy": "layer_parallel", "mgrit_iterations": 1},
+                            "optim": {"name": "adam", "learning_rate": 0.01}, "data": {"n_train": 32, "n_test": 8},
+                            "train": {"batch_size": 16, "epochs": 1, "log_every": 1, "devices": data,
+                                      "layer_devices": layers}})
+        folder = Path(sys.argv[1]) / f"d{data}x{layers}"
+        prepare_folder(folder, config, overwrite=True, resume=False)
+        fit_run(build_run(config, folder), progress=False)
+        records = [json.loads(l) for l in (folder / "metrics.jsonl").read_text().splitlines()]
+        losses[layers] = [(r["loss"], r["mgrit_forward_residual"]) for r in records if r["kind"] == "train"]
+    out["fit"] = {"one": losses[1], "mesh": losses[2]}
     print("RESULT " + json.dumps(out))
 """)
 
 
-def test_sharded_over_four_host_devices_equals_unsharded():
-    """Layer blocks over 4 host devices, and a 2 x 2 (data x layers) mesh: same loss, gradient and states."""
+def test_sharded_over_four_host_devices_equals_unsharded(tmp_path):
+    """Layer blocks over 4 host devices, and a 2 x 2 (data x layers) mesh: same loss, gradient and states; the
+    training loop on the 2 x 2 mesh logs the same losses and MGRIT residuals as on one device."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    fit = out.pop("fit")
+    assert len(fit["one"]) == len(fit["mesh"]) == 2
+    np.testing.assert_allclose(fit["mesh"], fit["one"], rtol=1e-5, atol=1e-6)
     for name, r in out.items():
         assert r["devices"] == 4, (name, r)
         assert r["value"] < 1e-12 and r["grad"] < 1e-12 and r["states"] < 1e-12, (name, r)

@@ -203,6 +203,7 @@ class LayerParallel(AbstractGradientStrategy):
         if not _is_t1_only(saveat):
             return DiscretizeThenOptimize().solve(field, x0, discretisation, saveat, args)
         ts = discretisation.step_ts()
+        x0 = x0.astype(state_dtype(field, x0))  # float32 inputs, float64 parameters: the steps' dtype
         final = _mgrit_final_state(self, field, x0, discretisation.solver, jnp.asarray(ts, dtype=x0.dtype))
         return StepSolution(jnp.asarray(ts[-1:]), final[None])
 
@@ -224,6 +225,12 @@ class LayerParallel(AbstractGradientStrategy):
 
     def constrain(self, state_ndim: int) -> Callable[[Array], Array]:
         return block_constraint(self.data_devices, self.layer_devices, state_ndim)
+
+
+def state_dtype(field: AbstractField, x0: Array) -> Any:
+    """The dtype a step of `field` from `x0` produces (the MGRIT loops' carries must keep one dtype)."""
+    leaves = jax.tree_util.tree_leaves(eqx.filter(field, eqx.is_inexact_array))
+    return jnp.result_type(x0.dtype, *[leaf.dtype for leaf in leaves])
 
 
 def _last_residual(result: MGRITResult) -> Array:
