@@ -142,8 +142,8 @@ def layer_mesh(data_devices: int, layer_devices: int) -> Mesh:
 
 def block_constraint(data_devices: int, layer_devices: int, state_ndim: int) -> Callable[[Array], Array]:
     """A sharding constraint for (blocks, ..., state) arrays: blocks over "layers", the state's leading (batch)
-    axis over "batch"; identity on one device or where the blocks do not split evenly."""
-    if layer_devices * data_devices == 1:
+    axis over "batch"; identity without layer parallelism or where the blocks do not split evenly."""
+    if layer_devices == 1:  # data parallel only: the inputs carry the batch sharding (training.parallel)
         return lambda x: x
     mesh = layer_mesh(data_devices, layer_devices)
 
