@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 
 import matplotlib
@@ -13,15 +13,13 @@ import numpy as np  # noqa: E402
 
 from ode_nets.build import load_run  # noqa: E402
 from ode_nets.fields.time_params import is_time_param  # noqa: E402
-from ode_nets.training import predict  # noqa: E402
+from ode_nets.training import RunDir, predict  # noqa: E402
+from ode_nets.training.storage import atomic_write_bytes, writing  # noqa: E402
 
 
 def read_metrics(folder: Path) -> list[dict]:
     """All records of `metrics.jsonl`."""
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return RunDir(folder).read_metrics()
 
 
 def plot_curves(records: list[dict], path: Path) -> Path:
@@ -160,9 +158,13 @@ def plot_conv_activations(model, dataset, out: Path) -> list[Path]:
 
 
 def _save(fig, path: Path) -> Path:
+    """Write `fig` as `path` (atomically; a full disk is a `StorageError` naming the file) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
