@@ -27,7 +27,7 @@ from ode_nets.solve import solve
 from ode_nets.solvers import (RK4, SOLVERS, AbstractStepping, AdamsBashforth3, AdaptiveSteps, Discretisation,
                               FixedSteps, TwoStepLM, Verlet, with_two_step_memory)
 from ode_nets.strategies import (STRATEGIES, AbstractDiffraxAdjoint, AbstractGradientStrategy, AnalyticAdjoint,
-                                 DiscretizeThenOptimize, OptimizeThenDiscretize, Reversible)
+                                 Direct, DiscretizeThenOptimize, LayerParallel, OptimizeThenDiscretize, Reversible)
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate, fit, predict
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
     "SOLVERS", "RK4", "AdamsBashforth3", "TwoStepLM", "Verlet", "with_two_step_memory", "AbstractStepping",
     "FixedSteps", "AdaptiveSteps", "Discretisation",
     "STRATEGIES", "AbstractGradientStrategy", "AbstractDiffraxAdjoint", "DiscretizeThenOptimize",
-    "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible",
+    "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "LayerParallel", "Direct",
     "fit", "Objective", "TrainOptions", "RunDir", "evaluate", "predict",
     "ParabolicField", "HyperbolicField", "HamiltonianConvField", "ResNetConvField", "MultiStageNet", "Connective",
 ]
