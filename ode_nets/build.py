@@ -23,7 +23,7 @@ from ode_nets.config import Config, GradientConfig, ModelConfig, OptimConfig, So
 from ode_nets.data import Dataset, check_finite, load_dataset
 from ode_nets.errors import ConfigError
 from ode_nets.fields import FIELDS, AbstractField, LayerGrid, ParamInit
-from ode_nets.models import READOUTS, ODENet, check_readout
+from ode_nets.models import READOUTS, STEMS, ODENet, check_readout
 from ode_nets.solvers import SOLVERS, AbstractStepping, AdaptiveSteps, FixedSteps
 from ode_nets.strategies import STRATEGIES, AbstractGradientStrategy
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate_test, fit
@@ -34,7 +34,7 @@ def param_init(model: ModelConfig) -> ParamInit:
     """How the field's parameters are laid out in t and initialised (`model.layers`, `horizon`, `time_dependent`,
     `init`, `init_scale`)."""
     return ParamInit(layers=model.layers, horizon=model.horizon, time_dependent=model.time_dependent,
-                     init=model.init, scale=model.init_scale)
+                     init=model.init, scale=model.init_scale, interpolation=model.interpolation)
 
 
 def build_field(model: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> AbstractField:
@@ -72,8 +72,9 @@ def build_strategy(gradient: GradientConfig, solver: SolverConfig) -> AbstractGr
 
 
 def state_shape(model: ModelConfig, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The ODE state's shape: the input with `model.augment` zero features/channels added."""
-    shape = list(input_shape)
+    """The ODE state's shape: the (stem's features of the) input with `model.augment` zero features/channels added."""
+    stem = STEMS[model.stem].init(input_shape, model.width, jax.random.PRNGKey(0))
+    shape = list(stem.output_shape(input_shape))
     shape[FIELDS[model.field].feature_axis] += model.augment
     return tuple(shape)
 
@@ -84,12 +85,13 @@ def build_model(config: Config, input_shape: tuple[int, ...], num_classes: int, 
     shape = state_shape(model, input_shape)
     k_field, k_head = jax.random.split(key)
     field = build_field(model, shape, k_field)
+    stem = STEMS[model.stem].init(input_shape, model.width, jax.random.fold_in(key, 1))
     wrap = SOLVERS[solver.method].wrap_field
     if wrap is not None:  # lm2: the per-layer k_l of eq 111 are trainable parameters held beside the field
         field = wrap(field, param_init(model))
     net = ODENet(field, build_solver(solver.method), build_strategy(config.gradient, solver),
                  READOUTS[model.readout].init(shape, num_classes, k_head), augment=model.augment,
-                 grid=LayerGrid(model.horizon, model.layers), stepping=build_stepping(solver))
+                 grid=LayerGrid(model.horizon, model.layers), stepping=build_stepping(solver), stem=stem)
     try:
         check_readout(net, shape, num_classes)
     except ValueError as e:
@@ -144,7 +146,8 @@ class Run:
 
 def build_objective(config: Config) -> Objective:
     """The training loss of the `loss` section."""
-    return Objective(config.loss.smoothness, config.loss.label_smoothing, config.loss.logit_penalty)
+    return Objective(config.loss.smoothness, config.loss.label_smoothing, config.loss.logit_penalty,
+                     kinetic=config.loss.kinetic, jacobian_frobenius=config.loss.jacobian_frobenius)
 
 
 def build_train_options(config: Config) -> TrainOptions:

@@ -12,16 +12,19 @@ from ode_nets.fields._base import AbstractAnalyticField, AbstractField, LayerPar
 from ode_nets.fields.antisymmetric import AntisymmetricField
 from ode_nets.fields.cubic import CONV_IMPLS, AbstractCubicField, ConvCubicField, CubicField, odd_power
 from ode_nets.fields.hamiltonian import HamiltonianField
+from ode_nets.fields.neural_ode import Conv, GroupNorm, MLPField, ODENetConvField
 from ode_nets.fields.resnet import ACTIVATIONS, ResNetField, SingleLayerField
-from ode_nets.fields.time_params import (Constant, LayerGrid, ParamInit, PiecewiseConstant, has_jumps, is_time_param,
-                                         layer_grid)
+from ode_nets.fields.time_params import (INTERPOLATIONS, Constant, LayerGrid, ParamInit, PiecewiseConstant,
+                                         PiecewiseLinear, has_jumps, is_time_param, layer_grid)
 
 FIELDS: dict[str, type[AbstractField]] = {
     "cubic": CubicField, "conv_cubic": ConvCubicField, "resnet": ResNetField, "single_layer": SingleLayerField,
     "antisymmetric": AntisymmetricField, "hamiltonian": HamiltonianField,
+    "odenet_conv": ODENetConvField, "mlp": MLPField,
 }
 
 __all__ = ["FIELDS", "ACTIVATIONS", "CONV_IMPLS", "AbstractField", "AbstractAnalyticField", "AbstractCubicField",
            "LayerParams", "CubicField", "ConvCubicField", "ResNetField", "SingleLayerField", "AntisymmetricField",
            "HamiltonianField", "Constant", "PiecewiseConstant", "ParamInit", "LayerGrid", "has_jumps",
-           "is_time_param", "layer_grid", "odd_power"]
+           "is_time_param", "layer_grid", "odd_power", "PiecewiseLinear", "INTERPOLATIONS",
+           "ODENetConvField", "MLPField", "GroupNorm", "Conv"]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from ode_nets.strategies._base import AbstractDiffraxAdjoint, AbstractGradientStrategy
 from ode_nets.strategies.analytic import AnalyticAdjoint, adjoint_on_grid
-from ode_nets.strategies.diffrax_adjoints import DiscretizeThenOptimize, OptimizeThenDiscretize
+from ode_nets.strategies.diffrax_adjoints import (BackwardCounter, CountingBacksolveAdjoint, DiscretizeThenOptimize,
+                                                 OptimizeThenDiscretize)
 from ode_nets.strategies.reversible import Reversible
 
 STRATEGIES: dict[str, type[AbstractGradientStrategy]] = {
@@ -31,4 +32,5 @@ def strategy_name(strategy: AbstractGradientStrategy) -> str:
 
 
 __all__ = ["STRATEGIES", "strategy_name", "AbstractGradientStrategy", "AbstractDiffraxAdjoint",
-           "DiscretizeThenOptimize", "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "adjoint_on_grid"]
+           "DiscretizeThenOptimize", "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "adjoint_on_grid",
+           "BackwardCounter", "CountingBacksolveAdjoint"]

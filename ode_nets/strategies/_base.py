@@ -24,6 +24,9 @@ class AbstractGradientStrategy(eqx.Module):
     (`checkpoints`, `backward_solver`, `backward_stepping`) that `ode_nets.build` passes from the `gradient` config."""
 
     config_options: ClassVar[tuple[str, ...]] = ()
+    # True if the backward pass is a solve of its own (its steps counted by `CountingBacksolveAdjoint`); False if
+    # it evaluates one vector-Jacobian product per forward evaluation (reverse mode through the solver's steps).
+    backward_solve: ClassVar[bool] = False
 
     @abc.abstractmethod
     def solve(self, field: AbstractField, x0: PyTree[Array], discretisation: Discretisation, saveat: diffrax.SaveAt,

@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import Callable, ClassVar, Optional
 
 import diffrax
 import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
 
 from ode_nets.fields._base import AbstractField
 from ode_nets.solvers.stepping import AbstractStepping, Discretisation
@@ -27,6 +29,7 @@ class DiscretizeThenOptimize(AbstractDiffraxAdjoint):
 
     checkpoints: Optional[int] = eqx.field(static=True, default=None)
     config_options: ClassVar[tuple[str, ...]] = ("checkpoints",)
+    backward_solve: ClassVar[bool] = False
 
     def adjoint(self, discretisation: Discretisation, field: AbstractField) -> diffrax.AbstractAdjoint:
         default = None if discretisation.stepping.adaptive else len(discretisation.step_ts()) - 1
@@ -41,9 +44,47 @@ class OptimizeThenDiscretize(AbstractDiffraxAdjoint):
     backward_solver: Optional[diffrax.AbstractSolver] = None
     backward_stepping: Optional[AbstractStepping] = None
     config_options: ClassVar[tuple[str, ...]] = ("backward_solver", "backward_stepping")
+    backward_solve: ClassVar[bool] = True
 
     def adjoint(self, discretisation: Discretisation, field: AbstractField) -> diffrax.AbstractAdjoint:
         solver = self.backward_solver or discretisation.solver
         stepping = self.backward_stepping or discretisation.stepping
         controller = stepping.backward(solver, discretisation.step_ts(), discretisation.jump_ts(field))
-        return diffrax.BacksolveAdjoint(solver=solver, stepsize_controller=controller)
+        return CountingBacksolveAdjoint(solver=solver, stepsize_controller=controller)
+
+
+class BackwardCounter(eqx.Module):
+    """Passed as the solve's `args` (the fields ignore it): its cotangent after a backward pass through
+    `CountingBacksolveAdjoint` is (num_steps, num_accepted_steps, num_rejected_steps) of the backward solve."""
+
+    counts: Array
+
+    @classmethod
+    def zeros(cls) -> "BackwardCounter":
+        return cls(jnp.zeros(3))
+
+
+class CountingBacksolveAdjoint(diffrax.BacksolveAdjoint):
+    """`diffrax.BacksolveAdjoint`, whose backward solve also reports its step counts.
+
+    diffrax discards the backward solve's `stats`; the only way out of a VJP is a cotangent. The adjoint of `args`
+    is integrated along the backward solve; the fields do not read `BackwardCounter.counts`, so its true cotangent
+    is 0, and each backward `diffeqsolve` adds its `stats` to it. Without a `BackwardCounter` in `args` this is
+    exactly `BacksolveAdjoint`.
+    """
+
+    @property
+    def _diffeqsolve(self) -> Callable[..., diffrax.Solution]:
+        return counted_diffeqsolve
+
+
+def counted_diffeqsolve(**kwargs: object) -> diffrax.Solution:
+    """`diffrax.diffeqsolve` of the augmented adjoint system (y, a_y, a_args, a_terms), its stats added to the
+    adjoint of a `BackwardCounter` in `args`."""
+    sol = diffrax.diffeqsolve(**kwargs)
+    if not isinstance(kwargs.get("args"), BackwardCounter):
+        return sol
+    y, a_y, a_args, a_terms = sol.ys
+    stats = jnp.stack([sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")])
+    a_args = BackwardCounter(a_args.counts + stats.astype(a_args.counts.dtype))
+    return eqx.tree_at(lambda s: s.ys, sol, (y, a_y, a_args, a_terms))
