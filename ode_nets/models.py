@@ -205,12 +205,12 @@ class ODENet(eqx.Module):
         if probe_key is None:
             sol = solve(self.field, x0, solver=self.solver, grid=self.grid, strategy=self.strategy,
                         stepping=self.stepping, args=args)
-            return self.logits(sol.ys[-1]), Forward(sol, solve_counts(sol.stats, self.solver))
+            return self.logits(sol.ys[-1]), Forward(sol, solve_counts(sol, self.solver))
         field = Regularised(self.field, jax.random.normal(probe_key, x0.shape, x0.dtype))
         sol = solve(field, field.initial_state(x0), solver=self.solver, grid=self.grid, strategy=self.strategy,
                     stepping=self.stepping, args=args)
         x_final, kinetic, jacobian = (y[-1] for y in sol.ys)
-        return self.logits(x_final), Forward(sol, solve_counts(sol.stats, self.solver), kinetic, jacobian)
+        return self.logits(x_final), Forward(sol, solve_counts(sol, self.solver), kinetic, jacobian)
 
     def features(self, x: Array) -> Array:
         """x(T), (batch, ...)."""

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from ode_nets.fields._base import AbstractField
+from ode_nets.solvers.counting import CountState, solve_counts
 from ode_nets.solvers.stepping import AbstractStepping, Discretisation
 from ode_nets.strategies._base import AbstractDiffraxAdjoint
 
@@ -55,7 +56,8 @@ class OptimizeThenDiscretize(AbstractDiffraxAdjoint):
 
 class BackwardCounter(eqx.Module):
     """Passed as the solve's `args` (the fields ignore it): its cotangent after a backward pass through
-    `CountingBacksolveAdjoint` is (num_steps, num_accepted_steps, num_rejected_steps) of the backward solve."""
+    `CountingBacksolveAdjoint` is (evaluations, accepted steps, rejected steps) of the backward solve; evaluations
+    are counted by a `CountingController` if the backward solve has one, else evaluations per step x steps."""
 
     counts: Array
 
@@ -85,6 +87,13 @@ def counted_diffeqsolve(**kwargs: object) -> diffrax.Solution:
     if not isinstance(kwargs.get("args"), BackwardCounter):
         return sol
     y, a_y, a_args, a_terms = sol.ys
-    stats = jnp.stack([sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")])
+    before = counted_evaluations_of(kwargs.get("controller_state"))  # a continued segment: count only this one
+    evaluations = solve_counts(sol, kwargs["solver"])["nfe"] - before
+    stats = jnp.stack([evaluations, sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"]])
     a_args = BackwardCounter(a_args.counts + stats.astype(a_args.counts.dtype))
     return eqx.tree_at(lambda s: s.ys, sol, (y, a_y, a_args, a_terms))
+
+
+def counted_evaluations_of(state: object) -> Array:
+    """The evaluations already in a passed-in controller state (0 for a fresh solve)."""
+    return state.evaluations if isinstance(state, CountState) else jnp.zeros((), int)

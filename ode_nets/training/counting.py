@@ -4,8 +4,9 @@ Reverse mode through the solver's steps (`discretize_then_optimize`) evaluates o
 forward evaluation: the objective reports `nfe_backward = nfe_forward` itself (recomputation from checkpoints not
 counted). A backward *solve* (`optimize_then_discretize`, diffrax's `BacksolveAdjoint`) chooses its own steps and
 diffrax does not return their stats; `backward_counts` runs one extra forward and backward pass on the logged batch
-with a `BackwardCounter` as the solve's `args`, whose cotangent carries the backward solve's step counts
-(`CountingBacksolveAdjoint`). Each of its evaluations is one F and one vector-Jacobian product.
+with a `BackwardCounter` as the solve's `args`, whose cotangent carries the backward solve's evaluation and step
+counts (`CountingBacksolveAdjoint`, evaluations counted by its `CountingController`). Each of its evaluations is
+one F and one vector-Jacobian product (the augmented adjoint system).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 
-from ode_nets.solvers.counting import evaluation_cost
 from ode_nets.strategies.diffrax_adjoints import BackwardCounter
 from ode_nets.training.objective import Objective
 
@@ -30,8 +30,5 @@ def backward_counts(model: eqx.Module, x: jax.Array, y: jax.Array, mask: jax.Arr
     def loss(counter: BackwardCounter) -> jax.Array:
         return objective(model, x, y, mask, args=counter)[0]
 
-    steps, accepted, rejected = jax.grad(loss)(BackwardCounter.zeros()).counts
-    solver = getattr(model.strategy, "backward_solver", None) or model.solver
-    initial, per_step = evaluation_cost(solver)
-    return {"nfe_backward": initial + per_step * steps, "steps_accepted_backward": accepted,
-            "steps_rejected_backward": rejected}
+    evaluations, accepted, rejected = jax.grad(loss)(BackwardCounter.zeros()).counts
+    return {"nfe_backward": evaluations, "steps_accepted_backward": accepted, "steps_rejected_backward": rejected}
