@@ -78,6 +78,10 @@ class PiecewiseLinear(eqx.Module):
         weight = (s - left).astype(self.values.dtype)
         return (1 - weight) * self.values[left] + weight * self.values[right]
 
+    def per_layer(self) -> Array:
+        """The knot values, one per layer (L, ...): q at the layer midpoints."""
+        return self.values
+
 
 class Constant(eqx.Module):
     """q(t) = value for all t (time-independent parameters)."""
