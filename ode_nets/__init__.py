@@ -27,6 +27,10 @@ from ode_nets.solvers import (RK4, SOLVERS, AbstractStepping, AdamsBashforth3, A
 from ode_nets.strategies import (STRATEGIES, AbstractDiffraxAdjoint, AbstractGradientStrategy, AnalyticAdjoint,
                                  DiscretizeThenOptimize, OptimizeThenDiscretize, Reversible)
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate, fit, predict
+from ode_nets.fields import MLPField, ODENetConvField, PiecewiseLinear, Regularised  # neural ODEs (issue 20)
+from ode_nets.models import STEMS, AbstractStem, DownsamplingStem, IdentityStem, ODENetHead
+from ode_nets.solvers import CountingController, solve_counts
+from ode_nets.strategies import CountingBacksolveAdjoint, DirectAdjoint
 
 __all__ = [
     "build", "Config", "load_config", "DATASETS", "Dataset", "Split", "load_dataset",
@@ -41,4 +45,6 @@ __all__ = [
     "STRATEGIES", "AbstractGradientStrategy", "AbstractDiffraxAdjoint", "DiscretizeThenOptimize",
     "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible",
     "fit", "Objective", "TrainOptions", "RunDir", "evaluate", "predict",
+    "MLPField", "ODENetConvField", "PiecewiseLinear", "Regularised", "STEMS", "AbstractStem", "DownsamplingStem",
+    "IdentityStem", "ODENetHead", "CountingController", "solve_counts", "CountingBacksolveAdjoint", "DirectAdjoint",
 ]

@@ -13,6 +13,7 @@ from ode_nets.fields.antisymmetric import AntisymmetricField
 from ode_nets.fields.cubic import CONV_IMPLS, AbstractCubicField, ConvCubicField, CubicField, odd_power
 from ode_nets.fields.hamiltonian import HamiltonianField
 from ode_nets.fields.neural_ode import Conv, GroupNorm, MLPField, ODENetConvField
+from ode_nets.fields.regularised import Regularised
 from ode_nets.fields.resnet import ACTIVATIONS, ResNetField, SingleLayerField
 from ode_nets.fields.time_params import (INTERPOLATIONS, Constant, LayerGrid, ParamInit, PiecewiseConstant,
                                          PiecewiseLinear, has_jumps, is_time_param, layer_grid)
@@ -27,4 +28,4 @@ __all__ = ["FIELDS", "ACTIVATIONS", "CONV_IMPLS", "AbstractField", "AbstractAnal
            "LayerParams", "CubicField", "ConvCubicField", "ResNetField", "SingleLayerField", "AntisymmetricField",
            "HamiltonianField", "Constant", "PiecewiseConstant", "ParamInit", "LayerGrid", "has_jumps",
            "is_time_param", "layer_grid", "odd_power", "PiecewiseLinear", "INTERPOLATIONS",
-           "ODENetConvField", "MLPField", "GroupNorm", "Conv"]
+           "ODENetConvField", "MLPField", "GroupNorm", "Conv", "Regularised"]

@@ -4,7 +4,8 @@
 - `DiscretizeThenOptimize`: backprop through the solver's steps (diffrax `RecursiveCheckpointAdjoint`), eq 112;
 - `OptimizeThenDiscretize`: the continuous adjoint eq 11 solved backwards (diffrax `BacksolveAdjoint`);
 - `AnalyticAdjoint`: the paper's backward equations (eqs 62-71, 76-78, 112) as a custom VJP;
-- `Reversible`: Verlet with memory-free backward reconstruction.
+- `Reversible`: Verlet with memory-free backward reconstruction;
+- `DirectAdjoint`: backprop through the solver's steps with diffrax's `DirectAdjoint` (no checkpointing).
 
 To add a strategy: subclass `AbstractGradientStrategy` (write `solve`) or `AbstractDiffraxAdjoint` (write
 `adjoint`) and add it to `STRATEGIES`; `docs/architecture.md` has a worked example.
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 from ode_nets.strategies._base import AbstractDiffraxAdjoint, AbstractGradientStrategy
 from ode_nets.strategies.analytic import AnalyticAdjoint, adjoint_on_grid
-from ode_nets.strategies.diffrax_adjoints import (BackwardCounter, CountingBacksolveAdjoint, DiscretizeThenOptimize,
-                                                 OptimizeThenDiscretize)
+from ode_nets.strategies.diffrax_adjoints import (BackwardCounter, CountingBacksolveAdjoint, DirectAdjoint,
+                                                 DiscretizeThenOptimize, OptimizeThenDiscretize)
 from ode_nets.strategies.reversible import Reversible
 
 STRATEGIES: dict[str, type[AbstractGradientStrategy]] = {
@@ -23,6 +24,7 @@ STRATEGIES: dict[str, type[AbstractGradientStrategy]] = {
     "optimize_then_discretize": OptimizeThenDiscretize,
     "analytic_adjoint": AnalyticAdjoint,
     "reversible": Reversible,
+    "direct_adjoint": DirectAdjoint,
 }
 
 
@@ -33,4 +35,4 @@ def strategy_name(strategy: AbstractGradientStrategy) -> str:
 
 __all__ = ["STRATEGIES", "strategy_name", "AbstractGradientStrategy", "AbstractDiffraxAdjoint",
            "DiscretizeThenOptimize", "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "adjoint_on_grid",
-           "BackwardCounter", "CountingBacksolveAdjoint"]
+           "BackwardCounter", "CountingBacksolveAdjoint", "DirectAdjoint"]

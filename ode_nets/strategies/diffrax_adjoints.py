@@ -54,6 +54,14 @@ class OptimizeThenDiscretize(AbstractDiffraxAdjoint):
         return CountingBacksolveAdjoint(solver=solver, stepsize_controller=controller)
 
 
+class DirectAdjoint(AbstractDiffraxAdjoint):
+    """Differentiate through the solver's steps with `diffrax.DirectAdjoint` (reverse or forward mode, memory
+    O(max_steps)): the same discrete gradient as `DiscretizeThenOptimize`, without recursive checkpointing."""
+
+    def adjoint(self, discretisation: Discretisation, field: AbstractField) -> diffrax.AbstractAdjoint:
+        return diffrax.DirectAdjoint()
+
+
 class BackwardCounter(eqx.Module):
     """Passed as the solve's `args` (the fields ignore it): its cotangent after a backward pass through
     `CountingBacksolveAdjoint` is (evaluations, accepted steps, rejected steps) of the backward solve; evaluations
