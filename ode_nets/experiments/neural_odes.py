@@ -71,7 +71,7 @@ def run_summary(folder: Path) -> dict:
     last = [r for r in train if r["epoch"] == train[-1]["epoch"]]
     mean = lambda key: float(np.mean([r[key] for r in last if key in r])) if any(key in r for r in last) else None  # noqa: E731
     return {"run": folder.name, "test_acc": results["test_acc"], "parameters": results["parameters"],
-            "train_loss": mean("loss"), "nfe_forward": mean("nfe_forward"), "nfe_backward": mean("nfe_backward"),
+            "train_loss": mean("ce"), "nfe_forward": mean("nfe_forward"), "nfe_backward": mean("nfe_backward"),
             "kinetic": mean("kinetic"), "jacobian": mean("jacobian"), "wall_time_s": results["train_wall_time_s"],
             "epochs": train[-1]["epoch"] + 1}
 
@@ -81,7 +81,7 @@ def summary_table(summaries: list[dict]) -> str:
     def fmt(value: object, spec: str) -> str:
         return "–" if value is None else format(value, spec)
 
-    lines = ["| run | parameters | test accuracy | train loss (last epoch) | NFE forward / backward per step "
+    lines = ["| run | parameters | test accuracy | train cross entropy (last epoch) | NFE forward / backward per step "
              "(last epoch) | train wall time |", "|---|---|---|---|---|---|"]
     for s in summaries:
         lines.append(f"| {s['run']} | {s['parameters']:,} | {100 * s['test_acc']:.1f} % | {fmt(s['train_loss'], '.3f')} "

@@ -7,6 +7,7 @@ time-independent case of §2.2 (eq 25) and §2.5 (eq 45).
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,8 +34,8 @@ def layer_index(t: Float[Array, ""], grid: np.ndarray) -> Array:
     return jnp.clip(index, 0, len(grid) - 2)
 
 
-class PiecewiseConstant(eqx.Module):
-    """q(t) = values[l] for t in layer l; `values` has a leading layer axis of length L."""
+class AbstractPerLayer(eqx.Module):
+    """A parameter with one value per layer: `values` with a leading layer axis of length L on [t0, t1]."""
 
     values: Array
     t0: float = eqx.field(static=True, default=0.0)
@@ -44,15 +45,23 @@ class PiecewiseConstant(eqx.Module):
     def layers(self) -> int:
         return self.values.shape[0]
 
+    @abc.abstractmethod
     def __call__(self, t: Float[Array, ""]) -> Array:
-        return self.values[layer_index(t, layer_grid(self.t0, self.t1, self.layers))]
+        """q(t)."""
 
     def per_layer(self) -> Array:
         """Values with a leading layer axis (L, ...)."""
         return self.values
 
 
-class PiecewiseLinear(eqx.Module):
+class PiecewiseConstant(AbstractPerLayer):
+    """q(t) = values[l] for t in layer l; `values` has a leading layer axis of length L."""
+
+    def __call__(self, t: Float[Array, ""]) -> Array:
+        return self.values[layer_index(t, layer_grid(self.t0, self.t1, self.layers))]
+
+
+class PiecewiseLinear(AbstractPerLayer):
     """q(t) continuous in t: the linear interpolation of L knots at the layer midpoints t_l = (l + 1/2) dt,
     held constant on the outer half layers [t0, dt/2] and [t1 - dt/2, t1].
 
@@ -62,14 +71,6 @@ class PiecewiseLinear(eqx.Module):
     continuous as Chen et al.'s ODE-Nets are).
     """
 
-    values: Array
-    t0: float = eqx.field(static=True, default=0.0)
-    t1: float = eqx.field(static=True, default=1.0)
-
-    @property
-    def layers(self) -> int:
-        return self.values.shape[0]
-
     def __call__(self, t: Float[Array, ""]) -> Array:
         """Linear interpolation between the two knots around t (constant beyond the first and last)."""
         s = jnp.clip((t - self.t0) / (self.t1 - self.t0) * self.layers - 0.5, 0.0, self.layers - 1.0)
@@ -77,10 +78,6 @@ class PiecewiseLinear(eqx.Module):
         right = jnp.minimum(left + 1, self.layers - 1)
         weight = (s - left).astype(self.values.dtype)
         return (1 - weight) * self.values[left] + weight * self.values[right]
-
-    def per_layer(self) -> Array:
-        """The knot values, one per layer (L, ...): q at the layer midpoints."""
-        return self.values
 
 
 class Constant(eqx.Module):
@@ -189,4 +186,4 @@ def is_time_param(x: object) -> bool:
     return isinstance(x, (PiecewiseConstant, PiecewiseLinear, Constant))
 
 
-PER_LAYER = (PiecewiseConstant, PiecewiseLinear)  # parameters with one value (piece or knot) per layer
+PER_LAYER = AbstractPerLayer  # parameters with one value (piece or knot) per layer
