@@ -3,6 +3,7 @@
   python scripts/neural_odes.py flip --out docs/figures/anode_flip.png         # g(x) = -x: NODE vs ANODE
   python scripts/neural_odes.py flow runs/circles_node runs/circles_anode --out docs/figures/circles_flows.png
   python scripts/neural_odes.py compare runs/A runs/B ... [--out curves.png]  # table: accuracy, NFE, wall time
+  python scripts/neural_odes.py timing --config configs/mnist_odenet.yaml --steps 20 [key.sub=value ...]
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     compare = sub.add_parser("compare", help="markdown table (and curves) of finished runs")
     compare.add_argument("runs", type=Path, nargs="+")
     compare.add_argument("--out", type=Path, default=None, help="PNG of loss and NFE curves")
+    timing = sub.add_parser("timing", help="time N training steps of a config (no evaluation)")
+    timing.add_argument("--config", type=Path, required=True)
+    timing.add_argument("--steps", type=int, default=20)
+    timing.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     args = parser.parse_args(argv)
     return run_cli(lambda: COMMANDS[args.command](args))
 
@@ -72,7 +77,16 @@ def run_compare(args: argparse.Namespace) -> None:
         print(plot_runs(args.runs, args.out))
 
 
-COMMANDS = {"flip": run_flip, "flow": run_flow, "compare": run_compare}
+def run_timing(args: argparse.Namespace) -> None:
+    import json
+
+    from ode_nets.config import load_config
+    from ode_nets.experiments.neural_odes import time_training
+
+    print(json.dumps(time_training(load_config(args.config, args.overrides), args.steps), indent=1))
+
+
+COMMANDS = {"flip": run_flip, "flow": run_flow, "compare": run_compare, "timing": run_timing}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,6 +5,8 @@ augmented one can (Dupont, Doucet & Teh 2019, §3), and the summary of finished 
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from pathlib import Path
 
 import diffrax
@@ -15,11 +17,15 @@ import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray
 
+from ode_nets.build import build_objective, build_run
+from ode_nets.config import Config
 from ode_nets.fields import MLPField, ParamInit
 from ode_nets.fields.time_params import LayerGrid
 from ode_nets.models import ODENet, Softmax
 from ode_nets.solvers import AdaptiveSteps
 from ode_nets.strategies import DiscretizeThenOptimize
+from ode_nets.training.counting import backward_counts, counts_backward_solve
+from ode_nets.training.step import train_step
 
 
 def flip_model(augment: int, key: PRNGKeyArray, width: int = 16) -> ODENet:
@@ -87,3 +93,30 @@ def summary_table(summaries: list[dict]) -> str:
         lines.append(f"| {s['run']} | {s['parameters']:,} | {100 * s['test_acc']:.1f} % | {fmt(s['train_loss'], '.3f')} "
                      f"| {fmt(s['nfe_forward'], '.0f')} / {fmt(s['nfe_backward'], '.0f')} | {s['wall_time_s']:.0f} s |")
     return "\n".join(lines)
+
+
+def time_training(config: Config, steps: int, progress: bool = True) -> dict:
+    """`steps` training steps of `config` on its data in order (no evaluation): parameters, compile time (the first
+    step), median step time of the others, first and last losses, NFE per step (forward mean, backward at the last
+    step, counted as in training)."""
+    run = build_run(config, Path("unused"))
+    model, objective, batch = run.model, build_objective(config), config.train.batch_size
+    opt_state = run.optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    times, records, mask = [], [], jnp.ones(batch)
+    for i in range(steps):
+        start = (i * batch) % (len(run.dataset.train) - batch + 1)
+        x, y = run.dataset.train.x[start:start + batch], run.dataset.train.y[start:start + batch]
+        clock = time.perf_counter()
+        model, opt_state, metrics = train_step(run.optimizer, model, opt_state, x, y, mask, objective)
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - clock)
+        records.append({k: float(v) for k, v in metrics.items()})
+        if progress:
+            print(f"step {i + 1}/{steps}: {times[-1]:.1f} s, loss {records[-1]['loss']:.4f}, "
+                  f"NFE forward {records[-1]['nfe_forward']:.0f}", flush=True)
+    backward = (float(backward_counts(model, x, y, mask, objective)["nfe_backward"]) if counts_backward_solve(model)
+                else records[-1]["nfe_backward"])
+    return {"parameters": sum(leaf.size for leaf in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))),
+            "steps": steps, "batch": batch, "first_step_s": times[0], "step_s": statistics.median(times[1:]),
+            "loss_first": records[0]["loss"], "loss_last": records[-1]["loss"],
+            "nfe_forward": statistics.mean(r["nfe_forward"] for r in records), "nfe_backward_last": backward}
