@@ -19,7 +19,7 @@ import yaml
 
 from ode_nets.data import DATASETS
 from ode_nets.errors import ConfigError
-from ode_nets.fields import ACTIVATIONS, CONV_IMPLS, FIELDS
+from ode_nets.fields import ACTIVATIONS, CONV_IMPLS, FIELDS, INTERPOLATIONS
 from ode_nets.models import READOUTS, STEMS
 from ode_nets.solvers import SOLVERS
 from ode_nets.strategies import STRATEGIES
@@ -33,6 +33,7 @@ DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
 Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
 ConvImpl = Literal[tuple(CONV_IMPLS)]  # type: ignore[valid-type]
 Stem = Literal[tuple(STEMS)]  # type: ignore[valid-type]
+Interpolation = Literal[tuple(INTERPOLATIONS)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class ModelConfig:
     width: int = 0  # hidden width for the resnet field (0: same as the state)
     activation: Activation = "tanh"
     conv_impl: ConvImpl = "xla_split"  # 3x3 conv, eq 72 (docs/performance.md)
-    interpolation: Literal["constant", "linear"] = "constant"  # per-layer parameters: pieces, or linear between knots
+    interpolation: Interpolation = "constant"  # per-layer parameters: pieces, or linear between knots
     stem: Stem = "identity"  # map before the ODE block (odenet_downsample: Chen et al.'s MNIST stack, model.width channels)
 
     def __post_init__(self) -> None:
