@@ -135,9 +135,12 @@ def adaptive_backward_evaluations(net: eqx.Module, x: jax.Array, y: jax.Array, s
                                   ) -> str:
     """Backward work of an adaptive solve: the backward solve's own evaluations (augmented system), or one VJP per
     forward evaluation (reverse mode through the steps)."""
-    if STRATEGY_CLASSES[strategy].backward_solve:
+    counting = STRATEGY_CLASSES[strategy].backward_counting
+    if counting == "solve":
         counts = backward_counts(net, x, y, jnp.ones(len(y)), Objective())
         return f"{int(counts['nfe_backward'])} augmented"
+    if counting == "none":
+        return "n/a"
     checkpointed = "checkpoints" in STRATEGY_CLASSES[strategy].config_options  # recursive checkpointing recomputes
     return f"{forward_evals} VJP" + (" + recomputation" if checkpointed else "")
 

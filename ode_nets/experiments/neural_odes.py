@@ -115,7 +115,7 @@ def time_training(config: Config, steps: int, progress: bool = True) -> dict:
             print(f"step {i + 1}/{steps}: {times[-1]:.1f} s, loss {records[-1]['loss']:.4f}, "
                   f"NFE forward {records[-1]['nfe_forward']:.0f}", flush=True)
     backward = (float(backward_counts(model, x, y, mask, objective)["nfe_backward"]) if counts_backward_solve(model)
-                else records[-1]["nfe_backward"])
+                else records[-1].get("nfe_backward"))
     return {"parameters": sum(leaf.size for leaf in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))),
             "steps": steps, "batch": batch, "first_step_s": times[0], "step_s": statistics.median(times[1:]),
             "loss_first": records[0]["loss"], "loss_last": records[-1]["loss"],

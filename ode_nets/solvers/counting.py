@@ -82,7 +82,7 @@ class CountingController(diffrax.AbstractStepSizeController):
 
 def counted_evaluations(sol: diffrax.Solution) -> Array | None:
     """The evaluations counted by a `CountingController`, if the solve had one (and saved its state)."""
-    state = sol.controller_state
+    state = getattr(sol, "controller_state", None)  # `StepSolution` (Verlet, reversible) has none
     return state.evaluations if isinstance(state, CountState) else None
 
 

@@ -24,9 +24,10 @@ class AbstractGradientStrategy(eqx.Module):
     (`checkpoints`, `backward_solver`, `backward_stepping`) that `ode_nets.build` passes from the `gradient` config."""
 
     config_options: ClassVar[tuple[str, ...]] = ()
-    # True if the backward pass is a solve of its own (its steps counted by `CountingBacksolveAdjoint`); False if
-    # it evaluates one vector-Jacobian product per forward evaluation (reverse mode through the solver's steps).
-    backward_solve: ClassVar[bool] = False
+    # How the backward pass's function evaluations are counted (`nfe_backward` in training): "vjp", one
+    # vector-Jacobian product per forward evaluation (reverse mode through the solver's steps); "solve", a backward
+    # solve of its own, counted by `CountingBacksolveAdjoint`; "none", not counted.
+    backward_counting: ClassVar[str] = "none"
 
     @abc.abstractmethod
     def solve(self, field: AbstractField, x0: PyTree[Array], discretisation: Discretisation, saveat: diffrax.SaveAt,

@@ -30,7 +30,7 @@ class DiscretizeThenOptimize(AbstractDiffraxAdjoint):
 
     checkpoints: Optional[int] = eqx.field(static=True, default=None)
     config_options: ClassVar[tuple[str, ...]] = ("checkpoints",)
-    backward_solve: ClassVar[bool] = False
+    backward_counting: ClassVar[str] = "vjp"
 
     def adjoint(self, discretisation: Discretisation, field: AbstractField) -> diffrax.AbstractAdjoint:
         default = None if discretisation.stepping.adaptive else len(discretisation.step_ts()) - 1
@@ -45,7 +45,7 @@ class OptimizeThenDiscretize(AbstractDiffraxAdjoint):
     backward_solver: Optional[diffrax.AbstractSolver] = None
     backward_stepping: Optional[AbstractStepping] = None
     config_options: ClassVar[tuple[str, ...]] = ("backward_solver", "backward_stepping")
-    backward_solve: ClassVar[bool] = True
+    backward_counting: ClassVar[str] = "solve"
 
     def adjoint(self, discretisation: Discretisation, field: AbstractField) -> diffrax.AbstractAdjoint:
         solver = self.backward_solver or discretisation.solver
@@ -57,6 +57,8 @@ class OptimizeThenDiscretize(AbstractDiffraxAdjoint):
 class DirectAdjoint(AbstractDiffraxAdjoint):
     """Differentiate through the solver's steps with `diffrax.DirectAdjoint` (reverse or forward mode, memory
     O(max_steps)): the same discrete gradient as `DiscretizeThenOptimize`, without recursive checkpointing."""
+
+    backward_counting: ClassVar[str] = "vjp"
 
     def adjoint(self, discretisation: Discretisation, field: AbstractField) -> diffrax.AbstractAdjoint:
         return diffrax.DirectAdjoint()

@@ -20,7 +20,7 @@ from ode_nets.training.objective import Objective
 
 def counts_backward_solve(model: eqx.Module) -> bool:
     """True if `model`'s gradient strategy solves the adjoint equation backwards (its steps need counting)."""
-    return bool(getattr(getattr(model, "strategy", None), "backward_solve", False))
+    return getattr(getattr(model, "strategy", None), "backward_counting", "none") == "solve"
 
 
 @eqx.filter_jit

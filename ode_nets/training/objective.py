@@ -25,7 +25,7 @@ def run_forward(model: eqx.Module, x: jax.Array, args: object, regularise: bool)
     logits, forward = model.forward(x, args=args, probe_key=probe_key(x) if regularise else None)
     extra = {"nfe_forward": forward.counts["nfe"], "steps_accepted": forward.counts["steps_accepted"],
              "steps_rejected": forward.counts["steps_rejected"]}
-    if not getattr(model.strategy, "backward_solve", False):  # reverse mode: one VJP per forward evaluation
+    if getattr(model.strategy, "backward_counting", "none") == "vjp":  # reverse mode: one VJP per forward evaluation
         extra["nfe_backward"] = forward.counts["nfe"]
     if regularise:
         extra["kinetic"], extra["jacobian"] = forward.kinetic, forward.jacobian
