@@ -27,8 +27,12 @@ from ode_nets.solve import solve
 from ode_nets.solvers import (RK4, SOLVERS, AbstractStepping, AdamsBashforth3, AdaptiveSteps, Discretisation,
                               FixedSteps, TwoStepLM, Verlet, with_two_step_memory)
 from ode_nets.strategies import (STRATEGIES, AbstractDiffraxAdjoint, AbstractGradientStrategy, AnalyticAdjoint,
-                                 Direct, DiscretizeThenOptimize, LayerParallel, OptimizeThenDiscretize, Reversible)
+                                 DiscretizeThenOptimize, LayerParallel, OptimizeThenDiscretize, Reversible)
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate, fit, predict
+from ode_nets.fields import MLPField, ODENetConvField, PiecewiseLinear, Regularised  # neural ODEs (issue 20)
+from ode_nets.models import STEMS, AbstractStem, DownsamplingStem, IdentityStem, ODENetHead
+from ode_nets.solvers import CountingController, solve_counts
+from ode_nets.strategies import CountingBacksolveAdjoint, DirectAdjoint
 
 __all__ = [
     "build", "Config", "load_config", "DATASETS", "Dataset", "Split", "load_dataset",
@@ -41,7 +45,9 @@ __all__ = [
     "SOLVERS", "RK4", "AdamsBashforth3", "TwoStepLM", "Verlet", "with_two_step_memory", "AbstractStepping",
     "FixedSteps", "AdaptiveSteps", "Discretisation",
     "STRATEGIES", "AbstractGradientStrategy", "AbstractDiffraxAdjoint", "DiscretizeThenOptimize",
-    "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "LayerParallel", "Direct",
+    "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "LayerParallel",
     "fit", "Objective", "TrainOptions", "RunDir", "evaluate", "predict",
     "ParabolicField", "HyperbolicField", "HamiltonianConvField", "ResNetConvField", "MultiStageNet", "Connective",
+    "MLPField", "ODENetConvField", "PiecewiseLinear", "Regularised", "STEMS", "AbstractStem", "DownsamplingStem",
+    "IdentityStem", "ODENetHead", "CountingController", "solve_counts", "CountingBacksolveAdjoint", "DirectAdjoint",
 ]

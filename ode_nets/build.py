@@ -25,7 +25,7 @@ from ode_nets.config import (Config, GradientConfig, ModelConfig, OptimConfig, S
 from ode_nets.data import Dataset, check_dataset, load_dataset
 from ode_nets.errors import ConfigError
 from ode_nets.fields import FIELDS, AbstractField, LayerGrid, ParamInit
-from ode_nets.models import READOUTS, ODENet, check_readout
+from ode_nets.models import READOUTS, STEMS, ODENet, check_readout
 from ode_nets.multistage import MultiStageNet, stage_shapes
 from ode_nets.solvers import SOLVERS, AbstractStepping, AdaptiveSteps, FixedSteps
 from ode_nets.strategies import STRATEGIES, AbstractGradientStrategy
@@ -39,7 +39,7 @@ def param_init(model: ModelConfig) -> ParamInit:
     """How the field's parameters are laid out in t and initialised (`model.layers`, `horizon`, `time_dependent`,
     `init`, `init_scale`)."""
     return ParamInit(layers=model.layers, horizon=model.horizon, time_dependent=model.time_dependent,
-                     init=model.init, scale=model.init_scale)
+                     init=model.init, scale=model.init_scale, interpolation=model.interpolation)
 
 
 def build_field(model: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> AbstractField:
@@ -81,8 +81,9 @@ def build_strategy(gradient: GradientConfig, solver: SolverConfig, train: TrainC
 
 
 def state_shape(model: ModelConfig, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The ODE state's shape: the input with `model.augment` zero features/channels added."""
-    shape = list(input_shape)
+    """The ODE state's shape: the (stem's features of the) input with `model.augment` zero features/channels added."""
+    stem = STEMS[model.stem].init(input_shape, model.width, jax.random.PRNGKey(0))
+    shape = list(stem.output_shape(input_shape))
     shape[FIELDS[model.field].feature_axis] += model.augment
     return tuple(shape)
 
@@ -95,12 +96,13 @@ def build_model(config: Config, input_shape: tuple[int, ...], num_classes: int, 
     shape = state_shape(model, input_shape)
     k_field, k_head = jax.random.split(key)
     field = build_field(model, shape, k_field)
+    stem = STEMS[model.stem].init(input_shape, model.width, jax.random.fold_in(key, 1))
     wrap = SOLVERS[solver.method].wrap_field
     if wrap is not None:  # lm2: the per-layer k_l of eq 111 are trainable parameters held beside the field
         field = wrap(field, param_init(model))
     net = ODENet(field, build_solver(solver.method), build_strategy(config.gradient, solver, config.train),
                  READOUTS[model.readout].init(shape, num_classes, k_head), augment=model.augment,
-                 grid=LayerGrid(model.horizon, model.layers), stepping=build_stepping(solver))
+                 grid=LayerGrid(model.horizon, model.layers), stepping=build_stepping(solver), stem=stem)
     try:
         check_readout(net, shape, num_classes)
     except ValueError as e:
@@ -178,7 +180,8 @@ class Run:
 
 def build_objective(config: Config) -> Objective:
     """The training loss of the `loss` section."""
-    return Objective(config.loss.smoothness, config.loss.label_smoothing, config.loss.logit_penalty)
+    return Objective(config.loss.smoothness, config.loss.label_smoothing, config.loss.logit_penalty,
+                     kinetic=config.loss.kinetic, jacobian_frobenius=config.loss.jacobian_frobenius)
 
 
 def build_train_options(config: Config) -> TrainOptions:
@@ -201,7 +204,7 @@ def build_run(config: Config, folder: Path, dataset: Dataset | None = None) -> R
     check_dataset(dataset)
     if config.optim.name == "newton_pcg" and not STRATEGIES[config.gradient.strategy].forward_mode:
         raise ConfigError(f"optim.name newton_pcg needs forward-mode products (jax.jvp) through the solve: set "
-                          f"gradient.strategy: direct (got {config.gradient.strategy})")
+                          f"gradient.strategy: direct_adjoint (got {config.gradient.strategy})")
     options = build_train_options(config)
     options.check(len(dataset.train))
     model = build_model(config, dataset.input_shape, dataset.num_classes, k_model)

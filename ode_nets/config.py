@@ -19,8 +19,8 @@ import yaml
 
 from ode_nets.data import DATASETS
 from ode_nets.errors import ConfigError
-from ode_nets.fields import ACTIVATIONS, CONV_IMPLS, FIELDS, NORMS
-from ode_nets.models import READOUTS
+from ode_nets.fields import ACTIVATIONS, CONV_IMPLS, FIELDS, INTERPOLATIONS, NORMS
+from ode_nets.models import READOUTS, STEMS
 from ode_nets.solvers import SOLVERS
 from ode_nets.strategies import STRATEGIES
 
@@ -33,6 +33,8 @@ DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
 Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
 ConvImpl = Literal[tuple(CONV_IMPLS)]  # type: ignore[valid-type]
 Norm = Literal[tuple(NORMS)]  # type: ignore[valid-type]
+Stem = Literal[tuple(STEMS)]  # type: ignore[valid-type]
+Interpolation = Literal[tuple(INTERPOLATIONS)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class ModelConfig:
     conv_impl: ConvImpl = "xla_split"  # 3x3 conv, eq 72 (docs/performance.md)
     norm: Norm = "none"  # N in the PDE-motivated conv fields, sigma(N(K Y + b)) (docs/pde_cnns.md)
     stages: tuple[int, ...] = ()  # multi-stage network: channels of each stage's state (empty: one ODE block)
+    interpolation: Interpolation = "constant"  # per-layer parameters: pieces, or linear between knots
+    stem: Stem = "identity"  # map before the ODE block (odenet_downsample: Chen et al.'s MNIST stack, model.width channels)
 
     def __post_init__(self) -> None:
         require(self.layers > 0, "model.layers", f"must be a positive number of layers, got {self.layers}")
@@ -123,11 +127,15 @@ class LossConfig:
     smoothness: float = 0.0  # lambda of eq 113
     label_smoothing: float = 0.0  # training targets (1 - eps) one_hot + eps / K (bounds the logits; 0: off)
     logit_penalty: float = 0.0  # beta * mean logsumexp(logits)^2 (z-loss): bounds the logit level (0: off)
+    kinetic: float = 0.0  # weight of int ||F||^2 dt (Finlay et al. 2020; 0: off)
+    jacobian_frobenius: float = 0.0  # weight of int ||dF/dx||_F^2 dt, Hutchinson estimate (0: off)
 
     def __post_init__(self) -> None:
         require(self.smoothness >= 0, "loss.smoothness", f"must be >= 0 (lambda of eq 113), got {self.smoothness}")
         require(0 <= self.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         require(self.logit_penalty >= 0, "loss.logit_penalty", f"must be >= 0, got {self.logit_penalty}")
+        require(self.kinetic >= 0, "loss.kinetic", f"must be >= 0, got {self.kinetic}")
+        require(self.jacobian_frobenius >= 0, "loss.jacobian_frobenius", f"must be >= 0, got {self.jacobian_frobenius}")
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def test_training_steps_alternate_blocks_and_lower_the_loss():
     """gradient.strategy direct (forward-mode products): step 1 moves only the network (field), step 2 only the
     classifier; the batch loss falls; CG iterations and products are logged."""
     cfg = config(model={"field": "resnet", "layers": 4, "augment": 2, "init": "normal", "init_scale": 0.3,
-                        "readout": "linear_softmax"}, gradient={"strategy": "direct"},
+                        "readout": "linear_softmax"}, gradient={"strategy": "direct_adjoint"},
                  optim={"name": "newton_pcg", "learning_rate": 1.0, "weight_decay": 1e-3, "cg_iterations": 5})
     net = net_from_config(cfg)
     opt = build_optimizer(cfg.optim, 10)

@@ -27,6 +27,7 @@ BASE = {"model": {"field": "cubic", "layers": 4, "init": "normal", "init_scale":
                   "readout": "softmax"}}
 HAMILTONIAN = {"field": "hamiltonian", "augment": 2, "readout": "linear_softmax"}  # state (x, 0, 0): 4 = 2 y + 2 z
 CONV = {"field": "conv_cubic", "augment": 1, "readout": "max_pool_softmax"}  # 1 + 1 channels = 2 classes
+ODENET = {"field": "odenet_conv", "augment": 1, "readout": "odenet_head"}  # Chen et al.'s ODE-Net block and head
 
 # (config key, name) -> the sections that make a valid config around that name (merged into BASE)
 PARTNERS: dict[tuple[str, str], dict] = {
@@ -38,6 +39,8 @@ PARTNERS: dict[tuple[str, str], dict] = {
     ("model.field", "hamiltonian_conv"): {"model": {**CONV, "field": "hamiltonian_conv"}, "solver": {"method": "verlet"}},
     ("model.readout", "sigmoid_last"): {"model": {"augment": 1}},
     ("model.readout", "max_pool_softmax"): {"model": CONV},
+    ("model.field", "odenet_conv"): {"model": ODENET},
+    ("model.readout", "odenet_head"): {"model": ODENET},
     ("solver.method", "verlet"): {"model": HAMILTONIAN},  # leapfrog on the two-state (y, z) field
     ("gradient.strategy", "reversible"): {"model": HAMILTONIAN, "solver": {"method": "verlet"}},
     # analytic_adjoint: the base field (cubic) has the hand-derived equations; lm2: the default strategy
@@ -65,8 +68,8 @@ def case_config(key: str, name: str):
 
 
 def tiny_batch(cfg):
-    """8 circle points, or 8 random single-channel 8x8 images for the conv fields; labels 0/1."""
-    if FIELDS[cfg.model.field].feature_axis == -3:
+    """8 circle points, or 8 random single-channel 8x8 images for the conv field; labels 0/1."""
+    if FIELDS[cfg.model.field].feature_axis == -3:  # conv fields
         x = jax.random.uniform(jax.random.PRNGKey(1), (8, 1, 8, 8))
         return x, jnp.arange(8) % 2
     x, y = make_circles(jax.random.PRNGKey(1), 8, 0.2)

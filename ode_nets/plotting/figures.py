@@ -45,6 +45,31 @@ def plot_curves(records: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def nfe_per_epoch(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Mean of each logged NFE series (nfe_forward, nfe_backward) over the logged steps of each epoch, as
+    (epochs counted from 1, means); series absent from the records are left out."""
+    train = [r for r in records if r.get("kind") == "train"]
+    series = {}
+    for key in ("nfe_forward", "nfe_backward"):
+        points = [(r["epoch"] + 1, r[key]) for r in train if key in r]
+        if points:
+            epochs, values = np.asarray(points, float).T
+            unique = np.unique(epochs)
+            series[key] = (unique, np.array([values[epochs == e].mean() for e in unique]))
+    return series
+
+
+def plot_nfe(records: list[dict], path: Path, title: str = "") -> Path:
+    """Function evaluations per training step against epoch, forward and backward (Chen et al. 2018, Fig 3d)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for key, (epochs, means) in nfe_per_epoch(records).items():
+        ax.plot(epochs, means, "o-", ms=3, label=key.replace("_", " "))
+    ax.set(xlabel="epoch", ylabel="function evaluations per step (mean over the epoch)", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def _clip_outliers(ax, factor: float = 100.0) -> None:
     """Cap the y axis at `factor` x the 95th percentile of the plotted values, so that a few near-overflow
     losses (an explicit cubic step close to blowing up) do not flatten the curves; says how many are cut off."""
@@ -119,11 +144,15 @@ def plot_run(folder: Path) -> list[Path]:
     folder = Path(folder)
     config, dataset, model = load_run(folder)
     out = folder / "figures"
-    paths = [plot_curves(read_metrics(folder), out / "curves.png")]
+    records = read_metrics(folder)
+    paths = [plot_curves(records, out / "curves.png")]
+    if nfe_per_epoch(records):
+        paths.append(plot_nfe(records, out / "nfe.png", config.name))
     if not hasattr(model, "field"):  # a multi-stage network (model.stages): several fields, no single trajectory
         return paths
-    paths.append(plot_parameters(model.field, out / "parameters.png"))
-    if config.model.field == "cubic":
+    if _named_time_params(model.field):
+        paths.append(plot_parameters(model.field, out / "parameters.png"))
+    if config.model.field in ("cubic", "mlp"):
         x, y = dataset.test.x[:1000], dataset.test.y[:1000]  # enough points to see the flow; more hide each other
         features = np.asarray(model.features(x))
         probs = predict(model, x)[:, 1]

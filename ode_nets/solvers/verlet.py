@@ -93,6 +93,12 @@ class StepSolution(eqx.Module):
 
     ts: Array
     ys: Array
+    num_steps: int = eqx.field(static=True, default=0)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """diffrax's step counts of a fixed-step solve (for `ode_nets.solvers.solve_counts`)."""
+        return {"num_steps": self.num_steps, "num_accepted_steps": self.num_steps, "num_rejected_steps": 0}
 
 
 def _scan_states(field: Callable, x0: Array, ts: np.ndarray, args: Any) -> Array:
@@ -165,11 +171,12 @@ def reversible_solve(field: eqx.Module, x0: Array, step_ts: np.ndarray, saveat: 
         raise ValueError("gradient.strategy 'reversible' does not support field args")
     subs = saveat.subs if saveat is not None else None
     if subs is None or (subs.ts is None and not subs.t0 and not subs.steps):
-        return StepSolution(jnp.asarray(step_ts[-1:]), reversible_final_state(field, x0, step_ts)[None])
+        return StepSolution(jnp.asarray(step_ts[-1:]), reversible_final_state(field, x0, step_ts)[None],
+                            len(step_ts) - 1)
     if subs.ts is None or subs.steps or subs.t0:
         raise ValueError("gradient.strategy 'reversible' saves either t1 or given ts on the step grid")
     wanted = np.asarray(subs.ts)
     index = np.searchsorted(step_ts, wanted)
     if np.any(index >= len(step_ts)) or not np.allclose(step_ts[np.minimum(index, len(step_ts) - 1)], wanted):
         raise ValueError("gradient.strategy 'reversible': save times must lie on the step grid")
-    return StepSolution(jnp.asarray(wanted), _scan_states(field, x0, step_ts, args)[index])
+    return StepSolution(jnp.asarray(wanted), _scan_states(field, x0, step_ts, args)[index], len(step_ts) - 1)

@@ -27,6 +27,10 @@ class AbstractGradientStrategy(eqx.Module):
 
     config_options: ClassVar[tuple[str, ...]] = ()
     forward_mode: ClassVar[bool] = False  # supports jax.jvp (forward-mode autodiff) through the solve
+    # How the backward pass's function evaluations are counted (`nfe_backward` in training): "vjp", one
+    # vector-Jacobian product per forward evaluation (reverse mode through the solver's steps); "solve", a backward
+    # solve of its own, counted by `CountingBacksolveAdjoint`; "none", not counted.
+    backward_counting: ClassVar[str] = "none"
 
     @abc.abstractmethod
     def solve(self, field: AbstractField, x0: PyTree[Array], discretisation: Discretisation, saveat: diffrax.SaveAt,

@@ -28,6 +28,7 @@ from ode_nets.models import count_parameters
 from ode_nets.solvers import SOLVERS
 from ode_nets.training import distributed, parallel
 from ode_nets.training.checkpoint import Position, train_state
+from ode_nets.training.counting import backward_counts, counts_backward_solve
 from ode_nets.training.evaluation import evaluate, learned_gamma, split_metrics
 from ode_nets.training.lock import hold
 from ode_nets.training.objective import Objective
@@ -155,10 +156,13 @@ class _Trainer:
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.options.epochs}", disable=not self.progress, leave=False)
         self.window = (time.time(), 0)
         for i, (idx, mask) in enumerate(bar, start=first_batch):
-            metrics = self.train_batch(*self.batch(idx, mask, order_key, i), epoch, i)
+            batch = self.batch(idx, mask, order_key, i)
+            metrics = self.train_batch(*batch, epoch, i)
             self.step += 1
             self.window = (self.window[0], self.window[1] + int(mask.sum()))
             if self.step % self.options.log_every == 0 or i == last:
+                if counts_backward_solve(self.model):  # NFE of the backward solve: one extra pass (training/counting.py)
+                    metrics = {**metrics, **backward_counts(self.model, *batch, self.objective)}
                 self.log_train(metrics, epoch, bar)
             self.done = self.step >= self.total_steps
             next_pos = Position(self.step, epoch + 1, 0) if i == last else Position(self.step, epoch, i + 1)

@@ -11,7 +11,7 @@ weight decay alpha/2 ||theta||^2 added to the objective:
   estimated with one Rademacher probe (Hutchinson: diag ~ v * G v), floored at alpha (and 1e-8);
 - an Armijo backtracking line search on the batch objective (`armijo`), initial step `learning_rate` (1: Newton).
 
-The forward-mode products need a solve that supports `jax.jvp`: `gradient.strategy: direct` (diffrax
+The forward-mode products need a solve that supports `jax.jvp`: `gradient.strategy: direct_adjoint` (diffrax
 `DirectAdjoint`). It is an optax `GradientTransformationExtraArgs`: `update(grads, state, params, value_fn=,
 output_fn=, output_loss=, reg_fn=)` (the training step passes them); its state carries the step's statistics.
 """
