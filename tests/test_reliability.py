@@ -206,8 +206,10 @@ def _signal_at_step(monkeypatch, step: int, sig=signal.SIGTERM) -> None:
     monkeypatch.setattr(train_module, "train_step", step_then_signal)
 
 
-def test_sigterm_in_process_at_a_random_step_resumes_bit_identically(tmp_path, monkeypatch, quick_reference):
-    step = random.randint(1, 29)  # QUICK: 30 steps, checkpoints every 4 and at each epoch end
+@pytest.mark.parametrize("step", [random.randint(1, 29), 20, 30], ids=["random", "epoch-end", "last"])
+def test_sigterm_in_process_at_a_step_resumes_bit_identically(tmp_path, monkeypatch, quick_reference, step):
+    """QUICK: 30 steps, 10 per epoch, checkpoints every 4 and at each epoch end. At the last step of an epoch the
+    signal comes before the epoch's evaluation, which the resumed run does first."""
     _signal_at_step(monkeypatch, step)
     cfg = load_config(CIRCLES, QUICK)
     prepare_folder(tmp_path / "run", cfg, overwrite=False, resume=False)
@@ -217,7 +219,7 @@ def test_sigterm_in_process_at_a_random_step_resumes_bit_identically(tmp_path, m
     monkeypatch.undo()
     fit_run(build_run(cfg, tmp_path / "run"), resume=True, progress=False)
     assert (tmp_path / "run" / "model.eqx").read_bytes() == (quick_reference / "model.eqx").read_bytes(), step
-    assert stable_metrics(tmp_path / "run") == stable_metrics(quick_reference)
+    assert stable_metrics(tmp_path / "run") == stable_metrics(quick_reference), step
 
 
 @pytest.mark.parametrize("overrides,expected", [
