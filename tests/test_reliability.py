@@ -26,7 +26,7 @@ from ode_nets.config import load_config
 from ode_nets.data import DataError, Dataset, Split
 from ode_nets.build import build_run, fit_run, prepare_folder
 from ode_nets.cli import RESUMABLE_EXIT
-from ode_nets.errors import CheckpointError, RunDirError, StorageError
+from ode_nets.errors import RunDirError, StorageError
 from ode_nets.training import Objective, RunDir, TrainingError
 from ode_nets.training import loop as train_module
 from ode_nets.training import storage
@@ -170,7 +170,7 @@ def test_ctrl_c_and_sigusr1_write_a_checkpoint_and_exit_75(tmp_path, sig):
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == RESUMABLE_EXIT, err
-    assert f"interrupted at step" in out and f"({sig.name})" in out and "--resume" in out
+    assert "interrupted at step" in out and f"({sig.name})" in out and "--resume" in out
     assert not (folder / "model.eqx").exists()
     steps = sorted(ckpt.checkpoint_step(p) for p in (folder / "checkpoints").glob("ckpt-*.json"))
     assert steps[-1] > 5  # the interrupt wrote a checkpoint beyond the periodic one
