@@ -9,9 +9,10 @@ allowed names from.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import diffrax
 import equinox as eqx
@@ -19,7 +20,8 @@ import jax
 import optax
 from jaxtyping import PRNGKeyArray
 
-from ode_nets.config import Config, GradientConfig, ModelConfig, OptimConfig, SolverConfig, load_config, to_dict
+from ode_nets.config import (Config, GradientConfig, ModelConfig, OptimConfig, SolverConfig, from_dict, load_config,
+                             to_dict)
 from ode_nets.data import Dataset, check_dataset, load_dataset
 from ode_nets.errors import ConfigError
 from ode_nets.fields import FIELDS, AbstractField, LayerGrid, ParamInit
@@ -27,6 +29,7 @@ from ode_nets.models import READOUTS, ODENet, check_readout
 from ode_nets.solvers import SOLVERS, AbstractStepping, AdaptiveSteps, FixedSteps
 from ode_nets.strategies import STRATEGIES, AbstractGradientStrategy
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate_test, fit
+from ode_nets.training import distributed
 from ode_nets.training.checkpoint import train_state
 
 
@@ -184,6 +187,20 @@ def resume_config(folder: Path, overrides: list[str]) -> Config:
     """The config saved in a run folder (plus overrides), for `--resume`."""
     RunDir.resume(folder, need_config=True)
     return load_config(Path(folder) / "config.yaml", overrides)
+
+
+def shared_setup(setup: Callable[[], tuple[Path, Config]]) -> tuple[Path, Config]:
+    """The run folder and config from `setup` (load the config, prepare the folder), which runs on process 0 only;
+    every process of a multi-process run gets process 0's (the others need not see its files). One process: `setup()`."""
+    if jax.process_count() == 1:
+        return setup()
+
+    def read() -> str:
+        folder, config = setup()
+        return json.dumps({"folder": str(folder), "config": to_dict(config)})
+
+    shared = json.loads(distributed.from_main(read))  # a bad config or folder: the same error on every process
+    return Path(shared["folder"]), from_dict(shared["config"], "process 0's config")
 
 
 def fit_run(run: Run, *, resume: bool = False, progress: bool = True) -> dict:

@@ -121,13 +121,18 @@ def batch_indices(n: int, batch_size: int, key: PRNGKeyArray | None) -> Iterator
         yield idx, mask
 
 
-def add_input_noise(x: np.ndarray, sigma: float, key: PRNGKeyArray) -> jax.Array:
+def add_input_noise(x: np.ndarray, sigma: float, key: PRNGKeyArray, rows: slice | None = None,
+                    batch_size: int | None = None) -> jax.Array:
     """`x` plus N(0, sigma^2) noise per entry, drawn from `key` (`train.input_noise`).
 
     Training with input noise is, to first order, Tikhonov regularisation of the network's input
     gradient (Bishop 1995): it pushes the decision boundary away from the training points.
+    With `rows`, `x` is only those rows of a batch of `batch_size` (one process's share of a global batch) and gets
+    their rows of the whole batch's noise: the same numbers however the batch is split over processes.
     """
-    return x + sigma * jax.random.normal(key, x.shape, x.dtype)
+    if rows is None:
+        return x + sigma * jax.random.normal(key, x.shape, x.dtype)
+    return x + sigma * jax.random.normal(key, (batch_size,) + x.shape[1:], x.dtype)[rows]
 
 
 def num_batches(n: int, batch_size: int) -> int:

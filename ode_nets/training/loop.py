@@ -10,6 +10,7 @@ marked `"status": "failed"` in `results.json`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -22,11 +23,11 @@ import optax
 from tqdm.auto import tqdm
 
 from ode_nets.data import Dataset, add_input_noise, batch_indices
-from ode_nets.errors import CheckpointError, StorageError, TrainingError
+from ode_nets.errors import StorageError, TrainingError
 from ode_nets.models import count_parameters
 from ode_nets.solvers import SOLVERS
-from ode_nets.training import parallel
-from ode_nets.training.checkpoint import Position, set_aside, train_state
+from ode_nets.training import distributed, parallel
+from ode_nets.training.checkpoint import Position, train_state
 from ode_nets.training.evaluation import evaluate, learned_gamma, split_metrics
 from ode_nets.training.lock import hold
 from ode_nets.training.objective import Objective
@@ -34,7 +35,6 @@ from ode_nets.training.options import TrainOptions
 from ode_nets.training.run_dir import MetricsLog, RunDir
 from ode_nets.training.signals import StopSignals
 from ode_nets.training.step import train_step, without_nonfinite
-from ode_nets.training.storage import remove_stale_temporaries
 
 
 
@@ -52,9 +52,11 @@ def fit(model: eqx.Module, data: Dataset, *, optimizer: optax.GradientTransforma
     """
     options = dataclasses.replace(options or TrainOptions(), **settings)
     options.check(len(data.train))
-    with hold(run_dir.path if isinstance(run_dir, RunDir) else run_dir):
-        if not isinstance(run_dir, RunDir):
+    main = distributed.is_main()  # several processes: only process 0 locks, reads and writes the folder
+    with hold(run_dir.path if isinstance(run_dir, RunDir) else run_dir) if main else contextlib.nullcontext():
+        if not isinstance(run_dir, RunDir) and main:
             run_dir = RunDir.resume(run_dir) if resume else RunDir.create(run_dir, config, overwrite=overwrite)
+        run_dir = distributed.process_run_dir(run_dir)
         trainer = _Trainer(model, data, optimizer, objective or Objective(), options, run_dir, progress)
         try:
             return _train(trainer, resume, config)
@@ -106,26 +108,21 @@ class _Trainer:
         """Continue from the newest intact checkpoint (from step 0 if none was written yet); damaged newer ones
         are set aside as `*.damaged`. Then record a changed `config` (a failed resume changes nothing)."""
         restored = self.run_dir.restore(self.state())
-        if restored is None and self.run_dir.model_path.is_file():
-            raise CheckpointError(f"no checkpoint in {self.run_dir.checkpoints} to resume from, and the run has "
-                                  f"finished ({self.run_dir.model_path} exists)")
         self.resumed = {"kind": "resume", "step": 0, "checkpoint": None, "skipped": []}
         if restored is not None:
             self.model, self.opt_state, self.key = (restored.state[k] for k in ("model", "opt_state", "key"))
             self.position = restored.position
-            set_aside(restored.skipped)
             skipped = [{"checkpoint": p.name, "reason": why} for p, why in restored.skipped]
             self.resumed.update(step=self.position.step, checkpoint=restored.path.name, skipped=skipped)
             for entry in skipped:
                 print(f"skipped damaged checkpoint {entry['checkpoint']} ({entry['reason']}); kept as *.damaged")
-        remove_stale_temporaries(self.run_dir.checkpoints)
-        remove_stale_temporaries(self.run_dir.path)
         if config is not None:
             self.run_dir.record_resume(config)
 
     def begin(self, resume: bool) -> None:
         """Replicate over devices if asked, open the metrics log, print the run's size; the clock starts."""
-        if self.options.devices > 1:  # data parallel: batch axis sharded, parameters replicated (ode_nets.training.parallel)
+        if self.options.devices > 1 or jax.process_count() > 1:  # data parallel: batch axis sharded, parameters
+            # replicated (ode_nets.training.parallel), over every process's devices (ode_nets.training.distributed)
 
             parallel.check_devices(self.options.devices, self.options.batch_size)
             self.mesh = parallel.batch_mesh(self.options.devices)
@@ -170,10 +167,11 @@ class _Trainer:
                 self.log_train(metrics, epoch, bar)
             self.done = self.step >= self.total_steps
             next_pos = Position(self.step, epoch, i + 1)  # after the last batch: the epoch's evaluation is still to do
-            if stop.fired:
+            if distributed.any_process(bool(stop.fired)):  # all processes stop at the same step
+                signal = stop.fired or "a signal to another process"
                 self.save(next_pos)
-                self.log.write({"kind": "interrupted", "step": self.step, "signal": stop.fired})
-                print(f"\ninterrupted at step {self.step} ({stop.fired}): checkpoint written; continue with "
+                self.log.write({"kind": "interrupted", "step": self.step, "signal": signal})
+                print(f"\ninterrupted at step {self.step} ({signal}): checkpoint written; continue with "
                       f"--resume {self.run_dir.path}")
                 return True
             if self.options.checkpoint_every and self.step % self.options.checkpoint_every == 0 and i != last:
@@ -184,9 +182,10 @@ class _Trainer:
 
     def batch(self, idx: np.ndarray, mask: np.ndarray, order_key: jax.Array, i: int) -> tuple:
         """Inputs, labels and mask of batch `i` (noise keyed per (epoch, batch): a resumed run draws the same)."""
-        x, y = self.data.train.x[idx], self.data.train.y[idx]
+        rows = parallel.process_rows(len(idx))  # this process's rows of the global batch (all, with one process)
+        x, y, mask = self.data.train.x[idx[rows]], self.data.train.y[idx[rows]], mask[rows]
         if self.options.input_noise:
-            x = add_input_noise(x, self.options.input_noise, jax.random.fold_in(order_key, i))
+            x = add_input_noise(x, self.options.input_noise, jax.random.fold_in(order_key, i), rows, len(idx))
         if self.mesh is not None:
 
             x, y, mask = parallel.shard_batch((x, y, mask), self.mesh)

@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 from jaxtyping import PyTree
 
-from ode_nets.errors import RunDirError
+from ode_nets.errors import CheckpointError, RunDirError
 from ode_nets.training import checkpoint as ckpt
 from ode_nets.training.lock import LOCK_NAME, hold
-from ode_nets.training.storage import append_line, complete_lines, writing
+from ode_nets.training.storage import append_line, complete_lines, remove_stale_temporaries, writing
 
 
 def read_records(path: Path) -> list[dict]:
@@ -181,8 +181,18 @@ class RunDir:
         return ckpt.load_latest(self.checkpoints, like)
 
     def restore(self, like: PyTree) -> ckpt.Restored | None:
-        """The newest intact checkpoint and the damaged ones skipped (`checkpoint.restore`); None if none."""
-        return ckpt.restore(self.checkpoints, like)
+        """The newest intact checkpoint and the damaged ones skipped (`checkpoint.restore`), which are set aside as
+        `*.damaged`; temporaries of interrupted writes are removed. None if there is no checkpoint yet; a
+        `CheckpointError` if there is none but the run has finished (`model.eqx`)."""
+        restored = ckpt.restore(self.checkpoints, like)
+        if restored is None and self.model_path.is_file():
+            raise CheckpointError(f"no checkpoint in {self.checkpoints} to resume from, and the run has "
+                                  f"finished ({self.model_path} exists)")
+        if restored is not None:
+            ckpt.set_aside(restored.skipped)
+        remove_stale_temporaries(self.checkpoints)
+        remove_stale_temporaries(self.path)
+        return restored
 
     def save_model(self, model: PyTree) -> None:
         """The final parameters, `model.eqx`."""
