@@ -18,14 +18,16 @@ from ode_nets.errors import CheckpointError, ConfigError, DataError, RunDirError
 from ode_nets.fields import (FIELDS, AbstractAnalyticField, AbstractCubicField, AbstractField, AntisymmetricField,
                              Constant, ConvCubicField, CubicField, HamiltonianField, LayerGrid, LayerParams, ParamInit,
                              PiecewiseConstant, ResNetField, SingleLayerField)
+from ode_nets.fields import HamiltonianConvField, HyperbolicField, ParabolicField, ResNetConvField
 from ode_nets.losses import cross_entropy, smoothness
 from ode_nets.models import (READOUTS, AbstractReadout, LinearSoftmax, MaxPoolSoftmax, ODENet, SigmoidLast, Softmax,
                              count_parameters)
+from ode_nets.multistage import Connective, MultiStageNet
 from ode_nets.solve import solve
 from ode_nets.solvers import (RK4, SOLVERS, AbstractStepping, AdamsBashforth3, AdaptiveSteps, Discretisation,
                               FixedSteps, TwoStepLM, Verlet, with_two_step_memory)
 from ode_nets.strategies import (STRATEGIES, AbstractDiffraxAdjoint, AbstractGradientStrategy, AnalyticAdjoint,
-                                 DiscretizeThenOptimize, OptimizeThenDiscretize, Reversible)
+                                 Direct, DiscretizeThenOptimize, LayerParallel, OptimizeThenDiscretize, Reversible)
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate, fit, predict
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "SOLVERS", "RK4", "AdamsBashforth3", "TwoStepLM", "Verlet", "with_two_step_memory", "AbstractStepping",
     "FixedSteps", "AdaptiveSteps", "Discretisation",
     "STRATEGIES", "AbstractGradientStrategy", "AbstractDiffraxAdjoint", "DiscretizeThenOptimize",
-    "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible",
+    "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "LayerParallel", "Direct",
     "fit", "Objective", "TrainOptions", "RunDir", "evaluate", "predict",
+    "ParabolicField", "HyperbolicField", "HamiltonianConvField", "ResNetConvField", "MultiStageNet", "Connective",
 ]

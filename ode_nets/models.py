@@ -15,7 +15,7 @@ from ode_nets.fields._base import AbstractField
 from ode_nets.fields.time_params import LayerGrid
 from ode_nets.solve import solve
 from ode_nets.solvers.stepping import AbstractStepping, FixedSteps
-from ode_nets.strategies._base import AbstractGradientStrategy
+from ode_nets.strategies._base import AbstractGradientStrategy, is_monitor
 
 
 def augment(x: Array, extra: int, axis: int) -> Array:
@@ -147,7 +147,7 @@ def project_parameters(model: ODENet) -> ODENet:
     turns it into growth that blows up in finite time (seen on MNIST: gamma~ drifted to -3.5e-5 and the
     state overflowed within 5 layers once |x| ~ 100). A fixed gamma (a Python float) is left alone.
     """
-    gamma = getattr(model.field, "gamma", None)
+    gamma = getattr(getattr(model, "field", None), "gamma", None)
     if not eqx.is_array(gamma):
         return model
     return eqx.tree_at(lambda m: m.field.gamma, model, jnp.maximum(gamma, 0.0))
@@ -160,4 +160,5 @@ def trainable(model: eqx.Module) -> eqx.Module:
 
 def count_parameters(model: eqx.Module) -> int:
     """Number of trainable scalars (paper: 601, 240, 18,201)."""
-    return sum(x.size for x in jax.tree_util.tree_leaves(trainable(model)))
+    leaves = jax.tree_util.tree_leaves(trainable(model), is_leaf=is_monitor)  # a strategy's Monitor is no parameter
+    return sum(x.size for x in leaves if not is_monitor(x))

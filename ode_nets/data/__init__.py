@@ -17,6 +17,7 @@ from ode_nets.data import toy
 from ode_nets.data._dataset import (Dataset, Split, add_input_noise, batch_indices, carve_validation, check_dataset,
                                     num_batches)
 from ode_nets.data.circles import make_circles
+from ode_nets.data.digits import load_digits
 from ode_nets.data.mnist import load_mnist
 from ode_nets.errors import DataError
 
@@ -41,6 +42,7 @@ DATASETS: dict[str, Loader] = {
     "circles": load_circles,
     "mnist": lambda options, k_train, k_test: load_mnist(options),
     **{name: toy.load for name in toy.GENERATORS},
+    "digits": load_digits,  # scikit-learn's bundled 8x8 digits
 }
 
 

@@ -119,7 +119,10 @@ def plot_run(folder: Path) -> list[Path]:
     folder = Path(folder)
     config, dataset, model = load_run(folder)
     out = folder / "figures"
-    paths = [plot_curves(read_metrics(folder), out / "curves.png"), plot_parameters(model.field, out / "parameters.png")]
+    paths = [plot_curves(read_metrics(folder), out / "curves.png")]
+    if not hasattr(model, "field"):  # a multi-stage network (model.stages): several fields, no single trajectory
+        return paths
+    paths.append(plot_parameters(model.field, out / "parameters.png"))
     if config.model.field == "cubic":
         x, y = dataset.test.x[:1000], dataset.test.y[:1000]  # enough points to see the flow; more hide each other
         features = np.asarray(model.features(x))

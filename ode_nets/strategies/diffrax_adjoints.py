@@ -3,7 +3,8 @@
 - `DiscretizeThenOptimize`: differentiate through the solver's own steps (`diffrax.RecursiveCheckpointAdjoint`):
   the exact gradient of the discrete network (eq 112).
 - `OptimizeThenDiscretize`: solve the continuous adjoint equation (eq 11) backwards (`diffrax.BacksolveAdjoint`),
-  with its own solver and stepping if given.
+  with its own solver and stepping if given;
+- `Direct`: `diffrax.DirectAdjoint`, differentiable in forward mode too (Newton–PCG).
 """
 
 from __future__ import annotations
@@ -47,3 +48,13 @@ class OptimizeThenDiscretize(AbstractDiffraxAdjoint):
         stepping = self.backward_stepping or discretisation.stepping
         controller = stepping.backward(solver, discretisation.step_ts(), discretisation.jump_ts(field))
         return diffrax.BacksolveAdjoint(solver=solver, stepsize_controller=controller)
+
+
+class Direct(AbstractDiffraxAdjoint):
+    """Differentiate through the solve with diffrax's `DirectAdjoint`: reverse *and* forward mode (`jax.jvp`), which
+    Newton–PCG's Gauss–Newton products need (`optim.name: newton_pcg`); fixed steps only in practice (memory)."""
+
+    forward_mode: ClassVar[bool] = True
+
+    def adjoint(self, discretisation: Discretisation, field: AbstractField) -> diffrax.AbstractAdjoint:
+        return diffrax.DirectAdjoint()

@@ -121,11 +121,12 @@ class _Trainer:
 
     def begin(self, resume: bool) -> None:
         """Replicate over devices if asked, open the metrics log, print the run's size; the clock starts."""
-        if self.options.devices > 1 or jax.process_count() > 1:  # data parallel: batch axis sharded, parameters
-            # replicated (ode_nets.training.parallel), over every process's devices (ode_nets.training.distributed)
+        if self.options.devices > 1 or self.options.layer_devices > 1 or jax.process_count() > 1:  # data (x layer)
+            # parallel: batch axis sharded, parameters replicated (ode_nets.training.parallel), over every process's
+            # devices (ode_nets.training.distributed)
 
             parallel.check_devices(self.options.devices, self.options.batch_size)
-            self.mesh = parallel.batch_mesh(self.options.devices)
+            self.mesh = parallel.batch_mesh(self.options.devices, self.options.layer_devices)
             self.model, self.opt_state = parallel.replicate((self.model, self.opt_state), self.mesh)
         self.log = self.run_dir.metrics_log(self.position.step if resume else None)
         if resume:

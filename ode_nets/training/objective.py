@@ -30,3 +30,12 @@ class Objective(eqx.Module):
             aux["logit_level"] = logit_level(logits, mask)
             loss = loss + self.logit_penalty * aux["logit_level"]
         return loss, aux
+
+    def on_logits(self, logits: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
+        """The part of the loss that depends on the logits only (cross entropy, z-loss): Newton–PCG's output loss."""
+        loss = cross_entropy(logits, y, mask, self.label_smoothing)
+        return loss + self.logit_penalty * logit_level(logits, mask) if self.logit_penalty else loss
+
+    def regulariser(self, model: eqx.Module) -> jax.Array:
+        """lambda * eq 113 smoothness: the part of the loss that depends on the parameters only."""
+        return self.smoothness * smoothness(model)

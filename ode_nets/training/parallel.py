@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ode_nets.errors import ConfigError
+from ode_nets.strategies.layer_parallel import layer_mesh
 
 BATCH_AXIS = "batch"
 
@@ -47,8 +48,12 @@ def mesh_devices(devices: int) -> list:
     return [d for p in sorted(by_process) for d in by_process[p][:devices]]
 
 
-def batch_mesh(devices: int) -> Mesh:
-    """A one-axis mesh ("batch") over the first `devices` devices of every process."""
+def batch_mesh(devices: int, layer_devices: int = 1) -> Mesh:
+    """A one-axis mesh ("batch") over the first `devices` devices of every process; with `layer_devices` > 1 the
+    2-D mesh ("batch", "layers") of layer-parallel training (`ode_nets.strategies.layer_parallel.layer_mesh`, one
+    process), on which a batch sharded over "batch" is replicated along "layers"."""
+    if layer_devices > 1:
+        return layer_mesh(devices, layer_devices)
     return Mesh(np.asarray(mesh_devices(devices)), (BATCH_AXIS,))
 
 
