@@ -76,7 +76,7 @@ def _train(trainer: "_Trainer", resume: bool, config: dict | str | None) -> dict
     trainer.begin(resume)
     with StopSignals() as stop:
         for epoch in range(trainer.position.epoch, trainer.options.epochs):
-            if trainer.done:
+            if trainer.done and not trainer.resumes_within(epoch):
                 break
             if trainer.run_epoch(epoch, stop):
                 return {"interrupted": True, "step": trainer.step, "signal": stop.fired}
@@ -147,6 +147,10 @@ class _Trainer:
         position = dataclasses.replace(position, elapsed_s=self.elapsed())
         self.run_dir.save_checkpoint(self.state(), position, self.options.keep_checkpoints)
 
+    def resumes_within(self, epoch: int) -> bool:
+        """Whether this session started inside `epoch` (its evaluation is still to do even if no step is left)."""
+        return epoch == self.position.epoch and self.position.batch > 0
+
     def run_epoch(self, epoch: int, stop: StopSignals) -> bool:
         """Train one epoch (from the resumed batch), evaluate, checkpoint; True if a stop signal ended it."""
         first_batch = self.position.batch if epoch == self.position.epoch else 0
@@ -156,6 +160,8 @@ class _Trainer:
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.options.epochs}", disable=not self.progress, leave=False)
         self.window = (time.time(), 0)
         for i, (idx, mask) in enumerate(bar, start=first_batch):
+            if self.done:
+                break
             batch = self.batch(idx, mask, order_key, i)
             metrics = self.train_batch(*batch, epoch, i)
             self.step += 1
@@ -165,7 +171,7 @@ class _Trainer:
                     metrics = {**metrics, **backward_counts(self.model, *batch, self.objective)}
                 self.log_train(metrics, epoch, bar)
             self.done = self.step >= self.total_steps
-            next_pos = Position(self.step, epoch + 1, 0) if i == last else Position(self.step, epoch, i + 1)
+            next_pos = Position(self.step, epoch, i + 1)  # after the last batch: the epoch's evaluation is still to do
             if distributed.any_process(bool(stop.fired)):  # all processes stop at the same step
                 signal = stop.fired or "a signal to another process"
                 self.save(next_pos)
@@ -175,8 +181,6 @@ class _Trainer:
                 return True
             if self.options.checkpoint_every and self.step % self.options.checkpoint_every == 0 and i != last:
                 self.save(next_pos)
-            if self.done:
-                break
         bar.close()
         self.end_epoch(epoch)
         return False

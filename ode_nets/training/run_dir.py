@@ -2,7 +2,8 @@
 (and `resumes.jsonl` when a resumed run changed its config).
 
 `RunDir.create` refuses an existing non-empty folder unless `overwrite` (which wipes it); `RunDir.resume`
-checks that a folder can be continued. Both refuse a folder another live process trains in (`lock.hold`). The config is written as given (a serialisable dict or YAML text):
+checks that a folder can be continued; `create` refuses a folder another live process trains in (`lock.hold`).
+The config is written as given (a serialisable dict or YAML text):
 this package knows nothing of `ode_nets.config`.
 """
 

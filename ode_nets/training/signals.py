@@ -2,9 +2,9 @@
 
 Clusters stop jobs with SIGTERM (then SIGKILL after a grace period); SLURM can send SIGUSR1 ahead of time
 (`sbatch --signal=USR1@120`). While `StopSignals` is active these signals only set `fired`; the loop finishes the
-step, writes a checkpoint and returns, and `scripts/train.py` exits with `ode_nets.cli.RESUMABLE_EXIT` (75, EX_TEMPFAIL of
-sysexits.h: "try again"), so a job script can tell a preempted run (`--resume` it) from a finished (0) or failed
-(1, 2) one. A second Ctrl-C raises `KeyboardInterrupt` at once, for a step that hangs.
+step, writes a checkpoint and returns, and `scripts/train.py` exits with `ode_nets.cli.RESUMABLE_EXIT` (75,
+EX_TEMPFAIL of sysexits.h: "try again"), so a job script can tell a preempted run (`--resume` it) from a finished
+(0) or failed (1, 2) one. A second Ctrl-C raises `KeyboardInterrupt` at once, for a step that hangs.
 """
 
 from __future__ import annotations
