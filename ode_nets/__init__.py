@@ -18,16 +18,22 @@ from ode_nets.errors import CheckpointError, ConfigError, DataError, RunDirError
 from ode_nets.fields import (FIELDS, AbstractAnalyticField, AbstractCubicField, AbstractField, AntisymmetricField,
                              Constant, ConvCubicField, CubicField, HamiltonianField, LayerGrid, LayerParams, ParamInit,
                              PiecewiseConstant, ResNetField, SingleLayerField)
+from ode_nets.fields import HamiltonianConvField, HyperbolicField, ParabolicField, ResNetConvField
 from ode_nets.losses import cross_entropy, smoothness
 from ode_nets.models import (READOUTS, AbstractReadout, LinearSoftmax, MaxPoolSoftmax, ODENet, SigmoidLast, Softmax,
                              count_parameters)
+from ode_nets.multistage import Connective, MultiStageNet
 from ode_nets.solve import solve
 from ode_nets.solvers import (RK4, SOLVERS, AbstractStepping, AdamsBashforth3, AdaptiveSteps, Discretisation,
                               FixedSteps, TwoStepLM, Verlet, with_two_step_memory)
 from ode_nets.strategies import (STRATEGIES, AbstractDiffraxAdjoint, AbstractGradientStrategy, AnalyticAdjoint,
-                                 DiscretizeThenOptimize, OptimizeThenDiscretize, Reversible)
+                                 DiscretizeThenOptimize, LayerParallel, OptimizeThenDiscretize, Reversible)
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate, fit, predict
 from ode_nets.fields.concat_squash import ConcatSquashField, AutonomousMLPField  # continuous time (docs/continuous_time.md)
+from ode_nets.fields import MLPField, ODENetConvField, PiecewiseLinear, Regularised  # neural ODEs (issue 20)
+from ode_nets.models import STEMS, AbstractStem, DownsamplingStem, IdentityStem, ODENetHead
+from ode_nets.solvers import CountingController, solve_counts
+from ode_nets.strategies import CountingBacksolveAdjoint, DirectAdjoint
 
 __all__ = [
     "build", "Config", "load_config", "DATASETS", "Dataset", "Split", "load_dataset",
@@ -40,7 +46,10 @@ __all__ = [
     "SOLVERS", "RK4", "AdamsBashforth3", "TwoStepLM", "Verlet", "with_two_step_memory", "AbstractStepping",
     "FixedSteps", "AdaptiveSteps", "Discretisation",
     "STRATEGIES", "AbstractGradientStrategy", "AbstractDiffraxAdjoint", "DiscretizeThenOptimize",
-    "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible",
+    "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "LayerParallel",
     "fit", "Objective", "TrainOptions", "RunDir", "evaluate", "predict",
+    "ParabolicField", "HyperbolicField", "HamiltonianConvField", "ResNetConvField", "MultiStageNet", "Connective",
+    "MLPField", "ODENetConvField", "PiecewiseLinear", "Regularised", "STEMS", "AbstractStem", "DownsamplingStem",
+    "IdentityStem", "ODENetHead", "CountingController", "solve_counts", "CountingBacksolveAdjoint", "DirectAdjoint",
 ]
 __all__ += ["ConcatSquashField", "AutonomousMLPField"]

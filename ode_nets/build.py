@@ -9,9 +9,10 @@ allowed names from.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import diffrax
 import equinox as eqx
@@ -19,22 +20,26 @@ import jax
 import optax
 from jaxtyping import PRNGKeyArray
 
-from ode_nets.config import Config, GradientConfig, ModelConfig, OptimConfig, SolverConfig, load_config, to_dict
-from ode_nets.data import Dataset, check_finite, load_dataset
+from ode_nets.config import (Config, GradientConfig, ModelConfig, OptimConfig, SolverConfig, TrainConfig, from_dict,
+                             load_config, to_dict)
+from ode_nets.data import Dataset, check_dataset, load_dataset
 from ode_nets.errors import ConfigError
 from ode_nets.fields import FIELDS, AbstractField, LayerGrid, ParamInit
-from ode_nets.models import READOUTS, ODENet, check_readout
+from ode_nets.models import READOUTS, STEMS, ODENet, check_readout
+from ode_nets.multistage import MultiStageNet, stage_shapes
 from ode_nets.solvers import SOLVERS, AbstractStepping, AdaptiveSteps, FixedSteps
 from ode_nets.strategies import STRATEGIES, AbstractGradientStrategy
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate_test, fit
+from ode_nets.training import distributed
 from ode_nets.training.checkpoint import train_state
+from ode_nets.training.newton_pcg import newton_pcg
 
 
 def param_init(model: ModelConfig) -> ParamInit:
     """How the field's parameters are laid out in t and initialised (`model.layers`, `horizon`, `time_dependent`,
     `init`, `init_scale`)."""
     return ParamInit(layers=model.layers, horizon=model.horizon, time_dependent=model.time_dependent,
-                     init=model.init, scale=model.init_scale)
+                     init=model.init, scale=model.init_scale, interpolation=model.interpolation)
 
 
 def build_field(model: ModelConfig, state_shape: tuple[int, ...], key: PRNGKeyArray) -> AbstractField:
@@ -58,22 +63,27 @@ def build_stepping(solver: SolverConfig, method: str | None = None, rtol: float 
     return FixedSteps(steps_per_layer=solver.steps_per_layer)
 
 
-def build_strategy(gradient: GradientConfig, solver: SolverConfig) -> AbstractGradientStrategy:
-    """The strategy named `gradient.strategy`, given the `gradient.*` options it declares."""
+def build_strategy(gradient: GradientConfig, solver: SolverConfig, train: TrainConfig | None = None
+                   ) -> AbstractGradientStrategy:
+    """The strategy named `gradient.strategy`, given the `gradient.*` (and device) options it declares."""
     backward = gradient.adjoint_method is not None or gradient.adjoint_rtol or gradient.adjoint_atol
     available: dict[str, Any] = {
         "checkpoints": gradient.checkpoints,
         "backward_solver": build_solver(gradient.adjoint_method) if gradient.adjoint_method else None,
         "backward_stepping": (build_stepping(solver, gradient.adjoint_method, gradient.adjoint_rtol,
                                              gradient.adjoint_atol) if backward else None),
+        "coarsening": gradient.mgrit_coarsening, "levels": gradient.mgrit_levels,
+        "iterations": gradient.mgrit_iterations, "tol": gradient.mgrit_tol, "relaxation": gradient.mgrit_relaxation,
+        "layer_devices": train.layer_devices if train else 1, "data_devices": train.devices if train else 1,
     }
     cls = STRATEGIES[gradient.strategy]
     return cls(**{name: available[name] for name in cls.config_options})
 
 
 def state_shape(model: ModelConfig, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The ODE state's shape: the input with `model.augment` zero features/channels added."""
-    shape = list(input_shape)
+    """The ODE state's shape: the (stem's features of the) input with `model.augment` zero features/channels added."""
+    stem = STEMS[model.stem].init(input_shape, model.width, jax.random.PRNGKey(0))
+    shape = list(stem.output_shape(input_shape))
     shape[FIELDS[model.field].feature_axis] += model.augment
     return tuple(shape)
 
@@ -81,19 +91,43 @@ def state_shape(model: ModelConfig, input_shape: tuple[int, ...]) -> tuple[int, 
 def build_model(config: Config, input_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray) -> ODENet:
     """The `ODENet` of `config` (model, solver, gradient sections) for inputs of `input_shape` (no batch axis)."""
     model, solver = config.model, config.solver
+    if model.stages:
+        return build_multistage(config, input_shape, num_classes, key)
     shape = state_shape(model, input_shape)
     k_field, k_head = jax.random.split(key)
     field = build_field(model, shape, k_field)
+    stem = STEMS[model.stem].init(input_shape, model.width, jax.random.fold_in(key, 1))
     wrap = SOLVERS[solver.method].wrap_field
     if wrap is not None:  # lm2: the per-layer k_l of eq 111 are trainable parameters held beside the field
         field = wrap(field, param_init(model))
-    net = ODENet(field, build_solver(solver.method), build_strategy(config.gradient, solver),
+    net = ODENet(field, build_solver(solver.method), build_strategy(config.gradient, solver, config.train),
                  READOUTS[model.readout].init(shape, num_classes, k_head), augment=model.augment,
-                 grid=LayerGrid(model.horizon, model.layers), stepping=build_stepping(solver))
+                 grid=LayerGrid(model.horizon, model.layers), stepping=build_stepping(solver), stem=stem)
     try:
         check_readout(net, shape, num_classes)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    return net
+
+
+def build_multistage(config: Config, input_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray
+                     ) -> MultiStageNet:
+    """The `MultiStageNet` of `config`: one `model.field` block of `model.layers` layers per entry of `model.stages`
+    (its channels), joined by 1x1 convolutions and 2x2 average pooling (Ruthotto & Haber §4)."""
+    model, solver = config.model, config.solver
+    if len(input_shape) != 3:
+        raise ConfigError(f"model.stages: a multi-stage network takes images (C, H, W), the data has shape {input_shape}")
+    wrap = SOLVERS[solver.method].wrap_field
+    make = lambda shape, k: build_field(model, shape, k) if wrap is None else wrap(build_field(model, shape, k),  # noqa: E731
+                                                                                   param_init(model))
+    try:
+        net = MultiStageNet.init(make, input_shape, model.stages, solver=build_solver(solver.method),
+                                 strategy=build_strategy(config.gradient, solver), readout=READOUTS[model.readout],
+                                 num_classes=num_classes, grid=LayerGrid(model.horizon, model.layers),
+                                 stepping=build_stepping(solver), key=key)
+        check_readout(net, stage_shapes(input_shape, model.stages, 2)[-1], num_classes)
+    except ValueError as e:
+        raise ConfigError(f"model.stages: {e}") from None
     return net
 
 
@@ -114,6 +148,8 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
         schedule = optax.exponential_decay(lr, max(total_steps, 1), cfg.decay_rate)
     else:
         schedule = optax.warmup_cosine_decay_schedule(0.0, lr, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1))
+    if cfg.name == "newton_pcg":  # line search instead of a schedule; no clipping (ode_nets.training.newton_pcg)
+        return newton_pcg(cfg.cg_iterations, cfg.weight_decay, cfg.learning_rate)
     if cfg.name == "sgd":
         opt = optax.sgd(schedule, momentum=cfg.momentum or None)
     elif cfg.name == "adam":
@@ -144,7 +180,8 @@ class Run:
 
 def build_objective(config: Config) -> Objective:
     """The training loss of the `loss` section."""
-    return Objective(config.loss.smoothness, config.loss.label_smoothing, config.loss.logit_penalty)
+    return Objective(config.loss.smoothness, config.loss.label_smoothing, config.loss.logit_penalty,
+                     kinetic=config.loss.kinetic, jacobian_frobenius=config.loss.jacobian_frobenius)
 
 
 def build_train_options(config: Config) -> TrainOptions:
@@ -155,6 +192,7 @@ def build_train_options(config: Config) -> TrainOptions:
         eval_train_examples=t.eval_train_examples, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
         keep_checkpoints=t.keep_checkpoints, max_steps=t.max_steps, skip_nonfinite=t.skip_nonfinite,
         drop_nonfinite_examples=t.drop_nonfinite_examples, input_noise=t.input_noise, devices=t.devices,
+        layer_devices=t.layer_devices,
         name=config.name, solver={"method": s.method, "max_steps": s.max_steps, "rtol": s.rtol, "atol": s.atol})
 
 
@@ -163,7 +201,10 @@ def build_run(config: Config, folder: Path, dataset: Dataset | None = None) -> R
     k_data, k_model = jax.random.split(jax.random.PRNGKey(config.seed))
     if dataset is None:
         dataset = load_dataset(config.data, k_data)
-    check_finite(dataset)
+    check_dataset(dataset)
+    if config.optim.name == "newton_pcg" and not STRATEGIES[config.gradient.strategy].forward_mode:
+        raise ConfigError(f"optim.name newton_pcg needs forward-mode products (jax.jvp) through the solve: set "
+                          f"gradient.strategy: direct_adjoint (got {config.gradient.strategy})")
     options = build_train_options(config)
     options.check(len(dataset.train))
     model = build_model(config, dataset.input_shape, dataset.num_classes, k_model)
@@ -184,6 +225,20 @@ def resume_config(folder: Path, overrides: list[str]) -> Config:
     """The config saved in a run folder (plus overrides), for `--resume`."""
     RunDir.resume(folder, need_config=True)
     return load_config(Path(folder) / "config.yaml", overrides)
+
+
+def shared_setup(setup: Callable[[], tuple[Path, Config]]) -> tuple[Path, Config]:
+    """The run folder and config from `setup` (load the config, prepare the folder), which runs on process 0 only;
+    every process of a multi-process run gets process 0's (the others need not see its files). One process: `setup()`."""
+    if jax.process_count() == 1:
+        return setup()
+
+    def read() -> str:
+        folder, config = setup()
+        return json.dumps({"folder": str(folder), "config": to_dict(config)})
+
+    shared = json.loads(distributed.from_main(read))  # a bad config or folder: the same error on every process
+    return Path(shared["folder"]), from_dict(shared["config"], "process 0's config")
 
 
 def fit_run(run: Run, *, resume: bool = False, progress: bool = True) -> dict:

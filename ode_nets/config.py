@@ -19,8 +19,8 @@ import yaml
 
 from ode_nets.data import DATASETS
 from ode_nets.errors import ConfigError
-from ode_nets.fields import ACTIVATIONS, CONV_IMPLS, FIELDS
-from ode_nets.models import READOUTS
+from ode_nets.fields import ACTIVATIONS, CONV_IMPLS, FIELDS, INTERPOLATIONS, NORMS
+from ode_nets.models import READOUTS, STEMS
 from ode_nets.solvers import SOLVERS
 from ode_nets.strategies import STRATEGIES
 
@@ -32,6 +32,9 @@ Readout = Literal[tuple(READOUTS)]  # type: ignore[valid-type]
 DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
 Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
 ConvImpl = Literal[tuple(CONV_IMPLS)]  # type: ignore[valid-type]
+Norm = Literal[tuple(NORMS)]  # type: ignore[valid-type]
+Stem = Literal[tuple(STEMS)]  # type: ignore[valid-type]
+Interpolation = Literal[tuple(INTERPOLATIONS)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class ModelConfig:
     width: int = 0  # hidden width for the resnet field (0: same as the state)
     activation: Activation = "tanh"
     conv_impl: ConvImpl = "xla_split"  # 3x3 conv, eq 72 (docs/performance.md)
+    norm: Norm = "none"  # N in the PDE-motivated conv fields, sigma(N(K Y + b)) (docs/pde_cnns.md)
+    stages: tuple[int, ...] = ()  # multi-stage network: channels of each stage's state (empty: one ODE block)
+    interpolation: Interpolation = "constant"  # per-layer parameters: pieces, or linear between knots
+    stem: Stem = "identity"  # map before the ODE block (odenet_downsample: Chen et al.'s MNIST stack, model.width channels)
 
     def __post_init__(self) -> None:
         require(self.layers > 0, "model.layers", f"must be a positive number of layers, got {self.layers}")
@@ -61,6 +68,7 @@ class ModelConfig:
         require(self.mu > 1, "model.mu", f"must be > 1 (eq 53), got {self.mu}")
         require(self.init_scale >= 0, "model.init_scale", f"must be >= 0, got {self.init_scale}")
         require(self.width >= 0, "model.width", f"must be >= 0, got {self.width}")
+        require(all(c > 0 for c in self.stages), "model.stages", f"must be positive channel counts, got {list(self.stages)}")
 
     @property
     def dt(self) -> float:
@@ -94,10 +102,19 @@ class GradientConfig:
     adjoint_method: Optional[SolverName] = None  # optimize_then_discretize: backward solver (None: forward's)
     adjoint_rtol: Optional[float] = None
     adjoint_atol: Optional[float] = None
+    mgrit_coarsening: int = 4  # layer_parallel: coarsening factor m of MGRIT (docs/layer_parallel.md)
+    mgrit_levels: int = 2  # layer_parallel: grid levels (2: two-grid; more: V-cycles; 1: serial)
+    mgrit_iterations: int = 2  # layer_parallel: at most this many MGRIT cycles per forward / adjoint solve
+    mgrit_tol: float = 0.0  # layer_parallel: stop once the residual norm is <= this (0: always mgrit_iterations)
+    mgrit_relaxation: Literal["F", "FCF"] = "FCF"  # layer_parallel: relaxation
 
     def __post_init__(self) -> None:
         require(self.checkpoints is None or self.checkpoints > 0, "gradient.checkpoints",
                  f"must be a positive integer or null, got {self.checkpoints}")
+        require(self.mgrit_coarsening >= 2, "gradient.mgrit_coarsening", f"must be >= 2, got {self.mgrit_coarsening}")
+        require(self.mgrit_levels >= 1, "gradient.mgrit_levels", f"must be >= 1, got {self.mgrit_levels}")
+        require(self.mgrit_iterations >= 1, "gradient.mgrit_iterations", f"must be >= 1, got {self.mgrit_iterations}")
+        require(self.mgrit_tol >= 0, "gradient.mgrit_tol", f"must be >= 0, got {self.mgrit_tol}")
         for key in ("adjoint_rtol", "adjoint_atol"):
             value = getattr(self, key)
             require(value is None or value > 0, f"gradient.{key}", f"must be > 0 or null, got {value}")
@@ -110,18 +127,22 @@ class LossConfig:
     smoothness: float = 0.0  # lambda of eq 113
     label_smoothing: float = 0.0  # training targets (1 - eps) one_hot + eps / K (bounds the logits; 0: off)
     logit_penalty: float = 0.0  # beta * mean logsumexp(logits)^2 (z-loss): bounds the logit level (0: off)
+    kinetic: float = 0.0  # weight of int ||F||^2 dt (Finlay et al. 2020; 0: off)
+    jacobian_frobenius: float = 0.0  # weight of int ||dF/dx||_F^2 dt, Hutchinson estimate (0: off)
 
     def __post_init__(self) -> None:
         require(self.smoothness >= 0, "loss.smoothness", f"must be >= 0 (lambda of eq 113), got {self.smoothness}")
         require(0 <= self.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         require(self.logit_penalty >= 0, "loss.logit_penalty", f"must be >= 0, got {self.logit_penalty}")
+        require(self.kinetic >= 0, "loss.kinetic", f"must be >= 0, got {self.kinetic}")
+        require(self.jacobian_frobenius >= 0, "loss.jacobian_frobenius", f"must be >= 0, got {self.jacobian_frobenius}")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """optax optimizer and learning-rate schedule."""
 
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: Literal["sgd", "adam", "adamw", "newton_pcg"] = "sgd"  # newton_pcg: lr = initial step, weight_decay = Tikhonov
     learning_rate: float = 0.1
     momentum: float = 0.0  # sgd only
     weight_decay: float = 0.0  # adamw only
@@ -129,6 +150,7 @@ class OptimConfig:
     decay_rate: float = 0.1  # exponential: lr multiplied by this over the whole run
     warmup_steps: int = 0
     clip_norm: Optional[float] = None  # global gradient-norm clipping
+    cg_iterations: int = 10  # newton_pcg: preconditioned CG iterations (Gauss-Newton products) per step
 
     def __post_init__(self) -> None:
         require(self.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {self.learning_rate}")
@@ -136,6 +158,7 @@ class OptimConfig:
         require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(0 < self.decay_rate <= 1, "optim.decay_rate", f"must be in (0, 1], got {self.decay_rate}")
         require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.cg_iterations > 0, "optim.cg_iterations", f"must be > 0, got {self.cg_iterations}")
         require(self.clip_norm is None or self.clip_norm > 0, "optim.clip_norm",
                  f"must be > 0 or null, got {self.clip_norm}")
 
@@ -176,6 +199,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     runs_dir: str = "runs"
     devices: int = 1  # data-parallel over this many devices (batch axis sharded)
+    layer_devices: int = 1  # gradient.strategy layer_parallel: layer blocks split over this many devices
     max_steps: Optional[int] = None  # stop after this many steps (quick runs, tests)
     skip_nonfinite: int = 0  # skip up to this many consecutive batches with a non-finite loss/gradient (0: stop)
     drop_nonfinite_examples: bool = False  # retry a non-finite batch without the examples whose loss or gradient overflows
@@ -193,6 +217,7 @@ class TrainConfig:
         require(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         require(self.keep_checkpoints > 0, "train.keep_checkpoints", f"must be > 0, got {self.keep_checkpoints}")
         require(self.devices > 0, "train.devices", f"must be > 0, got {self.devices}")
+        require(self.layer_devices > 0, "train.layer_devices", f"must be > 0, got {self.layer_devices}")
         require(self.skip_nonfinite >= 0, "train.skip_nonfinite", f"must be >= 0, got {self.skip_nonfinite}")
         require(self.input_noise >= 0, "train.input_noise", f"must be >= 0, got {self.input_noise}")
         require(self.batch_size % self.devices == 0, "train.batch_size",

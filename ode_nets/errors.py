@@ -29,3 +29,8 @@ class RunDirError(UserError):
 
 class TrainingError(RuntimeError):
     """Training stopped: non-finite loss or gradient, or a solver failure. The message names the step."""
+
+
+class StorageError(TrainingError):
+    """Writing to the run folder failed (disk full, I/O error, no permission). The message names the path;
+    what was written before (the previous checkpoint) is intact."""

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int
 
-from ode_nets.fields.time_params import PiecewiseConstant, is_time_param
+from ode_nets.fields.time_params import PER_LAYER, is_time_param
 
 
 def cross_entropy(logits: Float[Array, "B K"], labels: Int[Array, " B"], weights: Float[Array, " B"] | None = None,
@@ -44,13 +44,21 @@ def smoothness(model: eqx.Module) -> Float[Array, ""]:
     """(1/2) sum_l ||q~_l - q~_{l-1}||^2 over every piecewise-constant scaled parameter (eq 113).
 
     For the cubic fields these are w~ and b~ (kappa~ and b~ for the conv field), eq 110.
-    Time-independent parameters do not vary between layers and contribute 0.
+    Time-independent parameters do not vary between layers and contribute 0; piecewise-linear ones contribute
+    the differences of their knots (the same values, one per layer).
     """
-    params = [p for p in jax.tree_util.tree_leaves(model, is_leaf=is_time_param) if isinstance(p, PiecewiseConstant)]
+    params = [p for p in jax.tree_util.tree_leaves(model, is_leaf=is_time_param) if isinstance(p, PER_LAYER)]
     total = jnp.zeros(())
     for p in params:
         total = total + jnp.sum(jnp.diff(p.values, axis=0) ** 2)
     return 0.5 * total
+
+
+def masked_mean(values: Float[Array, " B"], weights: Float[Array, " B"] | None = None) -> Float[Array, ""]:
+    """Mean of per-example values, weighted by the 0/1 padding mask."""
+    if weights is None:
+        return jnp.mean(values)
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def predicted_class(logits: Float[Array, "B K"]) -> Int[Array, " B"]:

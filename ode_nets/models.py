@@ -12,10 +12,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
 from ode_nets.fields._base import AbstractField
+from ode_nets.fields.neural_ode import Conv, Dense, GroupNorm
+from ode_nets.fields.regularised import Regularised
 from ode_nets.fields.time_params import LayerGrid
 from ode_nets.solve import solve
+from ode_nets.solvers.counting import solve_counts
 from ode_nets.solvers.stepping import AbstractStepping, FixedSteps
-from ode_nets.strategies._base import AbstractGradientStrategy
+from ode_nets.strategies._base import AbstractGradientStrategy, is_monitor
 
 
 def augment(x: Array, extra: int, axis: int) -> Array:
@@ -79,8 +82,86 @@ class LinearSoftmax(AbstractReadout):
         return cls(eqx.nn.Linear(size, num_classes, key=key))
 
 
+class ODENetHead(AbstractReadout):
+    """Chen et al.'s ODE-Net classifier on x(T) (C, H, W): GroupNorm -> ReLU -> global average pool -> Linear."""
+
+    norm: GroupNorm
+    linear: Dense
+
+    def __call__(self, x_final: Array, feature_axis: int) -> Array:
+        return self.linear(jnp.mean(jax.nn.relu(self.norm(x_final)), axis=(-2, -1)))
+
+    @classmethod
+    def init(cls, state_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray) -> "ODENetHead":
+        channels = state_shape[0]
+        return cls(GroupNorm.init(channels), Dense.init(channels, num_classes, key))
+
+
 READOUTS: dict[str, type[AbstractReadout]] = {"softmax": Softmax, "sigmoid_last": SigmoidLast,
-                                              "max_pool_softmax": MaxPoolSoftmax, "linear_softmax": LinearSoftmax}
+                                              "max_pool_softmax": MaxPoolSoftmax, "linear_softmax": LinearSoftmax,
+                                              "odenet_head": ODENetHead}
+
+
+class AbstractStem(eqx.Module):
+    """A map applied to the input before the ODE block (batch first): identity, or a downsampling stack."""
+
+    @abc.abstractmethod
+    def __call__(self, x: Array) -> Array:
+        """Features the ODE block starts from, (batch, ...)."""
+
+    @classmethod
+    def init(cls, input_shape: tuple[int, ...], width: int, key: PRNGKeyArray) -> "AbstractStem":
+        """A stem for inputs of `input_shape` (no batch axis) with `width` channels where it has any."""
+        del input_shape, width, key
+        return cls()
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape (no batch axis) of the features for inputs of `input_shape`."""
+        return jax.eval_shape(self, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)).shape[1:]
+
+
+class IdentityStem(AbstractStem):
+    """No stem: the ODE starts from the (augmented) input."""
+
+    def __call__(self, x: Array) -> Array:
+        return x
+
+
+class DownsamplingStem(AbstractStem):
+    """Chen et al.'s MNIST ODE-Net downsampling: conv 3x3 (1 -> C) -> GN -> ReLU -> conv 4x4/2 -> GN -> ReLU ->
+    conv 4x4/2 (28x28 -> 26 -> 13 -> 6), C = `model.width` (64 in Chen et al.)."""
+
+    conv1: Conv
+    norm1: GroupNorm
+    conv2: Conv
+    norm2: GroupNorm
+    conv3: Conv
+
+    def __call__(self, x: Array) -> Array:
+        out = jax.nn.relu(self.norm1(self.conv1(x)))
+        out = jax.nn.relu(self.norm2(self.conv2(out)))
+        return self.conv3(out)
+
+    @classmethod
+    def init(cls, input_shape: tuple[int, ...], width: int, key: PRNGKeyArray) -> "DownsamplingStem":
+        width = width or 64
+        k1, k2, k3 = jax.random.split(key, 3)
+        return cls(Conv.init(input_shape[0], width, 3, k1), GroupNorm.init(width),
+                   Conv.init(width, width, 4, k2, stride=2, padding=1), GroupNorm.init(width),
+                   Conv.init(width, width, 4, k3, stride=2, padding=1))
+
+
+STEMS: dict[str, type[AbstractStem]] = {"identity": IdentityStem, "odenet_downsample": DownsamplingStem}
+
+
+class Forward(eqx.Module):
+    """What one forward pass of an `ODENet` produced besides the logits: the diffrax solution (its `stats`) and,
+    if asked for, the per-example integrals of ||F||^2 (`kinetic`) and of ||eps^T dF/dx||^2 (`jacobian`)."""
+
+    solution: diffrax.Solution
+    counts: dict[str, Array]
+    kinetic: Optional[Array] = None
+    jacobian: Optional[Array] = None
 
 
 class ODENet(eqx.Module):
@@ -96,6 +177,7 @@ class ODENet(eqx.Module):
     augment: int = eqx.field(static=True, default=0)
     grid: Optional[LayerGrid] = None
     stepping: AbstractStepping = FixedSteps()
+    stem: AbstractStem = IdentityStem()
 
     def __post_init__(self) -> None:
         if self.grid is None:
@@ -106,13 +188,29 @@ class ODENet(eqx.Module):
         return self.field.feature_axis
 
     def initial_state(self, x: Array) -> Array:
-        """x(0): the input with the augmented zero dimensions, (batch, ...)."""
-        return augment(x, self.augment, self.feature_axis)
+        """x(0): the (stem's features of the) input with the augmented zero dimensions, (batch, ...)."""
+        return augment(self.stem(x), self.augment, self.feature_axis)
 
-    def solve(self, x: Array, saveat: diffrax.SaveAt | None = None) -> diffrax.Solution:
-        """The diffrax solution from x(0) = augment(x)."""
+    def solve(self, x: Array, saveat: diffrax.SaveAt | None = None, args: object = None) -> diffrax.Solution:
+        """The diffrax solution from x(0) = augment(stem(x))."""
         return solve(self.field, self.initial_state(x), solver=self.solver, grid=self.grid, strategy=self.strategy,
-                     stepping=self.stepping, saveat=saveat)
+                     stepping=self.stepping, saveat=saveat, args=args)
+
+    def forward(self, x: Array, *, args: object = None, probe_key: PRNGKeyArray | None = None
+                ) -> tuple[Array, Forward]:
+        """Logits and the `Forward` record. With `probe_key`, the solve also integrates the regularisers of
+        Finlay et al. (2020) as extra state (`Regularised`), with one Gaussian probe eps drawn from the key and
+        fixed over the solve."""
+        x0 = self.initial_state(x)
+        if probe_key is None:
+            sol = solve(self.field, x0, solver=self.solver, grid=self.grid, strategy=self.strategy,
+                        stepping=self.stepping, args=args)
+            return self.logits(sol.ys[-1]), Forward(sol, solve_counts(sol, self.solver))
+        field = Regularised(self.field, jax.random.normal(probe_key, x0.shape, x0.dtype))
+        sol = solve(field, field.initial_state(x0), solver=self.solver, grid=self.grid, strategy=self.strategy,
+                    stepping=self.stepping, args=args)
+        x_final, kinetic, jacobian = (y[-1] for y in sol.ys)
+        return self.logits(x_final), Forward(sol, solve_counts(sol, self.solver), kinetic, jacobian)
 
     def features(self, x: Array) -> Array:
         """x(T), (batch, ...)."""
@@ -147,7 +245,7 @@ def project_parameters(model: ODENet) -> ODENet:
     turns it into growth that blows up in finite time (seen on MNIST: gamma~ drifted to -3.5e-5 and the
     state overflowed within 5 layers once |x| ~ 100). A fixed gamma (a Python float) is left alone.
     """
-    gamma = getattr(model.field, "gamma", None)
+    gamma = getattr(getattr(model, "field", None), "gamma", None)
     if not eqx.is_array(gamma):
         return model
     return eqx.tree_at(lambda m: m.field.gamma, model, jnp.maximum(gamma, 0.0))
@@ -160,4 +258,5 @@ def trainable(model: eqx.Module) -> eqx.Module:
 
 def count_parameters(model: eqx.Module) -> int:
     """Number of trainable scalars (paper: 601, 240, 18,201)."""
-    return sum(x.size for x in jax.tree_util.tree_leaves(trainable(model)))
+    leaves = jax.tree_util.tree_leaves(trainable(model), is_leaf=is_monitor)  # a strategy's Monitor is no parameter
+    return sum(x.size for x in leaves if not is_monitor(x))

@@ -1,13 +1,19 @@
-"""Train a model from a config file: python scripts/train.py --config configs/circles_model2.yaml [key.sub=value ...]"""
+"""Train a model from a config file: python scripts/train.py --config configs/circles_model2.yaml [key.sub=value ...]
+
+Several processes (machines): run the same command on each with --coordinator HOST:PORT --num-processes N
+--process-id I (or the JAX_* environment variables, or --cluster auto under SLURM); scripts/launch_local.py starts
+N such processes on this machine.
+
+Exit codes: 0 finished, 1 training failed, 2 bad input, 75 stopped by SIGTERM/SIGINT/SIGUSR1 (continue with --resume).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 from ode_nets.cli import run_cli
+from ode_nets.training import distributed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,29 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     parser.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
+    distributed.add_flags(parser)
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after the flags
+    if not args.config and not args.resume:
+        parser.error("--config is required (or --resume RUN_DIR)")
 
-    def job() -> None:
-        from ode_nets.config import load_config
-        from ode_nets.build import build_run, fit_run, prepare_folder, resume_config
+    def job() -> int:
+        from ode_nets.commands import train
 
-        if args.resume:
-            folder = Path(args.resume)
-            config = resume_config(folder, args.overrides)
-        else:
-            if not args.config:
-                parser.error("--config is required (or --resume RUN_DIR)")
-            config = load_config(args.config, args.overrides)
-            folder = Path(args.run_dir or Path(config.train.runs_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        prepare_folder(folder, config, overwrite=args.overwrite, resume=bool(args.resume))
-        results = fit_run(build_run(config, folder), resume=bool(args.resume), progress=not args.no_progress)
-        if not args.no_plots and not results.get("interrupted"):
-            from ode_nets.plotting import plot_run
+        return train(args)
 
-            for path in plot_run(folder):
-                print(f"figure: {path}")
-
-    return run_cli(job)
+    return distributed.run_job(job, run_cli)
 
 
 if __name__ == "__main__":

@@ -110,9 +110,13 @@ def test_run_summary_lists_finished_and_stopped_runs(tmp_path):
     (finished / "results.json").write_text(json.dumps({"parameters": 240, "test_acc": 1.0, "train_wall_time_s": 8.0}))
     (stopped / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 7, "loss": 1.0}) + "\n")
 
-    rows = summarize_runs([finished, stopped], target_acc=0.95).splitlines()[2:]
+    failed = tmp_path / "failed"  # a run that failed before its first step (results.json marks it)
+    prepare_folder(failed, cfg, overwrite=False, resume=False)
+    (failed / "results.json").write_text(json.dumps({"name": "tiny", "status": "failed", "step": 0, "error": "x"}))
+
+    rows = summarize_runs([finished, stopped, failed], target_acc=0.95).splitlines()[2:]
     assert rows[0].split(" | ")[3:8] == ["240", "0.9000", "1.0000", "4.00", "2"]  # s/epoch = 8 s / 2, 0.4+0.6 >= 0.95
-    assert "stopped at step 7" in rows[1]
+    assert "stopped at step 7" in rows[1] and "stopped at step 0" in rows[2]
 
 
 def test_curves_figure_caps_the_loss_axis_above_overflow_spikes(tmp_path):

@@ -20,19 +20,27 @@ import pytest
 from helpers import config, net_from_config, trainable_leaves
 from ode_nets.config import GradientConfig, ModelConfig, SolverConfig
 from ode_nets.data.circles import make_circles
+from ode_nets.fields import FIELDS
 from ode_nets.losses import cross_entropy
 
 BASE = {"model": {"field": "cubic", "layers": 4, "init": "normal", "init_scale": 0.1, "gamma": 0.1,
                   "readout": "softmax"}}
 HAMILTONIAN = {"field": "hamiltonian", "augment": 2, "readout": "linear_softmax"}  # state (x, 0, 0): 4 = 2 y + 2 z
 CONV = {"field": "conv_cubic", "augment": 1, "readout": "max_pool_softmax"}  # 1 + 1 channels = 2 classes
+ODENET = {"field": "odenet_conv", "augment": 1, "readout": "odenet_head"}  # Chen et al.'s ODE-Net block and head
 
 # (config key, name) -> the sections that make a valid config around that name (merged into BASE)
 PARTNERS: dict[tuple[str, str], dict] = {
     ("model.field", "conv_cubic"): {"model": CONV},
     ("model.field", "hamiltonian"): {"model": HAMILTONIAN},
+    ("model.field", "parabolic"): {"model": {**CONV, "field": "parabolic"}},
+    ("model.field", "resnet_conv"): {"model": {**CONV, "field": "resnet_conv"}},
+    ("model.field", "hyperbolic"): {"model": {**CONV, "field": "hyperbolic"}, "solver": {"method": "verlet"}},
+    ("model.field", "hamiltonian_conv"): {"model": {**CONV, "field": "hamiltonian_conv"}, "solver": {"method": "verlet"}},
     ("model.readout", "sigmoid_last"): {"model": {"augment": 1}},
     ("model.readout", "max_pool_softmax"): {"model": CONV},
+    ("model.field", "odenet_conv"): {"model": ODENET},
+    ("model.readout", "odenet_head"): {"model": ODENET},
     ("solver.method", "verlet"): {"model": HAMILTONIAN},  # leapfrog on the two-state (y, z) field
     ("gradient.strategy", "reversible"): {"model": HAMILTONIAN, "solver": {"method": "verlet"}},
     # analytic_adjoint: the base field (cubic) has the hand-derived equations; lm2: the default strategy
@@ -61,7 +69,7 @@ def case_config(key: str, name: str):
 
 def tiny_batch(cfg):
     """8 circle points, or 8 random single-channel 8x8 images for the conv field; labels 0/1."""
-    if cfg.model.field == "conv_cubic":
+    if FIELDS[cfg.model.field].feature_axis == -3:  # conv fields
         x = jax.random.uniform(jax.random.PRNGKey(1), (8, 1, 8, 8))
         return x, jnp.arange(8) % 2
     x, y = make_circles(jax.random.PRNGKey(1), 8, 0.2)

@@ -74,8 +74,11 @@ def test_fit_options_and_resume_are_bit_identical(tmp_path):
                   resume=True, progress=False)
     assert resumed["name"] == "tiny"
     assert (tmp_path / "full" / "model.eqx").read_bytes() == (tmp_path / "part" / "model.eqx").read_bytes()
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rs]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rs  # noqa: E731
+                        if r["kind"] != "resume"]
     assert strip(records(tmp_path / "full")) == strip(records(tmp_path / "part"))
+    resume = [r for r in records(tmp_path / "part") if r["kind"] == "resume"]
+    assert resume == [{"kind": "resume", "step": 8, "checkpoint": "ckpt-000000008.eqx", "skipped": []}]
 
 
 def test_fit_refuses_a_batch_larger_than_the_data_and_a_used_folder(tmp_path):
@@ -117,7 +120,8 @@ def test_run_dir_create_overwrite_and_config(tmp_path):
 def test_run_dir_resume_log_checkpoints_and_results(tmp_path):
     run = RunDir.create(tmp_path / "r", {"train": {"epochs": 2, "batch_size": 8}, "seed": 0})
     with pytest.raises(RunDirError, match="cannot resume"):
-        RunDir.resume(run.path)
+        RunDir.resume(tmp_path / "elsewhere")
+    assert RunDir.resume(run.path).path == run.path  # config.yaml, no checkpoint yet: `fit` starts from step 0
     state = {"w": jnp.arange(3.0)}
     for step in (2, 4, 6):
         run.save_checkpoint(state, Position(step, 0, step), keep=2)

@@ -76,3 +76,66 @@ def revnet_growth_factor(alpha: float, beta: float) -> float:
     """
     a = (2.0 - alpha * beta) / 2.0
     return 1.0 if a * a <= 1.0 else abs(a) + float(np.sqrt(a * a - 1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The stability constant M of the Richter-Lessig slides: ||y(T) - y~(T)|| <= M ||y(0) - y~(0)||, measured on a
+# trained network for random and adversarial perturbations of its inputs (docs/pde_cnns.md).
+
+Features = Callable[[Array], Array]
+
+
+def per_example_norm(x: Array) -> Array:
+    """Euclidean norm of each example (all axes but the first)."""
+    return jnp.sqrt(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1))
+
+
+def amplification(features: Features, x: Array, x_tilde: Array) -> Array:
+    """||y(T) - y~(T)|| / ||y(0) - y~(0)|| per example, y(T) = features(x): the slides' M for this pair of inputs."""
+    return per_example_norm(features(x_tilde) - features(x)) / per_example_norm(x_tilde - x)
+
+
+def random_sign_perturbation(key: Array, x: Array, eps: float | Array) -> Array:
+    """x + eps * s with independent random signs s = +-1 (a random corner of the L-infinity ball of radius eps)."""
+    return x + eps * jax.random.rademacher(key, x.shape, dtype=x.dtype)
+
+
+def input_gradient(loss: Callable[[Array, Array], Array], x: Array, y: Array) -> Array:
+    """d loss(x, y) / dx (loss summed over the batch, so each example gets its own gradient)."""
+    return jax.grad(loss)(x, y)
+
+
+def fgsm(loss: Callable[[Array, Array], Array], x: Array, y: Array, eps: float | Array) -> Array:
+    """Fast gradient sign method (Goodfellow et al. 2015): x + eps sign(grad_x loss)."""
+    return x + eps * jnp.sign(input_gradient(loss, x, y))
+
+
+def pgd(loss: Callable[[Array, Array], Array], x: Array, y: Array, eps: float | Array, steps: int = 5,
+        step_size: float | None = None) -> Array:
+    """Projected gradient ascent on the loss in the L-infinity ball of radius eps (Madry et al. 2018), `steps` sign
+    steps of `step_size` (default 2.5 eps / steps) from x, each projected back onto the ball."""
+    alpha = 2.5 * eps / steps if step_size is None else step_size
+
+    def body(x_adv: Array, _: None) -> tuple[Array, None]:
+        x_adv = x_adv + alpha * jnp.sign(input_gradient(loss, x_adv, y))
+        return x + jnp.clip(x_adv - x, -eps, eps), None
+
+    return lax.scan(body, x, None, length=steps)[0]
+
+
+def tanh_toy_flow(matrices: Float[Array, "L 2 2"], points: Float[Array, "P 2"], h: float = 1.0) -> Array:
+    """The slides' toy network Y_{j+1} = Y_j + h tanh(K_j Y_j) (b_j = 0, 2-D), every layer: (L+1, P, 2)."""
+    def body(y: Array, k: Array) -> tuple[Array, Array]:
+        y = y + h * jnp.tanh(y @ k.T)
+        return y, y
+
+    return jnp.concatenate([points[None], lax.scan(body, points, matrices)[1]])
+
+
+def toy_matrices(key: Array, layers: int = 20, scale: float = 1.0, antisymmetric: bool = False,
+                 gamma: float = 0.0) -> Float[Array, "L 2 2"]:
+    """Random K_j ~ N(0, scale^2) per layer, or their antisymmetric part K_j - K_j^T - gamma I (Haber & Ruthotto)."""
+    k = scale * jax.random.normal(key, (layers, 2, 2))
+    if not antisymmetric:
+        return k
+    return k - jnp.swapaxes(k, 1, 2) - gamma * jnp.eye(2)

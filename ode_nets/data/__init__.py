@@ -7,15 +7,17 @@ attributes). Generated sets use `key`; MNIST comes from tensorflow-datasets or, 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
 from jaxtyping import PRNGKeyArray
 
 from ode_nets.data import toy
-from ode_nets.data._dataset import (Dataset, Split, add_input_noise, batch_indices, carve_validation, check_finite,
+from ode_nets.data._dataset import (Dataset, Split, add_input_noise, batch_indices, carve_validation, check_dataset,
                                     num_batches)
 from ode_nets.data.circles import make_circles
+from ode_nets.data.digits import load_digits
 from ode_nets.data.mnist import load_mnist
 from ode_nets.errors import DataError
 
@@ -40,6 +42,7 @@ DATASETS: dict[str, Loader] = {
     "circles": load_circles,
     "mnist": lambda options, k_train, k_test: load_mnist(options),
     **{name: toy.load for name in toy.GENERATORS},
+    "digits": load_digits,  # scikit-learn's bundled 8x8 digits
 }
 
 
@@ -49,12 +52,12 @@ def load_dataset(options: Any, key: PRNGKeyArray) -> Dataset:
     k_train, k_test, k_val = jax.random.split(key, 3)
     dataset = DATASETS[options.name](options, k_train, k_test)
     if options.limit_train is not None:
-        dataset = Dataset(Split(dataset.train.x[:options.limit_train], dataset.train.y[:options.limit_train]),
-                          dataset.test, dataset.num_classes, dataset.validation)
+        dataset = dataclasses.replace(dataset, train=Split(dataset.train.x[:options.limit_train],
+                                                           dataset.train.y[:options.limit_train]))
     dataset = carve_validation(dataset, options.validation, k_val)
-    check_finite(dataset)
+    check_dataset(dataset)
     return dataset
 
 
 __all__ = ["DATASETS", "DataError", "Dataset", "Split", "add_input_noise", "batch_indices", "carve_validation",
-           "check_finite", "load_dataset", "num_batches", "load_circles", "circles"]
+           "check_dataset", "load_dataset", "num_batches", "load_circles", "circles"]

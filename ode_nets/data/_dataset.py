@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -25,10 +26,14 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
+    """The splits, the number of classes (labels are 0 .. num_classes - 1) and, if the source defines one, the
+    interval every input value lies in (`input_range`, e.g. (0, 1) for MNIST pixels; None: any finite value)."""
+
     train: Split
     test: Split
     num_classes: int
     validation: Split | None = None
+    input_range: tuple[float, float] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -44,18 +49,60 @@ def carve_validation(dataset: Dataset, size: int, key: PRNGKeyArray) -> Dataset:
     order = np.asarray(jax.random.permutation(key, len(dataset.train)))
     val, rest = order[:size], order[size:]
     train = dataset.train
-    return Dataset(Split(train.x[rest], train.y[rest]), dataset.test, dataset.num_classes, Split(train.x[val], train.y[val]))
+    return dataclasses.replace(dataset, train=Split(train.x[rest], train.y[rest]),
+                               validation=Split(train.x[val], train.y[val]))
 
 
-def check_finite(dataset: Dataset) -> None:
-    """Refuse data containing NaN or infinity, naming the split and the first bad example."""
+def _first(bad: np.ndarray) -> str:
+    """'3 examples, first at index 17' for a boolean mask over examples."""
+    count = int(bad.sum())
+    return f"{count} example{'s' if count != 1 else ''}, first at index {int(np.argmax(bad))}"
+
+
+def check_inputs(name: str, x: np.ndarray, input_range: tuple[float, float] | None) -> None:
+    """Inputs must be numbers, finite, within float32 and within `input_range` if the source gives one."""
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{name} inputs have dtype {x.dtype}, expected numbers")
+    flat = x.reshape(len(x), -1)
+    finite = np.isfinite(flat)
+    checks = [(~finite, "contain NaN or infinite values"),
+              (finite & (np.abs(flat) > np.finfo(np.float32).max), "exceed the float32 range")]
+    if input_range is not None:
+        lo, hi = input_range
+        checks.append(((flat < lo) | (flat > hi), f"lie outside the data set's range [{lo:g}, {hi:g}]"))
+    for bad, what in checks:
+        if bad.any():
+            raise DataError(f"{name} inputs {what} ({_first(bad.any(axis=1))}); clean the data source")
+
+
+def check_labels(name: str, y: np.ndarray, n: int, num_classes: int) -> None:
+    """Labels must be one integer class index 0 .. num_classes - 1 per example."""
+    if y.shape != (n,):
+        raise DataError(f"{name} labels have shape {y.shape}, expected ({n},): one label per input")
+    if not np.issubdtype(y.dtype, np.number):
+        raise DataError(f"{name} labels have dtype {y.dtype}, expected integers")
+    values = y.astype(np.float64)
+    finite = np.isfinite(values)
+    for bad, what in ((~finite, "are NaN or infinite"), (finite & (values != np.round(values)), "are not integers"),
+                      (finite & ((values < 0) | (values >= num_classes)), f"lie outside 0 .. {num_classes - 1}")):
+        if bad.any():
+            raise DataError(f"{name} labels {what} ({_first(bad)}: {y[int(np.argmax(bad))].item()}); "
+                            f"num_classes = {num_classes}")
+
+
+def check_dataset(dataset: Dataset) -> None:
+    """Refuse data that cannot be trained on, before training: NaN, infinite or out-of-range inputs or labels,
+    or inconsistent shapes; the message names the split and the first bad example."""
     for name, split in (("train", dataset.train), ("test", dataset.test), ("validation", dataset.validation)):
         if split is None:
             continue
-        bad = ~np.isfinite(split.x.reshape(len(split), -1)).all(axis=1)
-        if bad.any():
-            raise DataError(f"{name} data contains NaN or infinite values ({int(bad.sum())} examples, first at "
-                            f"index {int(np.argmax(bad))}); clean the data source")
+        if len(split.x) == 0:
+            raise DataError(f"the {name} split is empty")
+        if split.x.shape[1:] != dataset.train.x.shape[1:]:
+            raise DataError(f"{name} inputs have shape {split.x.shape[1:]} per example, train has "
+                            f"{dataset.train.x.shape[1:]}")
+        check_labels(name, np.asarray(split.y), len(split.x), dataset.num_classes)
+        check_inputs(name, np.asarray(split.x), dataset.input_range)
 
 
 def batch_indices(n: int, batch_size: int, key: PRNGKeyArray | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -74,13 +121,18 @@ def batch_indices(n: int, batch_size: int, key: PRNGKeyArray | None) -> Iterator
         yield idx, mask
 
 
-def add_input_noise(x: np.ndarray, sigma: float, key: PRNGKeyArray) -> jax.Array:
+def add_input_noise(x: np.ndarray, sigma: float, key: PRNGKeyArray, rows: slice | None = None,
+                    batch_size: int | None = None) -> jax.Array:
     """`x` plus N(0, sigma^2) noise per entry, drawn from `key` (`train.input_noise`).
 
     Training with input noise is, to first order, Tikhonov regularisation of the network's input
     gradient (Bishop 1995): it pushes the decision boundary away from the training points.
+    With `rows`, `x` is only those rows of a batch of `batch_size` (one process's share of a global batch) and gets
+    their rows of the whole batch's noise: the same numbers however the batch is split over processes.
     """
-    return x + sigma * jax.random.normal(key, x.shape, x.dtype)
+    if rows is None:
+        return x + sigma * jax.random.normal(key, x.shape, x.dtype)
+    return x + sigma * jax.random.normal(key, (batch_size,) + x.shape[1:], x.dtype)[rows]
 
 
 def num_batches(n: int, batch_size: int) -> int:

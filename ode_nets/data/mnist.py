@@ -115,7 +115,7 @@ def load_mnist(cfg: Any) -> Dataset:
     if cfg.source in ("auto", "tfds"):
         tfds_dir = cfg.tfds_dir or os.environ.get("TFDS_DATA_DIR")
         try:
-            return Dataset(tfds_split(tfds_dir, "train"), tfds_split(tfds_dir, "test"), NUM_CLASSES)
+            return Dataset(tfds_split(tfds_dir, "train"), tfds_split(tfds_dir, "test"), NUM_CLASSES, input_range=(0.0, 1.0))
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - tfds raises many types for "not prepared here"
@@ -124,7 +124,7 @@ def load_mnist(cfg: Any) -> Dataset:
     if cfg.source in ("auto", "idx"):
         folder = cfg.dir or os.environ.get("ODE_NETS_DATA_DIR")
         if folder is not None and Path(folder).is_dir():
-            return Dataset(read_idx_split(Path(folder), "train"), read_idx_split(Path(folder), "test"), NUM_CLASSES)
+            return Dataset(read_idx_split(Path(folder), "train"), read_idx_split(Path(folder), "test"), NUM_CLASSES, input_range=(0.0, 1.0))
         errors.append(f"IDX files: folder {folder!r} " + ("does not exist" if folder else "not set"))
     raise DataError(
         "MNIST not found. Set data.tfds_dir or TFDS_DATA_DIR to a folder holding tfds' prepared mnist/3.0.1/ "

@@ -60,7 +60,7 @@ def average_run(source: Path, target: Path, from_step: int, to_step: int | None 
     config = load_config(source.config_path)
     run = build_run(config, target.path)
     like = checkpoint_template(run)
-    model = average_models([ckpt.load_tree(p, like)["model"] for p in paths])
+    model = average_models([ckpt.load_checkpoint(p, like)[0]["model"] for p in paths])
     target = RunDir.create(target.path, to_dict(config), overwrite=True)
     target.save_model(model)
     metrics = split_metrics(model, run.dataset, config.train.eval_batch_size, config.train.eval_train_examples)

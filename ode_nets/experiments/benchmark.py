@@ -194,8 +194,9 @@ def conv_flops(batch: int, layers: int, channels: int = 10, size: int = 28, conv
 
 
 def device_peaks(repeats: int = 5) -> dict[str, float]:
-    """Measured (not nominal) peak FLOP/s (2048^2 float32 matmul) and bytes/s (256 MiB streaming add)."""
-    n = 2048
+    """Measured (not nominal) peak FLOP/s (float32 matmul, 2048^2 on CPU, 8192^2 on accelerators, at JAX's default
+    precision, which the model's convolutions use too: TF32 on recent NVIDIA GPUs) and bytes/s (256 MiB add)."""
+    n = 2048 if jax.devices()[0].platform == "cpu" else 8192
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     matmul = jax.jit(lambda a: a @ a)
     big = jnp.ones((64 * 1024 * 1024,), jnp.float32)
@@ -385,16 +386,22 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
+def peer_device() -> str:
+    """Where the torch twin runs: on the GPU when JAX runs on one (a like-for-like comparison), else the CPU."""
+    return "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
+
+
 def peer_case(bench: BenchConfig, record: dict, model: ODENet, example: tuple) -> dict:
     """The torchdiffeq twin of one case: agreement of loss and gradient, then its step time and memory."""
     adjoint = record["strategy"] == "optimize_then_discretize"
     options = {"horizon": model.grid.horizon, "lam": bench.smoothness, "adjoint": adjoint,
                "threads": bench.threads or os.cpu_count(), "warmup": bench.warmup, "steps": bench.steps,
-               "learning_rate": bench.learning_rate}
+               "learning_rate": bench.learning_rate, "device": peer_device()}
     out = run_peer(peer_arrays(model, example), options)
     loss, grads = jax_loss_and_grads(model, example, bench.smoothness)
     flat = lambda d: np.concatenate([np.ravel(d[k]) for k in ("kernel", "b", "gamma")])  # noqa: E731
     return {"method": "odeint_adjoint" if adjoint else "odeint", "torch_version": out["torch_version"],
+            "device": out["device"],
             "threads": out["threads"], "loss_rel_diff": abs(loss - out["loss"]) / abs(out["loss"]),
             "grad_rel_diff": relative_difference(flat(grads), flat(out["grads"])),
             "step_median_s": out["median_s"], "step_min_s": min(out["step_times_s"]),

@@ -8,8 +8,11 @@ For one batch and one model (from a config, random non-zero init), each (depth L
   parameters), and, for small models, against central finite differences of its own forward network;
 - the median wall time of the compiled loss-and-gradient step (float32, >= 20 runs after warm-up);
 - XLA's memory analysis of that compiled step (temp, argument, output bytes);
-- vector-field evaluations: forward from `sol.stats` (steps x stages); backward counted analytically (see
-  `backward_evaluations`), "n/a" where an adaptive backward solve's steps are not exposed.
+- vector-field evaluations: forward counted by the solve (`ode_nets.solvers.counting`); backward counted
+  analytically for fixed steps (see `backward_evaluations`); for adaptive solves the backward solve's own count
+  (`optimize_then_discretize`, `training.counting.backward_counts`) or one VJP per forward evaluation (reverse mode
+  through the steps: `discretize_then_optimize`, whose recursive checkpointing also recomputes forward steps, and
+  `direct_adjoint`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from ode_nets.errors import ConfigError, RunDirError
 from ode_nets.losses import cross_entropy
 from ode_nets.plotting.figures import _save, plt
 from ode_nets.solvers import SOLVERS
+from ode_nets.strategies import STRATEGIES as STRATEGY_CLASSES
+from ode_nets.training import Objective
+from ode_nets.training.counting import backward_counts
 
 STRATEGIES = ("discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint")
 REFERENCE = SolverConfig(method="tsit5", rtol=1e-10, atol=1e-12, max_steps=100_000)
@@ -120,9 +126,23 @@ def timed_step(net: eqx.Module, x: jax.Array, y: jax.Array, repeats: int) -> dic
 
 
 def forward_steps(net: eqx.Module, x: jax.Array) -> tuple[int, int]:
-    """(accepted + rejected steps, accepted steps) of the forward solve, from `sol.stats`."""
-    stats = eqx.filter_jit(lambda n, xb: n.solve(xb).stats)(net, x)
-    return int(stats["num_steps"]), int(stats["num_accepted_steps"])
+    """(accepted + rejected steps, function evaluations) of the forward solve (`ODENet.forward`'s counts)."""
+    counts = eqx.filter_jit(lambda n, xb: n.forward(xb)[1].counts)(net, x)
+    return int(counts["steps_accepted"]) + int(counts["steps_rejected"]), int(counts["nfe"])
+
+
+def adaptive_backward_evaluations(net: eqx.Module, x: jax.Array, y: jax.Array, strategy: str, forward_evals: int
+                                  ) -> str:
+    """Backward work of an adaptive solve: the backward solve's own evaluations (augmented system), or one VJP per
+    forward evaluation (reverse mode through the steps)."""
+    counting = STRATEGY_CLASSES[strategy].backward_counting
+    if counting == "solve":
+        counts = backward_counts(net, x, y, jnp.ones(len(y)), Objective())
+        return f"{int(counts['nfe_backward'])} augmented"
+    if counting == "none":
+        return "n/a"
+    checkpointed = "checkpoints" in STRATEGY_CLASSES[strategy].config_options  # recursive checkpointing recomputes
+    return f"{forward_evals} VJP" + (" + recomputation" if checkpointed else "")
 
 
 def backward_evaluations(strategy: str, solver: SolverConfig, steps: int) -> str:
@@ -190,10 +210,11 @@ def compare_case(config: Config, x: np.ndarray, y: np.ndarray, num_classes: int,
         net32 = make_net(config, depth, solver, strategy, input_shape, num_classes)
         x32, y32 = jnp.asarray(x, jnp.float32), jnp.asarray(y)
         row.update(timed_step(net32, x32, y32, repeats))
-        steps, _ = forward_steps(net32, x32)
+        steps, evaluations = forward_steps(net32, x32)
         row["forward_steps"] = steps
-        row["forward_evals"] = steps * SOLVERS[solver.method].stages
-        row["backward_evals"] = backward_evaluations(strategy, solver, steps)
+        row["forward_evals"] = evaluations
+        row["backward_evals"] = (adaptive_backward_evaluations(net32, x32, y32, strategy, evaluations)
+                                 if SOLVERS[solver.method].adaptive else backward_evaluations(strategy, solver, steps))
     except Exception as e:  # noqa: BLE001 - a failing strategy is a result of the comparison, recorded in its row
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return row
@@ -237,7 +258,8 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> Path:
             continue
         ls = [p[0] for p in pts]
         label = f"{solver} / {strategy.replace('_then_', '->')}"
-        style = {"discretize_then_optimize": "o-", "optimize_then_discretize": "s--", "analytic_adjoint": "^:"}[strategy]
+        style = {"discretize_then_optimize": "o-", "optimize_then_discretize": "s--", "analytic_adjoint": "^:"
+                 }.get(strategy, "d-.")
         axes[0].plot(ls, [max(p[1]["err_vs_reference"], 1e-17) for p in pts], style, label=label)
         axes[1].plot(ls, [p[1]["step_ms"] for p in pts], style, label=label)
         axes[2].plot(ls, [p[1]["temp_bytes"] / 2**20 for p in pts], style, label=label)

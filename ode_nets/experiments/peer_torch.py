@@ -6,6 +6,7 @@ gamma~ (eq 110), loss = cross entropy + lambda * eq 113. Gradients either throug
 (`torchdiffeq.odeint`, discretize-then-optimize) or by the continuous adjoint
 (`torchdiffeq.odeint_adjoint`, optimize-then-discretize).
 
+Runs on the CPU, or on a CUDA GPU with `device="cuda"` (the benchmark picks it when JAX runs on a GPU).
 Needs the optional `bench` extra (torch, torchdiffeq). It runs in its own process
 (`python -m ode_nets.experiments.peer_torch IN.npz OUT.json`) so that torch's threads and its peak
 resident memory are measured apart from JAX's.
@@ -65,14 +66,14 @@ class RSSSampler:
         return self.peak - self.base
 
 
-def build(arrays: dict[str, np.ndarray], horizon: float, threads: int):
+def build(arrays: dict[str, np.ndarray], horizon: float, threads: int, device: str = "cpu"):
     """The torch field module, the forward grid, and the loss function of (field, x, y, adjoint)."""
     import torch
     import torch.nn.functional as F
     from torchdiffeq import odeint, odeint_adjoint
 
     torch.set_num_threads(threads)
-    grid = torch.from_numpy(arrays["grid"].astype(np.float32))
+    grid = torch.from_numpy(arrays["grid"].astype(np.float32)).to(device)
     layers = len(grid) - 1
     dt = horizon / layers
 
@@ -81,9 +82,9 @@ def build(arrays: dict[str, np.ndarray], horizon: float, threads: int):
 
         def __init__(self) -> None:
             super().__init__()
-            self.kernel = torch.nn.Parameter(torch.from_numpy(arrays["kernel"].copy()))
-            self.b = torch.nn.Parameter(torch.from_numpy(arrays["b"].copy()))
-            self.gamma = torch.nn.Parameter(torch.from_numpy(np.asarray(arrays["gamma"], np.float32).copy()))
+            self.kernel = torch.nn.Parameter(torch.from_numpy(arrays["kernel"].copy()).to(device))
+            self.b = torch.nn.Parameter(torch.from_numpy(arrays["b"].copy()).to(device))
+            self.gamma = torch.nn.Parameter(torch.from_numpy(np.asarray(arrays["gamma"], np.float32).copy()).to(device))
 
         def forward(self, t: "torch.Tensor", x: "torch.Tensor") -> "torch.Tensor":
             l = torch.clamp(torch.searchsorted(grid, t.reshape(1).to(grid.dtype), right=True) - 1, 0, layers - 1)[0]
@@ -93,9 +94,9 @@ def build(arrays: dict[str, np.ndarray], horizon: float, threads: int):
     forward_grid = lambda func, y0, t: grid  # noqa: E731 - torchdiffeq's grid_constructor signature
     # the adjoint solve T -> 0 steps from one ulp below each boundary, so it uses the layer it traverses
     # (torchdiffeq hands the constructor real, decreasing time and negates the result itself)
-    backward = torch.from_numpy(backward_grid(arrays["grid"].astype(np.float32)))
+    backward = torch.from_numpy(backward_grid(arrays["grid"].astype(np.float32))).to(device)
     reverse_grid = lambda func, y0, t: backward  # noqa: E731
-    t_span = torch.tensor([0.0, horizon], dtype=torch.float32)
+    t_span = torch.tensor([0.0, horizon], dtype=torch.float32, device=device)
 
     def loss_fn(field: ConvCubic, x: "torch.Tensor", y: "torch.Tensor", lam: float, adjoint: bool) -> "torch.Tensor":
         x0 = torch.cat([x, x.new_zeros(x.shape[0], field.kernel.shape[1] - x.shape[1], *x.shape[2:])], 1)
@@ -113,17 +114,37 @@ def build(arrays: dict[str, np.ndarray], horizon: float, threads: int):
     return ConvCubic(), loss_fn
 
 
+class CudaMemory:
+    """Peak growth of torch's CUDA allocator over a block (the GPU twin of `RSSSampler`)."""
+
+    def __enter__(self) -> "CudaMemory":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.base = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+        self.growth = torch.cuda.max_memory_allocated() - self.base
+
+
 def run(arrays: dict[str, np.ndarray], *, horizon: float, lam: float, adjoint: bool, threads: int, warmup: int,
-        steps: int, learning_rate: float) -> dict:
+        steps: int, learning_rate: float, device: str = "cpu") -> dict:
     """Loss and gradient at the given weights, then timed SGD steps (forward + backward + update)."""
     import torch
 
-    field, loss_fn = build(arrays, horizon, threads)
-    x, y = torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"].astype(np.int64))
-    with RSSSampler() as memory:  # one forward + backward: what autograd / the adjoint keeps alive
+    field, loss_fn = build(arrays, horizon, threads, device)
+    x, y = torch.from_numpy(arrays["x"]).to(device), torch.from_numpy(arrays["y"].astype(np.int64)).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    with CudaMemory() if device == "cuda" else RSSSampler() as memory:  # what autograd / the adjoint keeps alive
         loss = loss_fn(field, x, y, lam, adjoint)
         loss.backward()
-    out = {"loss": float(loss), "grads": {name: p.grad.detach().numpy().tolist() for name, p in field.named_parameters()}}
+    out = {"loss": float(loss),
+           "grads": {name: p.grad.detach().cpu().numpy().tolist() for name, p in field.named_parameters()}}
     optimizer = torch.optim.SGD(field.parameters(), lr=learning_rate)
     times = []
     for i in range(warmup + steps):
@@ -131,10 +152,11 @@ def run(arrays: dict[str, np.ndarray], *, horizon: float, lam: float, adjoint: b
         optimizer.zero_grad(set_to_none=False)
         loss_fn(field, x, y, lam, adjoint).backward()
         optimizer.step()
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
     out.update(step_times_s=times, median_s=statistics.median(times) if times else None, threads=torch.get_num_threads(),
-               peak_rss_delta_bytes=memory.growth, torch_version=torch.__version__)
+               peak_rss_delta_bytes=memory.growth, torch_version=torch.__version__, device=device)
     return out
 
 

@@ -13,17 +13,28 @@ from ode_nets.fields.antisymmetric import AntisymmetricField
 from ode_nets.fields.concat_squash import ConcatSquashField, AutonomousMLPField
 from ode_nets.fields.cubic import CONV_IMPLS, AbstractCubicField, ConvCubicField, CubicField, odd_power
 from ode_nets.fields.hamiltonian import HamiltonianField
+from ode_nets.fields.pde_conv import (NORMS, HamiltonianConvField, HyperbolicField, ParabolicField, ResNetConvField,
+                                      normalise)
+from ode_nets.fields.neural_ode import Conv, GroupNorm, MLPField, ODENetConvField
+from ode_nets.fields.regularised import Regularised
 from ode_nets.fields.resnet import ACTIVATIONS, ResNetField, SingleLayerField
-from ode_nets.fields.time_params import (Constant, LayerGrid, ParamInit, PiecewiseConstant, has_jumps, is_time_param,
-                                         layer_grid)
+from ode_nets.fields.time_params import (INTERPOLATIONS, Constant, LayerGrid, ParamInit, PiecewiseConstant,
+                                         PiecewiseLinear, has_jumps, is_time_param, layer_grid)
 
 FIELDS: dict[str, type[AbstractField]] = {
     "cubic": CubicField, "conv_cubic": ConvCubicField, "resnet": ResNetField, "single_layer": SingleLayerField,
     "antisymmetric": AntisymmetricField, "hamiltonian": HamiltonianField,
+    "parabolic": ParabolicField, "hyperbolic": HyperbolicField, "hamiltonian_conv": HamiltonianConvField,
+    "resnet_conv": ResNetConvField,  # PDE-motivated CNNs (Ruthotto & Haber 2020), docs/pde_cnns.md
+    "odenet_conv": ODENetConvField, "mlp": MLPField,
     "concat_squash": ConcatSquashField,  # FFJORD (continuous normalizing flows, docs/continuous_time.md)
 }
 
 __all__ = ["FIELDS", "ACTIVATIONS", "CONV_IMPLS", "AbstractField", "AbstractAnalyticField", "AbstractCubicField",
            "LayerParams", "CubicField", "ConvCubicField", "ResNetField", "SingleLayerField", "AntisymmetricField",
            "HamiltonianField", "Constant", "PiecewiseConstant", "ParamInit", "LayerGrid", "has_jumps",
-           "is_time_param", "layer_grid", "odd_power", "ConcatSquashField", "AutonomousMLPField"]
+           "is_time_param", "layer_grid", "odd_power", "NORMS", "ParabolicField", "HyperbolicField",
+           "HamiltonianConvField", "ResNetConvField", "normalise",
+           "PiecewiseLinear", "INTERPOLATIONS",
+           "ODENetConvField", "MLPField", "GroupNorm", "Conv", "Regularised",
+           "ConcatSquashField", "AutonomousMLPField"]

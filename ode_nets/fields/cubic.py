@@ -18,7 +18,7 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ode_nets.fields._base import AbstractAnalyticField, LayerParams
-from ode_nets.fields.time_params import ParamInit, PiecewiseConstant, TimeParam
+from ode_nets.fields.time_params import ParamInit, PiecewiseConstant, PiecewiseLinear, TimeParam
 
 
 def odd_power(x: Array, mu: float) -> Array:
@@ -107,6 +107,10 @@ class AbstractCubicField(AbstractAnalyticField):
 
     def check_layers(self, layers: int) -> None:
         for param in (self.weight, self.b):
+            if isinstance(param, PiecewiseLinear):
+                raise ValueError("analytic_adjoint: the hand-derived gradients (eqs 65, 66) are per layer of "
+                                 "piecewise-constant parameters; with model.interpolation = linear use another "
+                                 "gradient.strategy")
             if isinstance(param, PiecewiseConstant) and param.layers != layers:
                 raise ValueError(f"analytic_adjoint: a parameter has {param.layers} pieces but the solve has "
                                  f"{layers} layers")

@@ -23,10 +23,10 @@ from ode_nets.fields.resnet import activation, square_layer
 from ode_nets.fields.time_params import ParamInit, TimeParam
 
 
-def split_state(x: Array) -> tuple[Array, Array]:
-    """(y, z) halves of the last axis of x = concat(y, z)."""
-    m = x.shape[-1] // 2
-    return x[..., :m], x[..., m:]
+def split_state(x: Array, axis: int = -1) -> tuple[Array, Array]:
+    """(y, z) halves of x = concat(y, z) along `axis` (-1: dense fields; -3: the channels of conv fields)."""
+    y, z = jnp.split(x, 2, axis=axis)
+    return y, z
 
 
 class HamiltonianField(AbstractField):

@@ -18,11 +18,11 @@ from ode_nets.fields._base import AbstractField
 from ode_nets.fields.time_params import ParamInit, TimeParam
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"tanh": jnp.tanh, "relu": jax.nn.relu,
-                                                     "identity": lambda x: x}
+                                                     "identity": lambda x: x, "softplus": jax.nn.softplus}
 
 
 def activation(name: str) -> Callable[[Array], Array]:
-    """sigma by config name (`model.activation`): tanh (default), relu or identity."""
+    """sigma by config name (`model.activation`): tanh (default), relu, identity or softplus."""
     if name not in ACTIVATIONS:
         raise ValueError(f"model.activation: {name!r} is not available (choose from {', '.join(ACTIVATIONS)})")
     return ACTIVATIONS[name]

@@ -7,6 +7,7 @@ time-independent case of §2.2 (eq 25) and §2.5 (eq 45).
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,8 +34,8 @@ def layer_index(t: Float[Array, ""], grid: np.ndarray) -> Array:
     return jnp.clip(index, 0, len(grid) - 2)
 
 
-class PiecewiseConstant(eqx.Module):
-    """q(t) = values[l] for t in layer l; `values` has a leading layer axis of length L."""
+class AbstractPerLayer(eqx.Module):
+    """A parameter with one value per layer: `values` with a leading layer axis of length L on [t0, t1]."""
 
     values: Array
     t0: float = eqx.field(static=True, default=0.0)
@@ -44,12 +45,39 @@ class PiecewiseConstant(eqx.Module):
     def layers(self) -> int:
         return self.values.shape[0]
 
+    @abc.abstractmethod
     def __call__(self, t: Float[Array, ""]) -> Array:
-        return self.values[layer_index(t, layer_grid(self.t0, self.t1, self.layers))]
+        """q(t)."""
 
     def per_layer(self) -> Array:
         """Values with a leading layer axis (L, ...)."""
         return self.values
+
+
+class PiecewiseConstant(AbstractPerLayer):
+    """q(t) = values[l] for t in layer l; `values` has a leading layer axis of length L."""
+
+    def __call__(self, t: Float[Array, ""]) -> Array:
+        return self.values[layer_index(t, layer_grid(self.t0, self.t1, self.layers))]
+
+
+class PiecewiseLinear(AbstractPerLayer):
+    """q(t) continuous in t: the linear interpolation of L knots at the layer midpoints t_l = (l + 1/2) dt,
+    held constant on the outer half layers [t0, dt/2] and [t1 - dt/2, t1].
+
+    `values` has a leading axis of length L, as `PiecewiseConstant`'s; at each layer midpoint both give
+    values[l], and at a layer boundary l dt this one gives the mean (values[l-1] + values[l]) / 2. It has no jumps,
+    so an adaptive solver need not stop at the layer boundaries (time-dependent parameters of Ruseckas §2,
+    continuous as Chen et al.'s ODE-Nets are).
+    """
+
+    def __call__(self, t: Float[Array, ""]) -> Array:
+        """Linear interpolation between the two knots around t (constant beyond the first and last)."""
+        s = jnp.clip((t - self.t0) / (self.t1 - self.t0) * self.layers - 0.5, 0.0, self.layers - 1.0)
+        left = jnp.minimum(jnp.floor(s).astype(int), self.layers - 1)
+        right = jnp.minimum(left + 1, self.layers - 1)
+        weight = (s - left).astype(self.values.dtype)
+        return (1 - weight) * self.values[left] + weight * self.values[right]
 
 
 class Constant(eqx.Module):
@@ -65,17 +93,19 @@ class Constant(eqx.Module):
         return self.value[None]
 
 
-TimeParam = PiecewiseConstant | Constant
+TimeParam = PiecewiseConstant | PiecewiseLinear | Constant
 INITS = ("zeros", "normal")
+INTERPOLATIONS = {"constant": PiecewiseConstant, "linear": PiecewiseLinear}
 
 
 def make_param(shape: tuple[int, ...], *, time_dependent: bool, layers: int, horizon: float,
-               init: str, scale: float, key: PRNGKeyArray) -> TimeParam:
-    """A parameter of `shape` per layer (or one for all t), zero-initialised (§4.4) or normal(0, scale)."""
+               init: str, scale: float, key: PRNGKeyArray, interpolation: str = "constant") -> TimeParam:
+    """A parameter of `shape` per layer (or one for all t), zero-initialised (§4.4) or normal(0, scale);
+    per layer piecewise constant or linearly interpolated between the layer midpoints (`interpolation`)."""
     full = (layers, *shape) if time_dependent else shape
     values = jnp.zeros(full) if init == "zeros" else scale * jax.random.normal(key, full)
     if time_dependent:
-        return PiecewiseConstant(values, 0.0, horizon)
+        return INTERPOLATIONS[interpolation](values, 0.0, horizon)
     return Constant(values)
 
 
@@ -89,10 +119,13 @@ class ParamInit:
     time_dependent: bool = True
     init: Literal["zeros", "normal"] = "zeros"
     scale: float = 0.01
+    interpolation: Literal["constant", "linear"] = "constant"
 
     def __post_init__(self) -> None:
-        if self.init not in INITS or self.layers < 1 or self.horizon <= 0 or self.scale < 0:
-            raise ValueError(f"ParamInit: init must be one of {INITS}, layers >= 1, horizon > 0, scale >= 0; got {self}")
+        if (self.init not in INITS or self.interpolation not in INTERPOLATIONS or self.layers < 1
+                or self.horizon <= 0 or self.scale < 0):
+            raise ValueError(f"ParamInit: init must be one of {INITS}, interpolation one of {tuple(INTERPOLATIONS)}, "
+                             f"layers >= 1, horizon > 0, scale >= 0; got {self}")
 
     @property
     def dt(self) -> float:
@@ -102,7 +135,7 @@ class ParamInit:
     def make(self, shape: tuple[int, ...], key: PRNGKeyArray) -> TimeParam:
         """A parameter of `shape` (`make_param` with these settings)."""
         return make_param(shape, time_dependent=self.time_dependent, layers=self.layers, horizon=self.horizon,
-                          init=self.init, scale=self.scale, key=key)
+                          init=self.init, scale=self.scale, key=key, interpolation=self.interpolation)
 
 
 class LayerGrid(eqx.Module):
@@ -134,8 +167,8 @@ class LayerGrid(eqx.Module):
 
     @classmethod
     def of(cls, field: eqx.Module) -> "LayerGrid":
-        """The grid of a field's piecewise-constant parameters (their L pieces on [t0, t1]); an error if it has none."""
-        pieces = [p for p in jax.tree_util.tree_leaves(field, is_leaf=is_time_param) if isinstance(p, PiecewiseConstant)]
+        """The grid of a field's per-layer parameters (their L pieces or knots on [t0, t1]); an error if it has none."""
+        pieces = [p for p in jax.tree_util.tree_leaves(field, is_leaf=is_time_param) if isinstance(p, PER_LAYER)]
         if not pieces:
             raise ValueError(f"{type(field).__name__} has no piecewise-constant parameters to read the layer grid "
                              f"from; pass grid=LayerGrid(horizon, layers)")
@@ -150,4 +183,7 @@ def has_jumps(field: eqx.Module) -> bool:
 
 def is_time_param(x: object) -> bool:
     """Filter for `jax.tree_util` traversals that stop at time-dependent parameters."""
-    return isinstance(x, (PiecewiseConstant, Constant))
+    return isinstance(x, (PiecewiseConstant, PiecewiseLinear, Constant))
+
+
+PER_LAYER = AbstractPerLayer  # parameters with one value (piece or knot) per layer

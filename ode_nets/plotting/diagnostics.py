@@ -90,7 +90,9 @@ def summarize_runs(folders: list[Path], target_acc: float = 0.95) -> str:
     for folder in map(Path, folders):
         config = load_config(folder / "config.yaml")
         records = read_metrics(folder)
-        if not (folder / "results.json").is_file():  # stopped (non-finite guard, interrupt): no final results
+        results_path = folder / "results.json"
+        if not results_path.is_file() or json.loads(results_path.read_text()).get("status") == "failed":
+            # stopped (non-finite guard, interrupt, failure before the first step): no final results
             steps = [r["step"] for r in records if "step" in r]
             lines.append(f"| {folder.name} | {config.gradient.strategy} | {config.model.time_dependent} | - | "
                          f"stopped at step {max(steps, default=0)}, no results.json | - | - | - | - |")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 
 import matplotlib
@@ -13,15 +13,13 @@ import numpy as np  # noqa: E402
 
 from ode_nets.build import load_run  # noqa: E402
 from ode_nets.fields.time_params import is_time_param  # noqa: E402
-from ode_nets.training import predict  # noqa: E402
+from ode_nets.training import RunDir, predict  # noqa: E402
+from ode_nets.training.storage import atomic_write_bytes, writing  # noqa: E402
 
 
 def read_metrics(folder: Path) -> list[dict]:
     """All records of `metrics.jsonl`."""
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return RunDir(folder).read_metrics()
 
 
 def plot_curves(records: list[dict], path: Path) -> Path:
@@ -44,6 +42,31 @@ def plot_curves(records: list[dict], path: Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.legend()
         ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def nfe_per_epoch(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Mean of each logged NFE series (nfe_forward, nfe_backward) over the logged steps of each epoch, as
+    (epochs counted from 1, means); series absent from the records are left out."""
+    train = [r for r in records if r.get("kind") == "train"]
+    series = {}
+    for key in ("nfe_forward", "nfe_backward"):
+        points = [(r["epoch"] + 1, r[key]) for r in train if key in r]
+        if points:
+            epochs, values = np.asarray(points, float).T
+            unique = np.unique(epochs)
+            series[key] = (unique, np.array([values[epochs == e].mean() for e in unique]))
+    return series
+
+
+def plot_nfe(records: list[dict], path: Path, title: str = "") -> Path:
+    """Function evaluations per training step against epoch, forward and backward (Chen et al. 2018, Fig 3d)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for key, (epochs, means) in nfe_per_epoch(records).items():
+        ax.plot(epochs, means, "o-", ms=3, label=key.replace("_", " "))
+    ax.set(xlabel="epoch", ylabel="function evaluations per step (mean over the epoch)", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -121,8 +144,15 @@ def plot_run(folder: Path) -> list[Path]:
     folder = Path(folder)
     config, dataset, model = load_run(folder)
     out = folder / "figures"
-    paths = [plot_curves(read_metrics(folder), out / "curves.png"), plot_parameters(model.field, out / "parameters.png")]
-    if config.model.field == "cubic":
+    records = read_metrics(folder)
+    paths = [plot_curves(records, out / "curves.png")]
+    if nfe_per_epoch(records):
+        paths.append(plot_nfe(records, out / "nfe.png", config.name))
+    if not hasattr(model, "field"):  # a multi-stage network (model.stages): several fields, no single trajectory
+        return paths
+    if _named_time_params(model.field):
+        paths.append(plot_parameters(model.field, out / "parameters.png"))
+    if config.model.field in ("cubic", "mlp"):
         x, y = dataset.test.x[:1000], dataset.test.y[:1000]  # enough points to see the flow; more hide each other
         features = np.asarray(model.features(x))
         probs = predict(model, x)[:, 1]
@@ -160,9 +190,13 @@ def plot_conv_activations(model, dataset, out: Path) -> list[Path]:
 
 
 def _save(fig, path: Path) -> Path:
+    """Write `fig` as `path` (atomically; a full disk is a `StorageError` naming the file) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -13,6 +13,7 @@ To add a solver: write a `diffrax.AbstractSolver` and add a `SolverInfo` to `SOL
 
 from __future__ import annotations
 
+from ode_nets.solvers.counting import CountingController, CountState, evaluation_cost, solve_counts
 from ode_nets.solvers.layer_steps import LayerSteps
 from ode_nets.solvers.multistep import AdamsBashforth3, TwoStepField, TwoStepLM, with_two_step_memory
 from ode_nets.solvers.registry import SOLVERS, SolverInfo, solver_info, solver_name
@@ -22,4 +23,5 @@ from ode_nets.solvers.verlet import StepSolution, Verlet, reversible_solve, verl
 
 __all__ = ["SOLVERS", "SolverInfo", "solver_info", "solver_name", "RK4", "LinearInterpolation", "AdamsBashforth3", "TwoStepField",
            "TwoStepLM", "with_two_step_memory", "StepSolution", "Verlet", "reversible_solve", "verlet_inverse",
-           "verlet_step", "LayerSteps", "AbstractStepping", "FixedSteps", "AdaptiveSteps", "Discretisation"]
+           "verlet_step", "LayerSteps", "AbstractStepping", "FixedSteps", "AdaptiveSteps", "Discretisation",
+           "evaluation_cost", "solve_counts", "CountingController", "CountState"]

@@ -14,6 +14,7 @@ import equinox as eqx
 import numpy as np
 
 from ode_nets.fields.time_params import LayerGrid, has_jumps
+from ode_nets.solvers.counting import CountingController
 from ode_nets.solvers.layer_steps import LayerSteps
 from ode_nets.solvers.registry import solver_info
 
@@ -92,10 +93,11 @@ class AdaptiveSteps(AbstractStepping):
         tableau = getattr(solver, "tableau", None)
         if tableau is not None and not np.any(tableau.b_error):
             raise ValueError(f"{type(solver).__name__} has no embedded error estimate: use FixedSteps")
-        return self.controller(jump_ts), None, self.max_steps
+        return CountingController.around(self.controller(jump_ts), solver), None, self.max_steps
 
     def backward(self, solver: diffrax.AbstractSolver, step_ts: np.ndarray, jump_ts: np.ndarray | None) -> Controller:
-        return self.controller(jump_ts)
+        """The PID of `controller`, its field evaluations counted (`CountingController`)."""
+        return CountingController.around(self.controller(jump_ts), solver)
 
 
 class Discretisation(eqx.Module):
@@ -122,6 +124,8 @@ class Discretisation(eqx.Module):
                     args: object = None) -> diffrax.Solution:
         """`diffrax.diffeqsolve` of dx/dt = field(t, x, args) on [0, T] with this discretisation and `adjoint`."""
         controller, dt0, max_steps = self.controller(field)
+        if isinstance(controller, CountingController):  # keep its state: it holds the evaluation count
+            saveat = eqx.tree_at(lambda s: s.controller_state, saveat, True)
         return diffrax.diffeqsolve(diffrax.ODETerm(field), self.solver, 0.0, self.grid.horizon, dt0, x0, args=args,
                                    saveat=saveat, stepsize_controller=controller, adjoint=adjoint,
                                    max_steps=max_steps)

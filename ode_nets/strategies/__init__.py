@@ -4,7 +4,9 @@
 - `DiscretizeThenOptimize`: backprop through the solver's steps (diffrax `RecursiveCheckpointAdjoint`), eq 112;
 - `OptimizeThenDiscretize`: the continuous adjoint eq 11 solved backwards (diffrax `BacksolveAdjoint`);
 - `AnalyticAdjoint`: the paper's backward equations (eqs 62-71, 76-78, 112) as a custom VJP;
-- `Reversible`: Verlet with memory-free backward reconstruction.
+- `Reversible`: Verlet with memory-free backward reconstruction;
+- `DirectAdjoint`: backprop through the solver's steps with diffrax's `DirectAdjoint` (no checkpointing; forward mode too);
+- `LayerParallel`: MGRIT forward and adjoint solves across the layers (layer-parallel training).
 
 To add a strategy: subclass `AbstractGradientStrategy` (write `solve`) or `AbstractDiffraxAdjoint` (write
 `adjoint`) and add it to `STRATEGIES`; `docs/architecture.md` has a worked example.
@@ -12,9 +14,11 @@ To add a strategy: subclass `AbstractGradientStrategy` (write `solve`) or `Abstr
 
 from __future__ import annotations
 
-from ode_nets.strategies._base import AbstractDiffraxAdjoint, AbstractGradientStrategy
+from ode_nets.strategies._base import AbstractDiffraxAdjoint, AbstractGradientStrategy, Monitor, pop_monitors
 from ode_nets.strategies.analytic import AnalyticAdjoint, adjoint_on_grid
-from ode_nets.strategies.diffrax_adjoints import DiscretizeThenOptimize, OptimizeThenDiscretize
+from ode_nets.strategies.diffrax_adjoints import (BackwardCounter, CountingBacksolveAdjoint, DirectAdjoint,
+                                                 DiscretizeThenOptimize, OptimizeThenDiscretize)
+from ode_nets.strategies.layer_parallel import LayerParallel
 from ode_nets.strategies.reversible import Reversible
 
 STRATEGIES: dict[str, type[AbstractGradientStrategy]] = {
@@ -22,6 +26,8 @@ STRATEGIES: dict[str, type[AbstractGradientStrategy]] = {
     "optimize_then_discretize": OptimizeThenDiscretize,
     "analytic_adjoint": AnalyticAdjoint,
     "reversible": Reversible,
+    "layer_parallel": LayerParallel,
+    "direct_adjoint": DirectAdjoint,
 }
 
 
@@ -31,4 +37,6 @@ def strategy_name(strategy: AbstractGradientStrategy) -> str:
 
 
 __all__ = ["STRATEGIES", "strategy_name", "AbstractGradientStrategy", "AbstractDiffraxAdjoint",
-           "DiscretizeThenOptimize", "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "adjoint_on_grid"]
+           "DiscretizeThenOptimize", "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "adjoint_on_grid",
+           "LayerParallel", "Monitor", "pop_monitors",
+           "BackwardCounter", "CountingBacksolveAdjoint", "DirectAdjoint"]

@@ -13,6 +13,8 @@ from typing import ClassVar
 
 import diffrax
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
 from ode_nets.fields._base import AbstractField
@@ -24,6 +26,11 @@ class AbstractGradientStrategy(eqx.Module):
     (`checkpoints`, `backward_solver`, `backward_stepping`) that `ode_nets.build` passes from the `gradient` config."""
 
     config_options: ClassVar[tuple[str, ...]] = ()
+    forward_mode: ClassVar[bool] = False  # supports jax.jvp (forward-mode autodiff) through the solve
+    # How the backward pass's function evaluations are counted (`nfe_backward` in training): "vjp", one
+    # vector-Jacobian product per forward evaluation (reverse mode through the solver's steps); "solve", a backward
+    # solve of its own, counted by `CountingBacksolveAdjoint`; "none", not counted.
+    backward_counting: ClassVar[str] = "none"
 
     @abc.abstractmethod
     def solve(self, field: AbstractField, x0: PyTree[Array], discretisation: Discretisation, saveat: diffrax.SaveAt,
@@ -41,3 +48,33 @@ class AbstractDiffraxAdjoint(AbstractGradientStrategy):
     def solve(self, field: AbstractField, x0: PyTree[Array], discretisation: Discretisation, saveat: diffrax.SaveAt,
               args: object = None) -> diffrax.Solution:
         return discretisation.diffeqsolve(field, x0, self.adjoint(discretisation, field), saveat, args)
+
+
+class Monitor(eqx.Module):
+    """Solver statistics out of a backward pass: a zero leaf of a strategy whose *cotangent* a custom VJP sets to
+    the statistics (named `names`), since a backward pass has no other way out of `jax.grad`. `pop_monitors` takes
+    them out of a gradient before the optimizer sees it; `count_parameters` does not count them."""
+
+    values: Array
+    names: tuple[str, ...] = eqx.field(static=True)
+
+    @classmethod
+    def zeros(cls, names: tuple[str, ...]) -> "Monitor":
+        return cls(jnp.zeros(len(names)), names)
+
+
+def is_monitor(x: object) -> bool:
+    return isinstance(x, Monitor)
+
+
+def pop_monitors(grads: PyTree) -> tuple[PyTree, dict[str, Array]]:
+    """The gradient with every `Monitor` cotangent zeroed, and those statistics by name."""
+    stats: dict[str, Array] = {}
+
+    def take(x: object) -> object:
+        if not isinstance(x, Monitor) or x.values is None:
+            return x
+        stats.update(zip(x.names, x.values))
+        return Monitor(jnp.zeros_like(x.values), x.names)
+
+    return jax.tree_util.tree_map(take, grads, is_leaf=is_monitor), stats

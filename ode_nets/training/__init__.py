@@ -12,6 +12,7 @@ Nothing here reads a `Config`: `ode_nets.build` turns a config into the argument
 - `checkpoint`: atomic, resumable checkpoints (`Position`, `save_checkpoint`, `load_latest`, ...).
 - `options`: `TrainOptions`, the settings of `fit`.
 - `loop`: `fit`.
+- `parallel`, `distributed`: data parallelism over devices, and over processes/machines (`jax.distributed`).
 """
 
 from ode_nets.errors import CheckpointError, RunDirError, TrainingError

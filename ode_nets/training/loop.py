@@ -1,14 +1,17 @@
-"""`fit`: the epoch loop with checkpoints, resume, non-finite recovery and Ctrl-C handling.
+"""`fit`: the epoch loop with checkpoints, resume, non-finite recovery and preemption handling.
 
 Checkpoints are written every `checkpoint_every` steps and at each epoch end; a run resumed from its newest
-checkpoint reproduces the uninterrupted run bit for bit (same data order from `fold_in(PRNGKey(seed + 1),
-epoch)`, input noise keyed per (epoch, batch)). Ctrl-C writes a checkpoint and stops cleanly.
+intact checkpoint reproduces the uninterrupted run bit for bit (same data order from `fold_in(PRNGKey(seed + 1),
+epoch)`, input noise keyed per (epoch, batch)). SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 finish the current step,
+write a checkpoint and stop cleanly (`signals`). The run folder is locked while `fit` runs (`lock`); a write that
+fails (disk full) stops the run naming the file (`storage`); a fresh run that fails before its first step is
+marked `"status": "failed"` in `results.json`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,15 +23,18 @@ import optax
 from tqdm.auto import tqdm
 
 from ode_nets.data import Dataset, add_input_noise, batch_indices
-from ode_nets.errors import TrainingError
+from ode_nets.errors import StorageError, TrainingError
 from ode_nets.models import count_parameters
 from ode_nets.solvers import SOLVERS
-from ode_nets.training import parallel
+from ode_nets.training import distributed, parallel
 from ode_nets.training.checkpoint import Position, train_state
+from ode_nets.training.counting import backward_counts, counts_backward_solve
 from ode_nets.training.evaluation import evaluate, learned_gamma, split_metrics
+from ode_nets.training.lock import hold
 from ode_nets.training.objective import Objective
 from ode_nets.training.options import TrainOptions
 from ode_nets.training.run_dir import MetricsLog, RunDir
+from ode_nets.training.signals import StopSignals
 from ode_nets.training.step import train_step, without_nonfinite
 
 
@@ -37,27 +43,43 @@ def fit(model: eqx.Module, data: Dataset, *, optimizer: optax.GradientTransforma
         objective: Objective | None = None, options: TrainOptions | None = None, resume: bool = False,
         overwrite: bool = False, progress: bool = True, config: dict | str | None = None, **settings: Any) -> dict:
     """Train `model` (called as `model(x) -> logits`) on `data.train`; returns the final results (also in
-    `results.json`), or {"interrupted": True, "step": ...} after Ctrl-C.
+    `results.json`), or {"interrupted": True, "step": ..., "signal": ...} after SIGTERM, SIGINT or SIGUSR1.
 
     `settings` are `TrainOptions` fields (epochs=..., batch_size=..., seed=...) and override `options`.
     `run_dir`: a folder, created (refused if it holds files, unless `overwrite`) or with `resume` continued
-    from its newest checkpoint; or a `RunDir` already prepared. `config` (a dict or YAML text) is written as
-    `config.yaml` of a new folder; on resume a changed one is recorded in `resumes.jsonl`.
+    from its newest intact checkpoint (from step 0 if it has none yet); or a `RunDir` already prepared. `config`
+    (a dict or YAML text) is written as `config.yaml` of a new folder; on resume a changed one is recorded in
+    `resumes.jsonl`. The folder is locked against other processes while `fit` runs.
     """
     options = dataclasses.replace(options or TrainOptions(), **settings)
     options.check(len(data.train))
-    if not isinstance(run_dir, RunDir):
-        run_dir = RunDir.resume(run_dir) if resume else RunDir.create(run_dir, config, overwrite=overwrite)
-    trainer = _Trainer(model, data, optimizer, objective or Objective(), options, run_dir, progress)
+    main = distributed.is_main()  # several processes: only process 0 locks, reads and writes the folder
+    with hold(run_dir.path if isinstance(run_dir, RunDir) else run_dir) if main else contextlib.nullcontext():
+        if not isinstance(run_dir, RunDir) and main:
+            run_dir = RunDir.resume(run_dir) if resume else RunDir.create(run_dir, config, overwrite=overwrite)
+        run_dir = distributed.process_run_dir(run_dir)
+        trainer = _Trainer(model, data, optimizer, objective or Objective(), options, run_dir, progress)
+        try:
+            return _train(trainer, resume, config)
+        except StorageError as e:
+            raise StorageError(f"training stopped at step {trainer.step}: {e}; {trainer.intact()}") from None
+        except Exception as e:
+            if not resume and trainer.step == 0:
+                trainer.mark_failed(e)
+            raise
+
+
+def _train(trainer: "_Trainer", resume: bool, config: dict | str | None) -> dict:
+    """Restore (on resume), then the epochs until done or a stop signal."""
     if resume:
         trainer.restore(config)
     trainer.begin(resume)
-    with _InterruptFlag() as interrupted:
-        for epoch in range(trainer.position.epoch, options.epochs):
-            if trainer.done:
+    with StopSignals() as stop:
+        for epoch in range(trainer.position.epoch, trainer.options.epochs):
+            if trainer.done and not trainer.resumes_within(epoch):
                 break
-            if trainer.run_epoch(epoch, interrupted):
-                return {"interrupted": True, "step": trainer.step}
+            if trainer.run_epoch(epoch, stop):
+                return {"interrupted": True, "step": trainer.step, "signal": stop.fired}
     return trainer.finish()
 
 
@@ -78,25 +100,38 @@ class _Trainer:
         self.log: MetricsLog | None = None  # opened by `begin`, as are the following
         self.n_params, self.start, self.step, self.done = 0, 0.0, 0, False
         self.window = (0.0, 0)  # (start time, examples) of the current examples/s measurement
+        self.resumed: dict = {}  # the `resume` record of metrics.jsonl, set by `restore`
 
     def state(self) -> dict:
         return train_state(self.model, self.opt_state, self.key)
 
     def restore(self, config: dict | str | None) -> None:
-        """Continue from the newest checkpoint; then record a changed `config` (a failed resume changes nothing)."""
-        state, self.position = self.run_dir.load_latest(self.state())
-        self.model, self.opt_state, self.key = state["model"], state["opt_state"], state["key"]
+        """Continue from the newest intact checkpoint (from step 0 if none was written yet); damaged newer ones
+        are set aside as `*.damaged`. Then record a changed `config` (a failed resume changes nothing)."""
+        restored = self.run_dir.restore(self.state())
+        self.resumed = {"kind": "resume", "step": 0, "checkpoint": None, "skipped": []}
+        if restored is not None:
+            self.model, self.opt_state, self.key = (restored.state[k] for k in ("model", "opt_state", "key"))
+            self.position = restored.position
+            skipped = [{"checkpoint": p.name, "reason": why} for p, why in restored.skipped]
+            self.resumed.update(step=self.position.step, checkpoint=restored.path.name, skipped=skipped)
+            for entry in skipped:
+                print(f"skipped damaged checkpoint {entry['checkpoint']} ({entry['reason']}); kept as *.damaged")
         if config is not None:
             self.run_dir.record_resume(config)
 
     def begin(self, resume: bool) -> None:
         """Replicate over devices if asked, open the metrics log, print the run's size; the clock starts."""
-        if self.options.devices > 1:  # data parallel: batch axis sharded, parameters replicated (ode_nets.training.parallel)
+        if self.options.devices > 1 or self.options.layer_devices > 1 or jax.process_count() > 1:  # data (x layer)
+            # parallel: batch axis sharded, parameters replicated (ode_nets.training.parallel), over every process's
+            # devices (ode_nets.training.distributed)
 
             parallel.check_devices(self.options.devices, self.options.batch_size)
-            self.mesh = parallel.batch_mesh(self.options.devices)
+            self.mesh = parallel.batch_mesh(self.options.devices, self.options.layer_devices)
             self.model, self.opt_state = parallel.replicate((self.model, self.opt_state), self.mesh)
         self.log = self.run_dir.metrics_log(self.position.step if resume else None)
+        if resume:
+            self.log.write(self.resumed)
         self.n_params = count_parameters(self.model)
         print(f"{self.name}: {self.n_params:,} trainable parameters; {len(self.data.train)} training examples; "
               f"device {jax.devices()[0].device_kind}")
@@ -112,8 +147,12 @@ class _Trainer:
         position = dataclasses.replace(position, elapsed_s=self.elapsed())
         self.run_dir.save_checkpoint(self.state(), position, self.options.keep_checkpoints)
 
-    def run_epoch(self, epoch: int, interrupted: "_InterruptFlag") -> bool:
-        """Train one epoch (from the resumed batch), evaluate, checkpoint; True if Ctrl-C stopped it."""
+    def resumes_within(self, epoch: int) -> bool:
+        """Whether this session started inside `epoch` (its evaluation is still to do even if no step is left)."""
+        return epoch == self.position.epoch and self.position.batch > 0
+
+    def run_epoch(self, epoch: int, stop: StopSignals) -> bool:
+        """Train one epoch (from the resumed batch), evaluate, checkpoint; True if a stop signal ended it."""
         first_batch = self.position.batch if epoch == self.position.epoch else 0
         order_key = jax.random.fold_in(self.key, epoch)
         batches = list(batch_indices(len(self.data.train), self.options.batch_size, order_key))[first_batch:]
@@ -121,31 +160,37 @@ class _Trainer:
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.options.epochs}", disable=not self.progress, leave=False)
         self.window = (time.time(), 0)
         for i, (idx, mask) in enumerate(bar, start=first_batch):
-            metrics = self.train_batch(*self.batch(idx, mask, order_key, i), epoch, i)
+            if self.done:
+                break
+            batch = self.batch(idx, mask, order_key, i)
+            metrics = self.train_batch(*batch, epoch, i)
             self.step += 1
             self.window = (self.window[0], self.window[1] + int(mask.sum()))
             if self.step % self.options.log_every == 0 or i == last:
+                if counts_backward_solve(self.model):  # NFE of the backward solve: one extra pass (training/counting.py)
+                    metrics = {**metrics, **backward_counts(self.model, *batch, self.objective)}
                 self.log_train(metrics, epoch, bar)
             self.done = self.step >= self.total_steps
-            next_pos = Position(self.step, epoch + 1, 0) if i == last else Position(self.step, epoch, i + 1)
-            if interrupted.fired:
+            next_pos = Position(self.step, epoch, i + 1)  # after the last batch: the epoch's evaluation is still to do
+            if distributed.any_process(bool(stop.fired)):  # all processes stop at the same step
+                signal = stop.fired or "a signal to another process"
                 self.save(next_pos)
-                print(f"\ninterrupted at step {self.step}: checkpoint written; continue with --resume "
-                      f"{self.run_dir.path}")
+                self.log.write({"kind": "interrupted", "step": self.step, "signal": signal})
+                print(f"\ninterrupted at step {self.step} ({signal}): checkpoint written; continue with "
+                      f"--resume {self.run_dir.path}")
                 return True
             if self.options.checkpoint_every and self.step % self.options.checkpoint_every == 0 and i != last:
                 self.save(next_pos)
-            if self.done:
-                break
         bar.close()
         self.end_epoch(epoch)
         return False
 
     def batch(self, idx: np.ndarray, mask: np.ndarray, order_key: jax.Array, i: int) -> tuple:
         """Inputs, labels and mask of batch `i` (noise keyed per (epoch, batch): a resumed run draws the same)."""
-        x, y = self.data.train.x[idx], self.data.train.y[idx]
+        rows = parallel.process_rows(len(idx))  # this process's rows of the global batch (all, with one process)
+        x, y, mask = self.data.train.x[idx[rows]], self.data.train.y[idx[rows]], mask[rows]
         if self.options.input_noise:
-            x = add_input_noise(x, self.options.input_noise, jax.random.fold_in(order_key, i))
+            x = add_input_noise(x, self.options.input_noise, jax.random.fold_in(order_key, i), rows, len(idx))
         if self.mesh is not None:
 
             x, y, mask = parallel.shard_batch((x, y, mask), self.mesh)
@@ -201,6 +246,22 @@ class _Trainer:
                                                   for k, v in record.items() if k not in ("kind", "step", "epoch")))
         self.save(Position(self.step, epoch + 1, 0))
 
+    def intact(self) -> str:
+        """Which checkpoint a stopped run can continue from (for failure messages)."""
+        step = self.run_dir.latest_step()
+        if step is None:
+            return "no checkpoint was written yet"
+        return f"the checkpoint of step {step} is intact: continue with --resume {self.run_dir.path}"
+
+    def mark_failed(self, error: Exception) -> None:
+        """`results.json` = {"status": "failed", ...} for a run that failed before its first step (best effort:
+        the disk may be full)."""
+        try:
+            self.run_dir.write_results({"name": self.name, "status": "failed", "step": self.step,
+                                        "error": f"{type(error).__name__}: {error}".splitlines()[0]})
+        except (OSError, StorageError):
+            pass
+
     def finish(self) -> dict:
         """Save the final model and `results.json` (`train_wall_time_s`: all sessions of the run)."""
         wall_time = self.elapsed()
@@ -240,25 +301,3 @@ def _nonfinite_message(step: int, options: TrainOptions, metrics: dict, consecut
     else:
         hint += "; train.skip_nonfinite=N skips up to N such batches in a row"
     return f"non-finite {what} at step {step} (epoch counted from 0): {hint}. The last good state is checkpointed."
-
-
-class _InterruptFlag:
-    """Context manager: the first Ctrl-C sets `fired` instead of raising, so the loop can checkpoint."""
-
-    def __init__(self) -> None:
-        self.fired = False
-        self._previous: Any = None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.fired = True
-
-    def __enter__(self) -> "_InterruptFlag":
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not in the main thread
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)

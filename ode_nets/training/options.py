@@ -30,6 +30,7 @@ class TrainOptions:
     drop_nonfinite_examples: bool = False
     input_noise: float = 0.0
     devices: int = 1
+    layer_devices: int = 1
     name: Optional[str] = None
     solver: dict[str, Any] = field(default_factory=dict)
 

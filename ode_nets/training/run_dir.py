@@ -2,7 +2,8 @@
 (and `resumes.jsonl` when a resumed run changed its config).
 
 `RunDir.create` refuses an existing non-empty folder unless `overwrite` (which wipes it); `RunDir.resume`
-checks that a folder can be continued. The config is written as given (a serialisable dict or YAML text):
+checks that a folder can be continued; `create` refuses a folder another live process trains in (`lock.hold`).
+The config is written as given (a serialisable dict or YAML text):
 this package knows nothing of `ode_nets.config`.
 """
 
@@ -17,8 +18,23 @@ from typing import Any
 import yaml
 from jaxtyping import PyTree
 
-from ode_nets.errors import RunDirError
+from ode_nets.errors import CheckpointError, RunDirError
 from ode_nets.training import checkpoint as ckpt
+from ode_nets.training.lock import LOCK_NAME, hold
+from ode_nets.training.storage import append_line, complete_lines, remove_stale_temporaries, writing
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of a JSON-lines file; a line cut short by a crash or a full disk is left out."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in complete_lines(path.read_text(errors="replace")):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
 
 
 class MetricsLog:
@@ -27,13 +43,12 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         if resume_step is not None and path.exists():
-            lines = [line for line in path.read_text().splitlines() if line.strip()]
-            kept = [line for line in lines if json.loads(line).get("step", 0) <= resume_step]
-            ckpt.atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+            kept = [r for r in read_records(path) if r.get("step", 0) <= resume_step]
+            ckpt.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append `record` (a `StorageError` naming the file if the disk is full; no half line is left)."""
+        append_line(self.path, json.dumps(record))
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -74,21 +89,29 @@ class RunDir:
         """A new, empty run folder (with `config.yaml` if `config` is given). An existing non-empty folder
         is refused unless `overwrite`, which deletes it first."""
         run = cls(path)
-        if run.path.exists() and any(run.path.iterdir()):
-            if not overwrite:
+        with writing(run.path):
+            run.path.mkdir(parents=True, exist_ok=True)
+        with hold(run.path):  # no other process trains here while the folder is wiped and set up
+            contents = [p for p in run.path.iterdir() if p.name != LOCK_NAME]
+            if contents and not overwrite:
                 raise RunDirError(f"run folder {run.path} already exists; pass --overwrite to replace it or "
                                   f"--resume {run.path} to continue it")
-            shutil.rmtree(run.path)
-        run.path.mkdir(parents=True, exist_ok=True)
-        if config is not None:
-            run.write_config(config)
+            for item in contents:
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item)
+                else:
+                    item.unlink()
+            if config is not None:
+                run.write_config(config)
         return run
 
     @classmethod
     def resume(cls, path: str | Path, *, need_config: bool = False) -> "RunDir":
-        """An existing run folder to continue: it must hold `checkpoints/` (and `config.yaml` if `need_config`)."""
+        """An existing run folder to continue: it must hold `checkpoints/` or `config.yaml` (a run stopped before
+        its first checkpoint starts again from step 0), and `config.yaml` if `need_config`."""
         run = cls(path)
-        if not run.checkpoints.is_dir() or (need_config and not run.config_path.is_file()):
+        started = run.checkpoints.is_dir() or run.config_path.is_file()
+        if not started or (need_config and not run.config_path.is_file()):
             raise RunDirError(f"cannot resume: {run.path} is not a run folder with checkpoints "
                               f"(expected {run.config_path} and {run.checkpoints}/)")
         return run
@@ -119,9 +142,8 @@ class RunDir:
         changed = {k: [old.get(k), v] for k, v in flat_new.items() if old.get(k) != v}
         if changed:
             step = self.latest_step()
-            with self.resumes_path.open("a") as f:
-                f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": step,
-                                    "changed": changed}) + "\n")
+            append_line(self.resumes_path, json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": step,
+                                                       "changed": changed}))
             self.write_config(config)
         return changed
 
@@ -130,10 +152,8 @@ class RunDir:
         return MetricsLog(self.metrics_path, resume_step)
 
     def read_metrics(self) -> list[dict]:
-        """All records of `metrics.jsonl`."""
-        if not self.metrics_path.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        """All records of `metrics.jsonl` (without a last line cut short by a crash)."""
+        return read_records(self.metrics_path)
 
     def write_results(self, results: dict) -> None:
         ckpt.atomic_write_bytes(self.results_path, json.dumps(results, indent=2).encode())
@@ -159,6 +179,20 @@ class RunDir:
 
     def load_latest(self, like: PyTree) -> tuple[PyTree, ckpt.Position]:
         return ckpt.load_latest(self.checkpoints, like)
+
+    def restore(self, like: PyTree) -> ckpt.Restored | None:
+        """The newest intact checkpoint and the damaged ones skipped (`checkpoint.restore`), which are set aside as
+        `*.damaged`; temporaries of interrupted writes are removed. None if there is no checkpoint yet; a
+        `CheckpointError` if there is none but the run has finished (`model.eqx`)."""
+        restored = ckpt.restore(self.checkpoints, like)
+        if restored is None and self.model_path.is_file():
+            raise CheckpointError(f"no checkpoint in {self.checkpoints} to resume from, and the run has "
+                                  f"finished ({self.model_path} exists)")
+        if restored is not None:
+            ckpt.set_aside(restored.skipped)
+        remove_stale_temporaries(self.checkpoints)
+        remove_stale_temporaries(self.path)
+        return restored
 
     def save_model(self, model: PyTree) -> None:
         """The final parameters, `model.eqx`."""

@@ -11,6 +11,8 @@ import optax
 
 from ode_nets.losses import predicted_class
 from ode_nets.models import project_parameters
+from ode_nets.strategies import pop_monitors
+from ode_nets.training.newton_pcg import NewtonPCG, newton_inputs, optimizer_stats
 from ode_nets.training.objective import Objective
 
 
@@ -22,7 +24,9 @@ def train_step(optimizer: optax.GradientTransformation, model: eqx.Module, opt_s
     A non-finite loss or gradient leaves model and optimizer state unchanged (`ok` = False).
     """
     (loss, aux), grads = eqx.filter_value_and_grad(objective.__call__, has_aux=True)(model, x, y, mask)
-    updates, new_opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    grads, solver_stats = pop_monitors(grads)  # layer_parallel: MGRIT residuals / iterations (strategies._base.Monitor)
+    extra = newton_inputs(objective, model, x, y, mask) if isinstance(optimizer, NewtonPCG) else {}
+    updates, new_opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array), **extra)
     new_model = project_parameters(eqx.apply_updates(model, updates))
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -30,7 +34,8 @@ def train_step(optimizer: optax.GradientTransformation, model: eqx.Module, opt_s
     model = eqx.combine(keep(eqx.filter(new_model, eqx.is_array), eqx.filter(model, eqx.is_array)),
                         eqx.filter(model, eqx.is_array, inverse=True))
     opt_state = keep(new_opt_state, opt_state)
-    return model, opt_state, {"loss": loss, "grad_norm": grad_norm, "ok": ok, **aux}
+    stats = {**solver_stats, **optimizer_stats(opt_state)}
+    return model, opt_state, {"loss": loss, "grad_norm": grad_norm, "ok": ok, **aux, **stats}
 
 
 @eqx.filter_jit

@@ -1,0 +1,155 @@
+"""Neural-ODE vector fields smooth in t, made for adaptive solvers (Chen et al. 2018; Dupont et al. 2019).
+
+Their parameters do not depend on t; t enters as an input (a constant extra channel, or an extra MLP input),
+so the field has no jumps at layer boundaries and an adaptive solver steps freely across [0, T].
+
+- `ODENetConvField`: Chen et al.'s ODE-Net block (torchdiffeq `examples/odenet_mnist.py`):
+  GroupNorm -> ReLU -> ConcatConv -> GroupNorm -> ReLU -> ConcatConv -> GroupNorm, where ConcatConv is a 3x3
+  convolution of [t, x] (t appended as a constant input channel).
+- `MLPField`: dx/dt = W3 s(W2 s(W1 [x, t] + b1) + b2) + b3, the ODEFunc of Dupont et al. for dense toy sets.
+"""
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ode_nets.fields._base import AbstractField
+from ode_nets.fields.resnet import activation
+from ode_nets.fields.time_params import ParamInit
+
+
+def uniform_init(shape: tuple[int, ...], fan_in: int, key: PRNGKeyArray) -> Array:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for Conv2d and Linear (weights and biases)."""
+    bound = 1.0 / fan_in ** 0.5
+    return jax.random.uniform(key, shape, minval=-bound, maxval=bound)
+
+
+class GroupNorm(eqx.Module):
+    """GroupNorm over the channel axis -3 of (..., C, H, W), per example (Wu & He 2018), with a per-channel affine."""
+
+    weight: Array
+    bias: Array
+    groups: int = eqx.field(static=True)
+    eps: float = eqx.field(static=True, default=1e-5)
+
+    @classmethod
+    def init(cls, channels: int, max_groups: int = 32) -> "GroupNorm":
+        """min(32, C) groups, as Chen et al.'s `norm(dim)`; weight 1, bias 0."""
+        return cls(jnp.ones(channels), jnp.zeros(channels), min(max_groups, channels))
+
+    def __call__(self, x: Float[Array, "... C H W"]) -> Float[Array, "... C H W"]:
+        channels = x.shape[-3]
+        grouped = x.reshape(*x.shape[:-3], self.groups, channels // self.groups, *x.shape[-2:])
+        mean = jnp.mean(grouped, axis=(-3, -2, -1), keepdims=True)
+        var = jnp.var(grouped, axis=(-3, -2, -1), keepdims=True)
+        normed = ((grouped - mean) * lax.rsqrt(var + self.eps)).reshape(x.shape)
+        return normed * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class Conv(eqx.Module):
+    """A 2-D convolution of (..., C, H, W) with bias; `stride`, `padding` static (PyTorch's Conv2d semantics)."""
+
+    kernel: Array  # (O, I, k, k)
+    bias: Array  # (O,)
+    stride: int = eqx.field(static=True, default=1)
+    padding: int = eqx.field(static=True, default=0)
+
+    @classmethod
+    def init(cls, in_channels: int, out_channels: int, size: int, key: PRNGKeyArray, *, stride: int = 1,
+             padding: int = 0) -> "Conv":
+        kk, kb = jax.random.split(key)
+        fan_in = in_channels * size * size
+        return cls(uniform_init((out_channels, in_channels, size, size), fan_in, kk),
+                   uniform_init((out_channels,), fan_in, kb), stride, padding)
+
+    def __call__(self, x: Float[Array, "... C H W"]) -> Array:
+        flat = x.reshape((-1, *x.shape[-3:]))
+        pad = [(self.padding, self.padding)] * 2
+        out = lax.conv_general_dilated(flat, self.kernel, (self.stride, self.stride), pad,
+                                       dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        out = out + self.bias[:, None, None]
+        return out.reshape((*x.shape[:-3], *out.shape[1:]))
+
+
+def concat_time(t: Float[Array, ""], x: Float[Array, "... C H W"]) -> Float[Array, "... C+1 H W"]:
+    """[t, x]: t as a constant first channel (Chen et al.'s ConcatConv2d)."""
+    tt = jnp.full((*x.shape[:-3], 1, *x.shape[-2:]), t, dtype=x.dtype)
+    return jnp.concatenate([tt, x], axis=-3)
+
+
+class ODENetConvField(AbstractField):
+    """dx/dt = GN(ConcatConv2(t, s(GN(ConcatConv1(t, s(GN(x))))))), Chen et al.'s ODEfunc; s = `activation`
+    (relu in Chen et al.; softplus is smooth). State (..., C, H, W); each conv maps C + 1 channels to C, 3x3, pad 1."""
+
+    norm1: GroupNorm
+    conv1: Conv
+    norm2: GroupNorm
+    conv2: Conv
+    norm3: GroupNorm
+    activation: str = eqx.field(static=True, default="relu")
+    feature_axis: ClassVar[int] = -3
+    config_options: ClassVar[tuple[str, ...]] = ("activation",)
+
+    def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
+        s = activation(self.activation)
+        out = self.conv1(concat_time(t, s(self.norm1(x))))
+        out = self.conv2(concat_time(t, s(self.norm2(out))))
+        return self.norm3(out)
+
+    @classmethod
+    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, activation: str = "relu"
+             ) -> "ODENetConvField":
+        """For states (C, H, W); PyTorch's default initialisation (`params` only fixes the grid, not used here)."""
+        channels = state_shape[0]
+        k1, k2 = jax.random.split(key)
+        return cls(GroupNorm.init(channels), Conv.init(channels + 1, channels, 3, k1, padding=1),
+                   GroupNorm.init(channels), Conv.init(channels + 1, channels, 3, k2, padding=1),
+                   GroupNorm.init(channels), activation=activation)
+
+
+class Dense(eqx.Module):
+    """x @ W.T + b on the last axis (any leading batch axes)."""
+
+    weight: Array
+    bias: Array
+
+    @classmethod
+    def init(cls, n_in: int, n_out: int, key: PRNGKeyArray, zero: bool = False) -> "Dense":
+        kw, kb = jax.random.split(key)
+        if zero:
+            return cls(jnp.zeros((n_out, n_in)), jnp.zeros(n_out))
+        return cls(uniform_init((n_out, n_in), n_in, kw), uniform_init((n_out,), n_in, kb))
+
+    def __call__(self, x: Array) -> Array:
+        return x @ self.weight.T + self.bias
+
+
+class MLPField(AbstractField):
+    """dx/dt = W3 s(W2 s(W1 [x, t] + b1) + b2) + b3 (Dupont et al.'s ODEFunc, time-dependent), hidden width
+    `model.width` (0: 32), s = `model.activation`. State (..., N)."""
+
+    layer1: Dense
+    layer2: Dense
+    layer3: Dense
+    activation: str = eqx.field(static=True, default="relu")
+    feature_axis: ClassVar[int] = -1
+    config_options: ClassVar[tuple[str, ...]] = ("width", "activation")
+
+    def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
+        s = activation(self.activation)
+        tx = jnp.concatenate([x, jnp.full((*x.shape[:-1], 1), t, dtype=x.dtype)], axis=-1)
+        return self.layer3(s(self.layer2(s(self.layer1(tx)))))
+
+    @classmethod
+    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, width: int = 0,
+             activation: str = "relu") -> "MLPField":
+        """PyTorch's default initialisation; `model.init: zeros` zeroes the output layer (F = 0 at start, §4.4)."""
+        (n,) = state_shape
+        width = width or 32
+        k1, k2, k3 = jax.random.split(key, 3)
+        return cls(Dense.init(n + 1, width, k1), Dense.init(width, width, k2),
+                   Dense.init(width, n, k3, zero=params.init == "zeros"), activation=activation)
