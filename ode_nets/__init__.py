@@ -29,6 +29,7 @@ from ode_nets.solvers import (RK4, SOLVERS, AbstractStepping, AdamsBashforth3, A
 from ode_nets.strategies import (STRATEGIES, AbstractDiffraxAdjoint, AbstractGradientStrategy, AnalyticAdjoint,
                                  DiscretizeThenOptimize, LayerParallel, OptimizeThenDiscretize, Reversible)
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate, fit, predict
+from ode_nets.fields.concat_squash import ConcatSquashField, AutonomousMLPField  # continuous time (docs/continuous_time.md)
 from ode_nets.fields import MLPField, ODENetConvField, PiecewiseLinear, Regularised  # neural ODEs (issue 20)
 from ode_nets.models import STEMS, AbstractStem, DownsamplingStem, IdentityStem, ODENetHead
 from ode_nets.solvers import CountingController, solve_counts
@@ -51,3 +52,4 @@ __all__ = [
     "MLPField", "ODENetConvField", "PiecewiseLinear", "Regularised", "STEMS", "AbstractStem", "DownsamplingStem",
     "IdentityStem", "ODENetHead", "CountingController", "solve_counts", "CountingBacksolveAdjoint", "DirectAdjoint",
 ]
+__all__ += ["ConcatSquashField", "AutonomousMLPField"]

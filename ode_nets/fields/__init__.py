@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ode_nets.fields._base import AbstractAnalyticField, AbstractField, LayerParams
 from ode_nets.fields.antisymmetric import AntisymmetricField
+from ode_nets.fields.concat_squash import ConcatSquashField, AutonomousMLPField
 from ode_nets.fields.cubic import CONV_IMPLS, AbstractCubicField, ConvCubicField, CubicField, odd_power
 from ode_nets.fields.hamiltonian import HamiltonianField
 from ode_nets.fields.pde_conv import (NORMS, HamiltonianConvField, HyperbolicField, ParabolicField, ResNetConvField,
@@ -26,6 +27,7 @@ FIELDS: dict[str, type[AbstractField]] = {
     "parabolic": ParabolicField, "hyperbolic": HyperbolicField, "hamiltonian_conv": HamiltonianConvField,
     "resnet_conv": ResNetConvField,  # PDE-motivated CNNs (Ruthotto & Haber 2020), docs/pde_cnns.md
     "odenet_conv": ODENetConvField, "mlp": MLPField,
+    "concat_squash": ConcatSquashField,  # FFJORD (continuous normalizing flows, docs/continuous_time.md)
 }
 
 __all__ = ["FIELDS", "ACTIVATIONS", "CONV_IMPLS", "AbstractField", "AbstractAnalyticField", "AbstractCubicField",
@@ -34,4 +36,5 @@ __all__ = ["FIELDS", "ACTIVATIONS", "CONV_IMPLS", "AbstractField", "AbstractAnal
            "is_time_param", "layer_grid", "odd_power", "NORMS", "ParabolicField", "HyperbolicField",
            "HamiltonianConvField", "ResNetConvField", "normalise",
            "PiecewiseLinear", "INTERPOLATIONS",
-           "ODENetConvField", "MLPField", "GroupNorm", "Conv", "Regularised"]
+           "ODENetConvField", "MLPField", "GroupNorm", "Conv", "Regularised",
+           "ConcatSquashField", "AutonomousMLPField"]

@@ -1,0 +1,1 @@
+"""Continuous-time models only a continuous-depth view gives (docs/continuous_time.md)."""
