@@ -388,6 +388,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load a YAML config file, apply overrides, validate. Raises `ConfigError` naming the file."""
     data = read_yaml(path, overrides)
     source = str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
+    if "task" in data:  # the continuous-time models (ode_nets.continuous) have their own schema and script
+        raise ConfigError(f"{source} is a continuous-time config (task: {data['task']}): train it with "
+                          f"scripts/train_continuous.py --config {path}")
     return from_dict(data, source)
 
 

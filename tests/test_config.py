@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ode_nets.continuous.experiments import load_continuous
 from ode_nets.config import Config, ModelConfig, apply_overrides, coerce, from_dict, load_config, parse, to_dict
 from ode_nets.errors import ConfigError, UserError
 
@@ -14,7 +15,18 @@ EXPERIMENT_CONFIGS = [p for p in CONFIGS if "bench" not in p.parts]
 
 @pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load(path):
-    assert isinstance(load_config(path), Config)
+    """Classifier configs load as `Config`; the continuous-time ones (a `task:` key, scripts/train_continuous.py)
+    with their task's schema."""
+    if "task" in yaml.safe_load(path.read_text()):
+        task, config, _ = load_continuous(path)
+        assert isinstance(config, task.schema)
+    else:
+        assert isinstance(load_config(path), Config)
+
+
+def test_continuous_config_points_at_its_script():
+    with pytest.raises(ConfigError, match="train_continuous.py"):
+        load_config(Path(__file__).parent.parent / "configs" / "cnf_two_moons.yaml")
 
 
 def write(tmp_path, data) -> Path:
