@@ -42,12 +42,6 @@ def random_batch(data: PyTree, batch_size: int, key: jax.Array) -> PyTree:
     return jax.tree_util.tree_map(lambda a: a[idx], data)
 
 
-def open_run(run_dir: str | Path | RunDir, config: dict | str | None, resume: bool, overwrite: bool) -> RunDir:
-    if isinstance(run_dir, RunDir):
-        return run_dir
-    return RunDir.resume(run_dir) if resume else RunDir.create(run_dir, config, overwrite=overwrite)
-
-
 def fit_continuous(model: eqx.Module, objective: eqx.Module, data: PyTree, *, optimizer: optax.GradientTransformation,
                    run_dir: str | Path | RunDir, steps: int, batch_size: int, seed: int = 0, log_every: int = 25,
                    eval_every: int = 0, evaluate: Callable[[eqx.Module], dict] | None = None,
@@ -55,7 +49,7 @@ def fit_continuous(model: eqx.Module, objective: eqx.Module, data: PyTree, *, op
                    config: dict | str | None = None) -> eqx.Module:
     """Train for `steps` steps; `train` records every `log_every` steps and `eval` records (`evaluate(model)`)
     every `eval_every` steps and at the end go to `metrics.jsonl`; the final model to `model.eqx`."""
-    run = open_run(run_dir, config, resume, overwrite)
+    run = RunDir.open(run_dir, config, resume=resume, overwrite=overwrite)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     key, start = jax.random.PRNGKey(seed + 1), 0
     if resume:

@@ -10,7 +10,7 @@ mesh: XLA inserts the all-reduce of the gradient (on CPU through gloo collective
 
 Process 0 owns the run folder. It alone reads the config of a resumed run and its checkpoints, and writes
 `config.yaml`, metrics, checkpoints, the model, results and figures (atomically, as a single-process run does);
-`share_text` and `ProcessRunDir.load_latest` hand what it read to the other processes, which write nothing. The
+`share_text` and `ProcessRunDir.restore` hand what it read to the other processes, which write nothing. The
 checkpoint holds the global position (step, epoch, batch), so a run resumed by another number of processes
 continues the same run.
 
@@ -251,17 +251,6 @@ class ProcessRunDir(RunDir):
 
     def metrics_log(self, resume_step: int | None = None) -> MetricsLog:
         return super().metrics_log(resume_step) if self.main else _NoLog()
-
-    def load_latest(self, like: PyTree) -> tuple[PyTree, Position]:
-        """Process 0's newest checkpoint and position, on every process (its `CheckpointError` too)."""
-        found = {"state": like}
-
-        def read() -> str:
-            found["state"], position = RunDir.load_latest(self, like)
-            return json.dumps(position.__dict__)
-
-        position = Position(**json.loads(from_main(read)))
-        return broadcast_tree(found["state"]), position
 
     def restore(self, like: PyTree) -> Restored | None:
         """Process 0's `RunDir.restore` (it alone sets damaged checkpoints aside), on every process."""

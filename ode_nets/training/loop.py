@@ -55,8 +55,8 @@ def fit(model: eqx.Module, data: Dataset, *, optimizer: optax.GradientTransforma
     options.check(len(data.train))
     main = distributed.is_main()  # several processes: only process 0 locks, reads and writes the folder
     with hold(run_dir.path if isinstance(run_dir, RunDir) else run_dir) if main else contextlib.nullcontext():
-        if not isinstance(run_dir, RunDir) and main:
-            run_dir = RunDir.resume(run_dir) if resume else RunDir.create(run_dir, config, overwrite=overwrite)
+        if main:
+            run_dir = RunDir.open(run_dir, config, resume=resume, overwrite=overwrite)
         run_dir = distributed.process_run_dir(run_dir)
         trainer = _Trainer(model, data, optimizer, objective or Objective(), options, run_dir, progress)
         try:

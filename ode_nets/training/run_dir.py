@@ -117,6 +117,14 @@ class RunDir:
         return run
 
     @classmethod
+    def open(cls, path: "str | Path | RunDir", config: dict | str | None = None, *, resume: bool = False,
+             overwrite: bool = False) -> "RunDir":
+        """A `RunDir` as given; else the folder at `path` continued (`resume`) or created with `config`."""
+        if isinstance(path, RunDir):
+            return path
+        return cls.resume(path) if resume else cls.create(path, config, overwrite=overwrite)
+
+    @classmethod
     def existing(cls, path: str | Path) -> "RunDir":
         """A run folder to read (it must hold `config.yaml`)."""
         run = cls(path)
