@@ -33,6 +33,7 @@ from ode_nets.training import Objective, RunDir, TrainOptions, evaluate_test, fi
 from ode_nets.training import distributed
 from ode_nets.training.checkpoint import train_state
 from ode_nets.training.newton_pcg import newton_pcg
+from ode_nets.training.rates import scale_named
 
 
 def param_init(model: ModelConfig) -> ParamInit:
@@ -158,6 +159,8 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
         opt = optax.adamw(schedule, weight_decay=cfg.weight_decay)
     if cfg.clip_norm is not None:
         opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+    if cfg.gamma_rate != 1.0:
+        opt = optax.chain(scale_named("gamma", cfg.gamma_rate), opt)
     return opt
 
 

@@ -150,6 +150,7 @@ class OptimConfig:
     decay_rate: float = 0.1  # exponential: lr multiplied by this over the whole run
     warmup_steps: int = 0
     clip_norm: Optional[float] = None  # global gradient-norm clipping
+    gamma_rate: float = 1.0  # rate of the shared gamma~ as a multiple of learning_rate (its gradient scaled first)
     cg_iterations: int = 10  # newton_pcg: preconditioned CG iterations (Gauss-Newton products) per step
 
     def __post_init__(self) -> None:
@@ -158,6 +159,7 @@ class OptimConfig:
         require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(0 < self.decay_rate <= 1, "optim.decay_rate", f"must be in (0, 1], got {self.decay_rate}")
         require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.gamma_rate >= 0, "optim.gamma_rate", f"must be >= 0, got {self.gamma_rate}")
         require(self.cg_iterations > 0, "optim.cg_iterations", f"must be > 0, got {self.cg_iterations}")
         require(self.clip_norm is None or self.clip_norm > 0, "optim.clip_norm",
                  f"must be > 0 or null, got {self.clip_norm}")
