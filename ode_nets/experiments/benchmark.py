@@ -30,6 +30,7 @@ import yaml
 
 from ode_nets.build import build_model
 from ode_nets.config import Config, ConfigError, SolverName, Strategy, from_dict, parse, read_yaml, require
+from ode_nets.experiments.conv_ceiling import ceiling_table, conv_ceiling
 from ode_nets.fields.cubic import conv3x3_im2col, conv3x3_xla
 from ode_nets.models import ODENet, count_parameters
 from ode_nets.training import Objective, train_step
@@ -81,6 +82,7 @@ class BenchConfig:
     out_dir: str = "runs/bench"
     conv_impl: Optional[str] = None  # mnist_conv: model.conv_impl of the cases (null: the schema's default)
     conv_probe: bool = False  # also time 20 3x3 convs inside a lax.scan vs unrolled (mnist_conv; see conv_loop_probe)
+    conv_ceiling: bool = False  # also time the convolutions alone: the floor of a step (experiments/conv_ceiling.py)
 
     def __post_init__(self) -> None:
         need = require
@@ -97,6 +99,7 @@ class BenchConfig:
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(not self.peer or self.model == "mnist_conv", "peer", "the torchdiffeq peer exists for mnist_conv only")
         need(not self.conv_probe or self.model == "mnist_conv", "conv_probe", "needs model: mnist_conv")
+        need(not self.conv_ceiling or self.model == "mnist_conv", "conv_ceiling", "needs model: mnist_conv")
         need(self.conv_impl is None or self.model == "mnist_conv", "conv_impl", "needs model: mnist_conv")
         need(self.threads is None or self.threads > 0, "threads", f"must be > 0 or null, got {self.threads}")
         for i, g in enumerate(self.gradients):
@@ -435,10 +438,15 @@ def run_bench(bench: BenchConfig, out: Path, log: Callable[[str], None] = print)
         records.append(record)
         log(format_case(record))
     probe = conv_loop_probe(max(bench.batch_sizes), max(bench.layers)) if bench.conv_probe else None
+    ceiling = (conv_ceiling(max(bench.batch_sizes), max(bench.layers), peaks["flops_per_s"])
+               if bench.conv_ceiling else None)
+    if ceiling:
+        log(ceiling_table(ceiling))
     results = {"bench": dataclasses.asdict(bench), "device": info, "peaks": peaks, "cases": records, "conv_probe": probe,
-               "loadavg_start": load_start, "loadavg": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}
+               "conv_ceiling": ceiling, "loadavg_start": load_start, "loadavg": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown_table(results) + ("\n" + probe_table(probe) if probe else ""))
+    (out / "results.md").write_text(markdown_table(results) + ("\n" + probe_table(probe) if probe else "")
+                                    + ("\n" + ceiling_table(ceiling) if ceiling else ""))
     for path in plot_depth(records, out):
         log(f"figure: {path}")
     log(f"results: {out / 'results.json'}, {out / 'results.md'}")
