@@ -33,7 +33,7 @@ from ode_nets.fields.concat_squash import ConcatSquashField, AutonomousMLPField 
 from ode_nets.fields import MLPField, ODENetConvField, PiecewiseLinear, Regularised  # neural ODEs (issue 20)
 from ode_nets.models import STEMS, AbstractStem, DownsamplingStem, IdentityStem, ODENetHead
 from ode_nets.solvers import CountingController, solve_counts
-from ode_nets.strategies import CountingBacksolveAdjoint, DirectAdjoint
+from ode_nets.strategies import CountingBacksolveAdjoint, DirectAdjoint, ForwardMode
 
 __all__ = [
     "build", "Config", "load_config", "DATASETS", "Dataset", "Split", "load_dataset",
@@ -50,6 +50,6 @@ __all__ = [
     "fit", "Objective", "TrainOptions", "RunDir", "evaluate", "predict",
     "ParabolicField", "HyperbolicField", "HamiltonianConvField", "ResNetConvField", "MultiStageNet", "Connective",
     "MLPField", "ODENetConvField", "PiecewiseLinear", "Regularised", "STEMS", "AbstractStem", "DownsamplingStem",
-    "IdentityStem", "ODENetHead", "CountingController", "solve_counts", "CountingBacksolveAdjoint", "DirectAdjoint",
+    "IdentityStem", "ODENetHead", "CountingController", "solve_counts", "CountingBacksolveAdjoint", "DirectAdjoint", "ForwardMode",
 ]
 __all__ += ["ConcatSquashField", "AutonomousMLPField"]

@@ -205,9 +205,10 @@ def build_run(config: Config, folder: Path, dataset: Dataset | None = None) -> R
     if dataset is None:
         dataset = load_dataset(config.data, k_data)
     check_dataset(dataset)
-    if config.optim.name == "newton_pcg" and not STRATEGIES[config.gradient.strategy].forward_mode:
-        raise ConfigError(f"optim.name newton_pcg needs forward-mode products (jax.jvp) through the solve: set "
-                          f"gradient.strategy: direct_adjoint (got {config.gradient.strategy})")
+    strategy = STRATEGIES[config.gradient.strategy]
+    if config.optim.name == "newton_pcg" and not (strategy.forward_mode and strategy.reverse_mode):
+        raise ConfigError(f"optim.name newton_pcg needs forward- and reverse-mode products (jax.jvp, jax.vjp) through "
+                          f"the solve: set gradient.strategy: direct_adjoint (got {config.gradient.strategy})")
     options = build_train_options(config)
     options.check(len(dataset.train))
     model = build_model(config, dataset.input_shape, dataset.num_classes, k_model)

@@ -22,8 +22,11 @@ from ode_nets.fields import MLPField, ODENetConvField, PiecewiseLinear
 from ode_nets.fields.neural_ode import GroupNorm
 from ode_nets.solvers import CountingController, solve_counts
 from ode_nets.strategies import BackwardCounter, CountingBacksolveAdjoint
+from ode_nets.data.circles import make_circles
+from ode_nets.training import Objective, value_and_grad
 from ode_nets.training.counting import backward_counts
 from ode_nets.training.step import train_step
+from tests.helpers import config
 
 
 # --- (c) the cubic field with w(t), b(t) piecewise linear -------------------------------------------------------
@@ -262,3 +265,31 @@ def test_odenet_training_on_256_images_lowers_the_loss():
         losses.append(float(metrics["loss"]))
         assert int(metrics["nfe_forward"]) >= 7
     assert np.mean(losses[-4:]) < 0.9 * np.mean(losses[:4]), losses
+
+
+def test_forward_mode_strategy_gives_the_discrete_gradient_and_trains():
+    """`gradient.strategy: forward_mode` (diffrax.ForwardMode, jax.jacfwd) = discretize-then-optimize's gradient on an
+    adaptive Dopri5 solve, and `train_step` takes the same step with it."""
+    def net(strategy):
+        cfg = config(model={"field": "mlp", "layers": 1, "augment": 1, "readout": "linear_softmax"},
+                     solver={"method": "dopri5", "rtol": 1e-6, "atol": 1e-8}, gradient={"strategy": strategy})
+        return build_model(cfg, (2,), 2, jax.random.PRNGKey(0))
+
+    x, y = make_circles(jax.random.PRNGKey(1), 16, 0.2)
+    x, y, mask = jnp.asarray(x), jnp.asarray(y), jnp.ones(16)
+    objective = Objective()
+    grads = {s: value_and_grad(objective.__call__, net(s), x, y, mask)[1]
+             for s in ("forward_mode", "discretize_then_optimize")}
+    flat = {s: jnp.concatenate([jnp.ravel(g) for g in jax.tree_util.tree_leaves(eqx.filter(g, eqx.is_inexact_array))])
+            for s, g in grads.items()}
+    assert flat["forward_mode"].size > 10
+    assert jnp.allclose(flat["forward_mode"], flat["discretize_then_optimize"], rtol=1e-4, atol=1e-6)
+    optimizer = optax.sgd(0.1)
+    stepped = {}
+    for s in ("forward_mode", "discretize_then_optimize"):
+        model = net(s)
+        new = train_step(optimizer, model, optimizer.init(eqx.filter(model, eqx.is_inexact_array)), x, y, mask,
+                         objective)[0]
+        stepped[s] = jax.tree_util.tree_leaves(eqx.filter(new, eqx.is_inexact_array))
+    for a, b in zip(stepped["forward_mode"], stepped["discretize_then_optimize"]):
+        assert jnp.allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -37,7 +37,7 @@ from ode_nets.losses import cross_entropy
 from ode_nets.plotting.figures import _save, plt
 from ode_nets.solvers import SOLVERS
 from ode_nets.strategies import STRATEGIES as STRATEGY_CLASSES
-from ode_nets.training import Objective
+from ode_nets.training import Objective, value_and_grad
 from ode_nets.training.counting import backward_counts
 
 STRATEGIES = ("discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint")
@@ -83,8 +83,13 @@ def ce_loss(net: eqx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
     return cross_entropy(net(x), y)
 
 
+def ce_and_nothing(net: eqx.Module, x: jax.Array, y: jax.Array) -> tuple[jax.Array, None]:
+    return ce_loss(net, x, y), None
+
+
 def flat_gradient(net: eqx.Module, x: jax.Array, y: jax.Array) -> np.ndarray:
-    grads = eqx.filter_jit(eqx.filter_grad(ce_loss))(net, x, y)
+    """The gradient of `ce_loss` as one vector (forward mode for a strategy without reverse mode)."""
+    grads = eqx.filter_jit(lambda n, xb, yb: value_and_grad(ce_and_nothing, n, xb, yb)[1])(net, x, y)
     return np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_inexact_array))])
 
 
@@ -108,7 +113,7 @@ def relative_error(g: np.ndarray, ref: np.ndarray) -> float:
 def timed_step(net: eqx.Module, x: jax.Array, y: jax.Array, repeats: int) -> dict[str, float]:
     """Median seconds of the compiled loss-and-gradient step, compile time and XLA memory analysis (bytes)."""
     params, static = eqx.partition(net, eqx.is_inexact_array)
-    step = jax.jit(lambda p, xb, yb: eqx.filter_value_and_grad(ce_loss)(eqx.combine(p, static), xb, yb))
+    step = jax.jit(lambda p, xb, yb: value_and_grad(ce_and_nothing, eqx.combine(p, static), xb, yb))
     start = time.perf_counter()
     compiled = step.lower(params, x, y).compile()
     compile_s = time.perf_counter() - start
@@ -136,6 +141,8 @@ def adaptive_backward_evaluations(net: eqx.Module, x: jax.Array, y: jax.Array, s
     """Backward work of an adaptive solve: the backward solve's own evaluations (augmented system), or one VJP per
     forward evaluation (reverse mode through the steps)."""
     counting = STRATEGY_CLASSES[strategy].backward_counting
+    if not STRATEGY_CLASSES[strategy].reverse_mode:
+        return FORWARD_ONLY
     if counting == "solve":
         counts = backward_counts(net, x, y, jnp.ones(len(y)), Objective())
         return f"{int(counts['nfe_backward'])} augmented"
@@ -143,6 +150,9 @@ def adaptive_backward_evaluations(net: eqx.Module, x: jax.Array, y: jax.Array, s
         return "n/a"
     checkpointed = "checkpoints" in STRATEGY_CLASSES[strategy].config_options  # recursive checkpointing recomputes
     return f"{forward_evals} VJP" + (" + recomputation" if checkpointed else "")
+
+
+FORWARD_ONLY = "none: a JVP per parameter in the forward solve"
 
 
 def backward_evaluations(strategy: str, solver: SolverConfig, steps: int) -> str:
@@ -155,6 +165,8 @@ def backward_evaluations(strategy: str, solver: SolverConfig, steps: int) -> str
     - adaptive solves: the backward solve chooses its own steps (DTO: binomial recomputation) -> n/a.
     """
     stages = SOLVERS[solver.method].stages
+    if not STRATEGY_CLASSES[strategy].reverse_mode:
+        return FORWARD_ONLY
     if SOLVERS[solver.method].adaptive:
         return "n/a (adaptive)"
     if strategy == "discretize_then_optimize":

@@ -6,6 +6,7 @@
 - `AnalyticAdjoint`: the paper's backward equations (eqs 62-71, 76-78, 112) as a custom VJP;
 - `Reversible`: Verlet with memory-free backward reconstruction;
 - `DirectAdjoint`: backprop through the solver's steps with diffrax's `DirectAdjoint` (no checkpointing; forward mode too);
+- `ForwardMode`: forward-mode differentiation through the steps (diffrax's `ForwardMode`; one JVP per parameter);
 - `LayerParallel`: MGRIT forward and adjoint solves across the layers (layer-parallel training).
 
 To add a strategy: subclass `AbstractGradientStrategy` (write `solve`) or `AbstractDiffraxAdjoint` (write
@@ -17,7 +18,7 @@ from __future__ import annotations
 from ode_nets.strategies._base import AbstractDiffraxAdjoint, AbstractGradientStrategy, Monitor, pop_monitors
 from ode_nets.strategies.analytic import AnalyticAdjoint, adjoint_on_grid
 from ode_nets.strategies.diffrax_adjoints import (BackwardCounter, CountingBacksolveAdjoint, DirectAdjoint,
-                                                 DiscretizeThenOptimize, OptimizeThenDiscretize)
+                                                 DiscretizeThenOptimize, ForwardMode, OptimizeThenDiscretize)
 from ode_nets.strategies.layer_parallel import LayerParallel
 from ode_nets.strategies.reversible import Reversible
 
@@ -28,6 +29,7 @@ STRATEGIES: dict[str, type[AbstractGradientStrategy]] = {
     "reversible": Reversible,
     "layer_parallel": LayerParallel,
     "direct_adjoint": DirectAdjoint,
+    "forward_mode": ForwardMode,
 }
 
 
@@ -39,4 +41,4 @@ def strategy_name(strategy: AbstractGradientStrategy) -> str:
 __all__ = ["STRATEGIES", "strategy_name", "AbstractGradientStrategy", "AbstractDiffraxAdjoint",
            "DiscretizeThenOptimize", "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "adjoint_on_grid",
            "LayerParallel", "Monitor", "pop_monitors",
-           "BackwardCounter", "CountingBacksolveAdjoint", "DirectAdjoint"]
+           "BackwardCounter", "CountingBacksolveAdjoint", "DirectAdjoint", "ForwardMode"]

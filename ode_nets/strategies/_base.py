@@ -27,6 +27,7 @@ class AbstractGradientStrategy(eqx.Module):
 
     config_options: ClassVar[tuple[str, ...]] = ()
     forward_mode: ClassVar[bool] = False  # supports jax.jvp (forward-mode autodiff) through the solve
+    reverse_mode: ClassVar[bool] = True  # supports jax.grad; False: gradients by forward mode (one JVP per parameter)
     # How the backward pass's function evaluations are counted (`nfe_backward` in training): "vjp", one
     # vector-Jacobian product per forward evaluation (reverse mode through the solver's steps); "solve", a backward
     # solve of its own, counted by `CountingBacksolveAdjoint`; "none", not counted.

@@ -4,7 +4,8 @@
   the exact gradient of the discrete network (eq 112).
 - `OptimizeThenDiscretize`: solve the continuous adjoint equation (eq 11) backwards (`diffrax.BacksolveAdjoint`),
   with its own solver and stepping if given;
-- `DirectAdjoint`: `diffrax.DirectAdjoint`, differentiable in forward mode too (Newton–PCG).
+- `DirectAdjoint`: `diffrax.DirectAdjoint`, differentiable in forward mode too (Newton–PCG);
+- `ForwardMode`: `diffrax.ForwardMode`, forward mode only (one JVP per parameter; small models, comparisons).
 """
 
 from __future__ import annotations
@@ -64,6 +65,19 @@ class DirectAdjoint(AbstractDiffraxAdjoint):
 
     def adjoint(self, discretisation: Discretisation, field: AbstractField) -> diffrax.AbstractAdjoint:
         return diffrax.DirectAdjoint()
+
+
+class ForwardMode(AbstractDiffraxAdjoint):
+    """Forward-mode differentiation through the solver's steps (`diffrax.ForwardMode`): no reverse mode, so the
+    gradient of a scalar loss is one JVP per trainable entry (`ode_nets.training.value_and_grad` uses
+    `jax.jacfwd`), all pushed through one solve side by side: memory and time grow with the number of parameters.
+    The same discrete gradient as `DiscretizeThenOptimize`; for models with few parameters and for comparisons."""
+
+    forward_mode: ClassVar[bool] = True
+    reverse_mode: ClassVar[bool] = False
+
+    def adjoint(self, discretisation: Discretisation, field: AbstractField) -> diffrax.AbstractAdjoint:
+        return diffrax.ForwardMode()
 
 
 class BackwardCounter(eqx.Module):

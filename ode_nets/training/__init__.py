@@ -23,9 +23,9 @@ from ode_nets.training.loop import fit
 from ode_nets.training.objective import Objective
 from ode_nets.training.options import TrainOptions
 from ode_nets.training.run_dir import MetricsLog, RunDir
-from ode_nets.training.step import eval_step, finite_examples, train_step, without_nonfinite
+from ode_nets.training.step import eval_step, finite_examples, train_step, value_and_grad, without_nonfinite
 
 __all__ = ["CheckpointError", "MetricsLog", "Objective", "Position", "RunDir", "RunDirError", "TrainOptions",
            "TrainingError", "boundary_radii", "confusion_matrix", "eval_step", "evaluate", "evaluate_split",
            "evaluate_test", "finite_examples", "fit", "format_confusion", "learned_gamma", "predict",
-           "split_metrics", "train_step", "without_nonfinite"]
+           "split_metrics", "train_step", "value_and_grad", "without_nonfinite"]

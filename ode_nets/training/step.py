@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import equinox as eqx
 import jax
@@ -16,6 +16,26 @@ from ode_nets.training.newton_pcg import NewtonPCG, newton_inputs, optimizer_sta
 from ode_nets.training.objective import Objective
 
 
+def reverse_mode(model: eqx.Module) -> bool:
+    """False when the model's gradient strategy has no reverse mode (`ForwardMode`)."""
+    return getattr(getattr(model, "strategy", None), "reverse_mode", True)
+
+
+def value_and_grad(fn: Callable[..., tuple[jax.Array, Any]], model: eqx.Module, *args: Any
+                   ) -> tuple[tuple[jax.Array, Any], eqx.Module]:
+    """((value, aux), gradient w.r.t. the model's arrays) of `fn(model, *args) -> (scalar, aux)`: reverse mode, or
+    forward mode (`eqx.filter_jacfwd`, one JVP per trainable entry) for a strategy without reverse mode."""
+    if reverse_mode(model):
+        return eqx.filter_value_and_grad(fn, has_aux=True)(model, *args)
+
+    def with_value(m: eqx.Module) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+        value, aux = fn(m, *args)
+        return value, (value, aux)
+
+    grads, (value, aux) = eqx.filter_jacfwd(with_value, has_aux=True)(model)
+    return (value, aux), grads
+
+
 @eqx.filter_jit
 def train_step(optimizer: optax.GradientTransformation, model: eqx.Module, opt_state: Any, x: jax.Array,
                y: jax.Array, mask: jax.Array, objective: Objective = Objective()) -> tuple[eqx.Module, Any, dict]:
@@ -23,7 +43,7 @@ def train_step(optimizer: optax.GradientTransformation, model: eqx.Module, opt_s
 
     A non-finite loss or gradient leaves model and optimizer state unchanged (`ok` = False).
     """
-    (loss, aux), grads = eqx.filter_value_and_grad(objective.__call__, has_aux=True)(model, x, y, mask)
+    (loss, aux), grads = value_and_grad(objective.__call__, model, x, y, mask)
     grads, solver_stats = pop_monitors(grads)  # layer_parallel: MGRIT residuals / iterations (strategies._base.Monitor)
     extra = newton_inputs(objective, model, x, y, mask) if isinstance(optimizer, NewtonPCG) else {}
     updates, new_opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array), **extra)
