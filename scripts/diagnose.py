@@ -3,6 +3,7 @@
   python scripts/diagnose.py run <run dir> [--samples 400]
   python scripts/diagnose.py curves <run dir A> <run dir B> [--labels A B] --out runs/x.png
   python scripts/diagnose.py summary <run dir> ... [--target-acc 0.95]   (markdown table)
+  python scripts/diagnose.py overshoot <run dir> [--split train] [--examples N]   (explicit cubic step near overflow)
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = sub.add_parser("summary", help="markdown table of finished runs (accuracy, time per epoch)")
     summary.add_argument("run_dirs", type=Path, nargs="+")
     summary.add_argument("--target-acc", type=float, default=0.95)
+    overshoot = sub.add_parser("overshoot", help="how close examples come to gamma~ x^2 > 2 (explicit cubic overflow)")
+    overshoot.add_argument("run_dir", type=Path)
+    overshoot.add_argument("--split", choices=["train", "validation", "test"], default="train")
+    overshoot.add_argument("--examples", type=int, default=None, help="first N examples of the split (default all)")
     args = parser.parse_args(argv)
 
     def job() -> None:
@@ -35,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "summary":
             print(pd.summarize_runs(args.run_dirs, args.target_acc))
+            return
+        if args.command == "overshoot":
+            print(pd.overshoot_report(args.run_dir, args.split, args.examples))
             return
         if args.command == "run":
             paths = pd.diagnose_run(args.run_dir, args.samples)

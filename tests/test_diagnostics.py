@@ -140,3 +140,21 @@ def test_curves_figure_caps_the_loss_axis_above_overflow_spikes(tmp_path):
     _clip_outliers(smooth)
     assert smooth.get_ylim()[1] < 1.0 and smooth.get_title() == ""
     plt.close("all")
+
+
+def test_cubic_overshoot_is_gamma_x_squared_at_its_worst_layer():
+    """Zero w~, b~: each Euler layer is x -> x - gamma~ x^3 (eq 109). From |x| = 3 it contracts (gamma~ x^2 = 0.9 at
+    layer 0 is the maximum); from |x| = 5 (gamma~ x^2 = 2.5 > 2) it overshoots to |x| = 7.5 and grows."""
+    import diffrax
+
+    from ode_nets.analysis.diagnostics import cubic_overshoot
+    from ode_nets.models import ODENet, Softmax
+    from ode_nets.strategies import DiscretizeThenOptimize
+
+    field = CubicField.zeros(n=2, layers=3, gamma=0.1, learn_gamma=True)
+    net = ODENet(field, diffrax.Euler(), DiscretizeThenOptimize(), Softmax())
+    ratio = cubic_overshoot(net, np.array([[1.0, -3.0], [5.0, 0.0]], np.float32))
+    assert np.isclose(ratio[0], 0.9, rtol=1e-5)
+    x1 = 5.0 - 0.1 * 125.0
+    x2 = x1 - 0.1 * x1 ** 3
+    assert np.isclose(ratio[1], 0.1 * x2 ** 2, rtol=1e-4) and ratio[1] > 2

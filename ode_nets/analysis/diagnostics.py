@@ -116,3 +116,19 @@ def network_diagnostics(model: eqx.Module, x: np.ndarray, y: np.ndarray) -> dict
             "entropy_rate": np.asarray(entropy_rate(model.field, ts, xs)),
             "max_real_eig": np.asarray(stability(model.field, ts, xs)), "t_H": np.asarray(t_h), "H": np.asarray(h)}
 
+
+
+def cubic_overshoot(model: eqx.Module, x: Array, batch: int = 500) -> np.ndarray:
+    """Per example, max over the layers l < L of gamma~ max_i |x_{l,i}|^2 (mu = 3, any cubic field, eq 109).
+
+    One explicit layer maps x -> x + w~ x + b~ - gamma~ x^3; its cubic part x - gamma~ x^3 has |.| > |x| exactly where
+    gamma~ x^2 > 2: a state that gets there is thrown outward and overflows within a few layers (docs/mnist.md,
+    "The paper's SGD recipe"). Values near 2 are examples about to overflow; inf/NaN ones have.
+    """
+    gamma = float(model.field.gamma)
+    worst = []
+    for start in range(0, len(x), batch):
+        states = eqx.filter_jit(lambda m, xb: m.trajectory(xb))(model, jnp.asarray(x[start:start + batch]))[:-1]
+        peak = jnp.max(jnp.abs(states).reshape(states.shape[0], states.shape[1], -1), axis=(0, 2))
+        worst.append(np.asarray(gamma * peak ** 2))
+    return np.concatenate(worst)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ode_nets.analysis.diagnostics import network_diagnostics
+from ode_nets.analysis.diagnostics import cubic_overshoot, network_diagnostics
 from ode_nets.build import load_run
 from ode_nets.config import load_config
 from ode_nets.errors import ConfigError, RunDirError
@@ -107,3 +107,23 @@ def summarize_runs(folders: list[Path], target_acc: float = 0.95) -> str:
                      f"{results.get('test_acc', float('nan')):.4f} | {per_epoch:.2f} | {reached if reached else '-'} | "
                      f"{final.get('train_loss', float('nan')):.4f} |")
     return "\n".join(lines)
+
+
+def overshoot_report(folder: Path, split: str = "train", examples: int | None = None) -> str:
+    """How close the examples of `split` come to the explicit cubic step's overshoot gamma~ x^2 > 2
+    (`cubic_overshoot`), for the run's final model or newest checkpoint: quantiles and counts."""
+    folder = Path(folder)
+    config, dataset, model = load_run(folder)
+    if not hasattr(getattr(model, "field", None), "gamma"):
+        raise ConfigError(f"overshoot: {folder} has model.field {config.model.field!r}, which has no gamma~")
+    x = getattr(dataset, split).x[:examples]
+    ratio = cubic_overshoot(model, x)
+    finite = ratio[np.isfinite(ratio)]
+    quantiles = np.quantile(finite, [0.5, 0.9, 0.99, 0.999, 1.0]) if finite.size else [np.nan] * 5
+    gamma = float(model.field.gamma)
+    return (f"{folder} ({split}, {len(x)} examples): gamma~ = {gamma:.3g}, threshold |x| = sqrt(2/gamma~) = "
+            f"{np.sqrt(2 / gamma) if gamma > 0 else np.inf:.3g}\n"
+            f"max over layers of gamma~ max|x|^2: median {quantiles[0]:.3g}, 90% {quantiles[1]:.3g}, "
+            f"99% {quantiles[2]:.3g}, 99.9% {quantiles[3]:.3g}, max {quantiles[4]:.3g}\n"
+            f"examples above 1: {int(np.sum(ratio > 1))}, above 2 (overshooting): {int(np.sum(ratio > 2))}, "
+            f"non-finite: {int(np.sum(~np.isfinite(ratio)))}")
