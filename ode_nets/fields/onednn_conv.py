@@ -1,0 +1,137 @@
+"""3x3 'SAME' cross-correlation (eq 72) through oneDNN as a zero-copy `jax.ffi` custom call on the CPU.
+
+The C++ side (onednn_conv.cc, shipped with the package) is compiled with the system C++ compiler on first use
+into the user cache ($XDG_CACHE_HOME/ode_nets or ~/.cache/ode_nets, keyed by a hash of the source, the jax
+version and the oneDNN paths) and linked against the `libdnnl` of the `onednn-cpu-gomp` wheel; headers come
+from `onednn-devel-cpu-gomp`. If the compiler, headers or library are missing, `conv3x3_onednn_nhwc` raises a
+one-line `ConfigError` saying which (`onednn_unavailable()` returns that reason without raising).
+float32 only: oneDNN has no float64 convolution on the CPU. `conv_impl: onednn` (`conv3x3_onednn` in
+fields/cubic.py) wraps it for the NCHW state.
+"""
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ode_nets.errors import ConfigError
+
+SOURCE = Path(__file__).with_name("onednn_conv.cc")
+TARGETS = {"forward": "OdeNetsOnednnConvForward", "backward_data": "OdeNetsOnednnConvBackwardData",
+           "backward_weights": "OdeNetsOnednnConvBackwardWeights"}
+TARGET_PREFIX = "ode_nets_onednn_conv_"
+
+
+def _wheel_file(dist: str, suffix: str) -> Path | None:
+    """The installed file of distribution `dist` whose path ends with `suffix` (None if not installed)."""
+    try:
+        files = importlib.metadata.distribution(dist).files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    found = [Path(f.locate()) for f in files if str(f).replace(os.sep, "/").endswith(suffix)]
+    fallback = Path(sys.prefix) / suffix
+    return next((p for p in found if p.exists()), fallback if fallback.exists() else None)
+
+
+def find_toolchain() -> tuple[str, Path, Path]:
+    """(compiler, oneDNN include dir, oneDNN lib dir); ConfigError naming the first thing missing."""
+    wanted = os.environ.get("CXX")
+    compiler = shutil.which(wanted) if wanted else shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        raise ConfigError(f"conv_impl onednn: no C++ compiler ({f'$CXX={wanted}' if wanted else 'g++ or c++'} "
+                          "not found on PATH)")
+    header = _wheel_file("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.hpp")
+    if header is None:
+        raise ConfigError("conv_impl onednn: oneDNN headers missing (pip install onednn-devel-cpu-gomp==2023.2.0)")
+    library = _wheel_file("onednn-cpu-gomp", "lib/libdnnl.so")
+    if library is None:
+        raise ConfigError("conv_impl onednn: libdnnl.so missing (pip install onednn-cpu-gomp==2023.2.0)")
+    return compiler, header.parents[2], library.parent
+
+
+def _cache_dir() -> Path:
+    """$XDG_CACHE_HOME/ode_nets, else ~/.cache/ode_nets."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ode_nets"
+
+
+def _compile(compiler: str, include: Path, libdir: Path, target: Path) -> None:
+    """g++ the source into `target` via a temporary file and an atomic rename; ConfigError if it fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{include}",
+           str(SOURCE), "-o", tmp, f"-L{libdir}", "-ldnnl", f"-Wl,-rpath,{libdir}"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ConfigError(f"conv_impl onednn: compiling {SOURCE.name} failed: {last}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+    """The compiled custom calls (compiled once per source/jax/oneDNN, loaded and registered once per process)."""
+    compiler, include, libdir = find_toolchain()
+    key = hashlib.sha256(SOURCE.read_bytes() + f"{jax.__version__}|{include}|{libdir}|{compiler}".encode())
+    target = _cache_dir() / f"onednn_conv-{key.hexdigest()[:16]}.so"
+    if not target.exists():
+        _compile(compiler, include, libdir, target)
+    lib = ctypes.CDLL(str(target))
+    for name, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(TARGET_PREFIX + name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    return lib
+
+
+def onednn_unavailable() -> str | None:
+    """None if the oneDNN convolution can be used here, else the one-line reason (for skips and checks)."""
+    try:
+        _library()
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+def _call(name: str, a: Array, b: Array, out_shape: tuple[int, ...]) -> Array:
+    """One of the three custom calls on float32 operands."""
+    _library()
+    for operand in (a, b):
+        if operand.dtype != jnp.float32:
+            raise ConfigError(f"conv_impl onednn: float32 only (oneDNN has no {operand.dtype} convolution); "
+                              "use conv_impl xla_split with jax_enable_x64")
+    result = jax.ShapeDtypeStruct(out_shape, jnp.float32)
+    return jax.ffi.ffi_call(TARGET_PREFIX + name, result, vmap_method="sequential")(a, b)
+
+
+@jax.custom_vjp
+def conv3x3_onednn_nhwc(x: Float[Array, "B H W C"], kernel: Float[Array, "3 3 C O"]) -> Float[Array, "B H W O"]:
+    """NHWC/HWIO 3x3 cross-correlation (stride 1, zero padding 1) by oneDNN's convolution_forward."""
+    return _call("forward", x, kernel, (*x.shape[:3], kernel.shape[3]))
+
+
+def _onednn_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return conv3x3_onednn_nhwc(x, kernel), (x, kernel)
+
+
+def _onednn_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    """Input gradient by convolution_backward_data, kernel gradient by convolution_backward_weights."""
+    x, kernel = res
+    return _call("backward_data", g, kernel, x.shape), _call("backward_weights", x, g, kernel.shape)
+
+
+conv3x3_onednn_nhwc.defvjp(_onednn_fwd, _onednn_bwd)
+
