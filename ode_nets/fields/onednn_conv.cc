@@ -1,9 +1,12 @@
 // 3x3 'SAME' cross-correlation (stride 1, zero padding 1; eq 72 of Ruseckas 2019) through oneDNN, exposed as
 // three XLA FFI handlers on the CPU: forward, backward-data (input gradient) and backward-weights (kernel
-// gradient). Layouts: images NHWC, kernels HWIO, float32; the buffers XLA passes are used in place (no copy).
-// Primitives are built once per shape and cached. Compiled on first use by ode_nets/fields/onednn_conv.py.
+// gradient). XLA's buffers (images NHWC, kernels HWIO, float32) are read and written in place; oneDNN's
+// primitives use their own channel-blocked layouts, reached by cached reorders. Built once per shape and cached. Compiled on first use by ode_nets/fields/onednn_conv.py.
+
+#include <omp.h>
 
 #include <array>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -19,60 +22,122 @@ namespace {
 
 using Shape = std::array<int64_t, 5>;  // batch, height, width, in channels, out channels
 
-// The primitives of one shape, each with its own scratchpad (user scratchpad mode: the buffers live here, used
-// under `cache_mutex`, not in oneDNN's per-thread global scratchpad).
-struct Primitives {
-  dnnl::memory::desc src, weights, dst;
-  dnnl::convolution_forward forward;
-  dnnl::convolution_backward_data backward_data;
-  dnnl::convolution_backward_weights backward_weights;
-  dnnl::memory forward_scratch, data_scratch, weights_scratch;
-};
-
 dnnl::engine& cpu_engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   return engine;
 }
 
-// The three primitives for one shape; forward's descriptor is the hint both backward ones require.
-std::unique_ptr<Primitives> build(const Shape& s) {
+// One argument of a primitive: XLA's buffer (layout `user`, NHWC or HWIO) and the layout the primitive chose
+// (`inner`, e.g. channel-blocked nChw16c). When they differ the data goes through `buffer` with cached reorders.
+struct Operand {
+  dnnl::memory::desc user, inner;
+  dnnl::memory buffer;
+  dnnl::reorder to_inner, to_user;
+
+  Operand(const dnnl::memory::desc& user_desc, const dnnl::memory::desc& inner_desc)
+      : user(user_desc), inner(inner_desc) {
+    if (user == inner) return;
+    auto& engine = cpu_engine();
+    buffer = dnnl::memory(inner, engine);
+    to_inner = dnnl::reorder(dnnl::reorder::primitive_desc(engine, user, engine, inner));
+    to_user = dnnl::reorder(dnnl::reorder::primitive_desc(engine, inner, engine, user));
+  }
+
+  // The primitive's view of an input `data` (reordered into `buffer` if the layouts differ).
+  dnnl::memory input(void* data, dnnl::stream& stream) {
+    dnnl::memory wrapped(user, cpu_engine(), data);
+    if (user == inner) return wrapped;
+    to_inner.execute(stream, wrapped, buffer);
+    return buffer;
+  }
+
+  // Where the primitive writes an output destined for `data`; `finish` copies it there if it went to `buffer`.
+  dnnl::memory output(void* data) { return user == inner ? dnnl::memory(user, cpu_engine(), data) : buffer; }
+  void finish(void* data, dnnl::stream& stream) {
+    if (user == inner) return;
+    dnnl::memory wrapped(user, cpu_engine(), data);
+    to_user.execute(stream, buffer, wrapped);
+  }
+};
+
+// OpenMP threads per call: 1 unless OMP_NUM_THREADS is set. XLA's own thread pool runs beside the custom call;
+// OpenMP workers that spin-wait between calls starve it (10x slower calls measured on a loaded 2-core machine).
+// Set for the calling (XLA worker) thread only, before building and running the primitives.
+int threads() {
+  static const int count = std::getenv("OMP_NUM_THREADS") ? omp_get_max_threads() : 1;
+  return count;
+}
+
+// One convolution primitive with its two inputs, its output and its own scratchpad (user scratchpad mode).
+struct Step {
+  dnnl::primitive primitive;
+  int arg_a, arg_b, arg_out;
+  Operand a, b, out;
+  dnnl::memory scratch;
+
+  void run(void* data_a, void* data_b, void* data_out) {
+    dnnl::stream stream(cpu_engine());
+    primitive.execute(stream, {{arg_a, a.input(data_a, stream)}, {arg_b, b.input(data_b, stream)},
+                               {arg_out, out.output(data_out)}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    out.finish(data_out, stream);
+    stream.wait();
+  }
+};
+
+// Forward, backward-data and backward-weights for one shape. Layouts are left to oneDNN (format `any`): for
+// ~10 channels its channel-blocked kernels are much faster than its NHWC ones (gemm-based for the backward).
+std::array<std::unique_ptr<Step>, 3> build(const Shape& s) {
   using tag = dnnl::memory::format_tag;
   using dt = dnnl::memory::data_type;
   const dnnl::memory::dims strides = {1, 1}, padding = {1, 1};
-  auto p = std::make_unique<Primitives>();
-  p->src = dnnl::memory::desc({s[0], s[3], s[1], s[2]}, dt::f32, tag::nhwc);
-  p->weights = dnnl::memory::desc({s[4], s[3], 3, 3}, dt::f32, tag::hwio);
-  p->dst = dnnl::memory::desc({s[0], s[4], s[1], s[2]}, dt::f32, tag::nhwc);
+  const dnnl::memory::dims image = {s[0], s[3], s[1], s[2]}, kernel = {s[4], s[3], 3, 3}, out = {s[0], s[4], s[1], s[2]};
+  const dnnl::memory::desc src(image, dt::f32, tag::nhwc), weights(kernel, dt::f32, tag::hwio),
+      dst(out, dt::f32, tag::nhwc);
+  const dnnl::memory::desc any_src(image, dt::f32, tag::any), any_weights(kernel, dt::f32, tag::any),
+      any_dst(out, dt::f32, tag::any);
   auto& engine = cpu_engine();
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  auto fwd = dnnl::convolution_forward::primitive_desc(
-      engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, p->src, p->weights, p->dst,
-      strides, padding, padding, attr);
-  auto bwd_data = dnnl::convolution_backward_data::primitive_desc(
-      engine, dnnl::algorithm::convolution_direct, p->src, p->weights, p->dst, strides, padding, padding, fwd, attr);
-  auto bwd_weights = dnnl::convolution_backward_weights::primitive_desc(
-      engine, dnnl::algorithm::convolution_direct, p->src, p->weights, p->dst, strides, padding, padding, fwd, attr);
-  p->forward = dnnl::convolution_forward(fwd);
-  p->backward_data = dnnl::convolution_backward_data(bwd_data);
-  p->backward_weights = dnnl::convolution_backward_weights(bwd_weights);
-  p->forward_scratch = dnnl::memory(fwd.scratchpad_desc(), engine);
-  p->data_scratch = dnnl::memory(bwd_data.scratchpad_desc(), engine);
-  p->weights_scratch = dnnl::memory(bwd_weights.scratchpad_desc(), engine);
-  return p;
+  auto algo = dnnl::algorithm::convolution_direct;
+  auto fwd = dnnl::convolution_forward::primitive_desc(engine, dnnl::prop_kind::forward_training, algo, any_src,
+                                                       any_weights, any_dst, strides, padding, padding, attr);
+  auto bwd_data = dnnl::convolution_backward_data::primitive_desc(engine, algo, any_src, any_weights, any_dst,
+                                                                  strides, padding, padding, fwd, attr);
+  auto bwd_weights = dnnl::convolution_backward_weights::primitive_desc(engine, algo, any_src, any_weights, any_dst,
+                                                                        strides, padding, padding, fwd, attr);
+  auto scratch = [&](const auto& pd) { return dnnl::memory(pd.scratchpad_desc(), engine); };
+  return {std::unique_ptr<Step>(new Step{dnnl::convolution_forward(fwd), DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST,
+                                         Operand(src, fwd.src_desc()), Operand(weights, fwd.weights_desc()),
+                                         Operand(dst, fwd.dst_desc()), scratch(fwd)}),
+          std::unique_ptr<Step>(new Step{dnnl::convolution_backward_data(bwd_data), DNNL_ARG_DIFF_DST,
+                                         DNNL_ARG_WEIGHTS, DNNL_ARG_DIFF_SRC,
+                                         Operand(dst, bwd_data.diff_dst_desc()),
+                                         Operand(weights, bwd_data.weights_desc()),
+                                         Operand(src, bwd_data.diff_src_desc()), scratch(bwd_data)}),
+          std::unique_ptr<Step>(new Step{dnnl::convolution_backward_weights(bwd_weights), DNNL_ARG_SRC,
+                                         DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS,
+                                         Operand(src, bwd_weights.src_desc()),
+                                         Operand(dst, bwd_weights.diff_dst_desc()),
+                                         Operand(weights, bwd_weights.diff_weights_desc()), scratch(bwd_weights)})};
 }
 
 std::mutex cache_mutex;
 
-// Cached primitives for `s` (built on the first call with that shape); callers hold `cache_mutex`.
-Primitives& primitives(const Shape& s) {
-  static std::map<Shape, std::unique_ptr<Primitives>> cache;
-  auto& entry = cache[s];
-  if (!entry) entry = build(s);
-  return *entry;
+// Runs step `kind` (0 forward, 1 backward data, 2 backward weights) of the primitives of shape `s`, built on
+// the first call with that shape and cached; one call at a time (the cached buffers are shared).
+ffi::Error run(const Shape& s, int kind, void* a, void* b, void* out) {
+  static std::map<Shape, std::array<std::unique_ptr<Step>, 3>> cache;
+  try {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    omp_set_num_threads(threads());  // before `build`: oneDNN fixes a primitive's thread count when it builds it
+    auto& steps = cache[s];
+    if (!steps[0]) steps = build(s);
+    steps[kind]->run(a, b, out);
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
+  }
+  return ffi::Error::Success();
 }
-
-dnnl::memory wrap(const dnnl::memory::desc& desc, void* data) { return dnnl::memory(desc, cpu_engine(), data); }
 
 // Checks rank and the 3x3 kernel, returns (B, H, W, C, O) from an NHWC image and an HWIO kernel.
 ffi::ErrorOr<Shape> conv_shape(ffi::Span<const int64_t> image, ffi::Span<const int64_t> kernel, int64_t channels) {
@@ -81,30 +146,6 @@ ffi::ErrorOr<Shape> conv_shape(ffi::Span<const int64_t> image, ffi::Span<const i
         ffi::Error::InvalidArgument("onednn_conv: expected an NHWC image and a (3, 3, C, O) kernel"));
   }
   return Shape{image[0], image[1], image[2], kernel[2], kernel[3]};
-}
-
-// Runs `kind` (0 forward, 1 backward data, 2 backward weights) on the cached primitive; errors become ffi errors.
-ffi::Error run(const Shape& s, int kind, void* a, void* b, void* out) {
-  try {
-    std::lock_guard<std::mutex> lock(cache_mutex);
-    Primitives& p = primitives(s);
-    dnnl::stream stream(cpu_engine());
-    if (kind == 0) {
-      p.forward.execute(stream, {{DNNL_ARG_SRC, wrap(p.src, a)}, {DNNL_ARG_WEIGHTS, wrap(p.weights, b)},
-                                 {DNNL_ARG_DST, wrap(p.dst, out)}, {DNNL_ARG_SCRATCHPAD, p.forward_scratch}});
-    } else if (kind == 1) {
-      p.backward_data.execute(stream, {{DNNL_ARG_DIFF_DST, wrap(p.dst, a)}, {DNNL_ARG_WEIGHTS, wrap(p.weights, b)},
-                                       {DNNL_ARG_DIFF_SRC, wrap(p.src, out)}, {DNNL_ARG_SCRATCHPAD, p.data_scratch}});
-    } else {
-      p.backward_weights.execute(stream, {{DNNL_ARG_SRC, wrap(p.src, a)}, {DNNL_ARG_DIFF_DST, wrap(p.dst, b)},
-                                          {DNNL_ARG_DIFF_WEIGHTS, wrap(p.weights, out)},
-                                          {DNNL_ARG_SCRATCHPAD, p.weights_scratch}});
-    }
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
-  }
-  return ffi::Error::Success();
 }
 
 // y = x * w: x (B, H, W, C), w (3, 3, C, O), y (B, H, W, O).

@@ -70,13 +70,14 @@ def _compile(compiler: str, include: Path, libdir: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{include}",
+    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w", f"-I{jax.ffi.include_dir()}", f"-I{include}",
            str(SOURCE), "-o", tmp, f"-L{libdir}", "-ldnnl", f"-Wl,-rpath,{libdir}"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ConfigError(f"conv_impl onednn: compiling {SOURCE.name} failed: {last}")
+            lines = done.stderr.strip().splitlines() or ["no output"]
+            first = next((line for line in lines if "error" in line), lines[-1]).strip()
+            raise ConfigError(f"conv_impl onednn: compiling {SOURCE.name} failed: {first}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
