@@ -57,6 +57,21 @@ def test_values_and_gradients_equal_xla(shape):
 
 
 @needs_onednn
+def test_second_order_gradients_equal_xla():
+    """Gradient of a function of the first gradient (what differentiating the adjoint pass needs)."""
+    x, kernel, cotangent = operands((2, 4, 6, 5, 7), seed=3)
+
+    def grad_norm(conv, xx, kk):
+        first = jax.grad(lambda a, b: jnp.sum(cotangent * jnp.sin(conv(a, b))), argnums=(0, 1))(xx, kk)
+        return sum(jnp.sum(g ** 2) for g in first)
+
+    got = jax.grad(lambda a, b: grad_norm(conv3x3_onednn, a, b), argnums=(0, 1))(x, kernel)
+    want = jax.grad(lambda a, b: grad_norm(conv3x3_xla, a, b), argnums=(0, 1))(x, kernel)
+    for a, b in zip(got, want):
+        assert_close(a, b)
+
+
+@needs_onednn
 def test_gradients_inside_jitted_scan():
     """Five layers x <- x + conv(x, kernel_l) / 10 in a jitted lax.scan, gradient w.r.t. x and all kernels."""
     x, kernel, cotangent = operands((2, 10, 10, 6, 6), seed=1)

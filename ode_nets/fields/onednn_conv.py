@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -118,21 +119,48 @@ def _call(name: str, a: Array, b: Array, out_shape: tuple[int, ...]) -> Array:
     return jax.ffi.ffi_call(TARGET_PREFIX + name, result, vmap_method="sequential")(a, b)
 
 
+def _save_operands(f: Callable[[Array, Array], Array]) -> Callable[[Array, Array], tuple[Array, tuple]]:
+    """The forward rule of a bilinear op: its value, with both operands as residuals."""
+    return lambda a, b: (f(a, b), (a, b))
+
+
 @jax.custom_vjp
 def conv3x3_onednn_nhwc(x: Float[Array, "B H W C"], kernel: Float[Array, "3 3 C O"]) -> Float[Array, "B H W O"]:
-    """NHWC/HWIO 3x3 cross-correlation (stride 1, zero padding 1) by oneDNN's convolution_forward."""
+    """NHWC/HWIO 3x3 cross-correlation y = x * kernel (stride 1, zero padding 1) by oneDNN's convolution_forward."""
     return _call("forward", x, kernel, (*x.shape[:3], kernel.shape[3]))
 
 
-def _onednn_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
-    return conv3x3_onednn_nhwc(x, kernel), (x, kernel)
+@jax.custom_vjp
+def conv3x3_onednn_backward_data(g: Float[Array, "B H W O"], kernel: Float[Array, "3 3 C O"]
+                                 ) -> Float[Array, "B H W C"]:
+    """The input gradient of `conv3x3_onednn_nhwc`, the transposed convolution (convolution_backward_data)."""
+    return _call("backward_data", g, kernel, (*g.shape[:3], kernel.shape[2]))
 
 
-def _onednn_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
-    """Input gradient by convolution_backward_data, kernel gradient by convolution_backward_weights."""
+@jax.custom_vjp
+def conv3x3_onednn_backward_weights(x: Float[Array, "B H W C"], g: Float[Array, "B H W O"]
+                                    ) -> Float[Array, "3 3 C O"]:
+    """The kernel gradient of `conv3x3_onednn_nhwc`: sum over pixels of patches(x)^T g (backward_weights)."""
+    return _call("backward_weights", x, g, (3, 3, x.shape[3], g.shape[3]))
+
+
+def _forward_vjp(res: tuple[Array, Array], c: Array) -> tuple[Array, Array]:
     x, kernel = res
-    return _call("backward_data", g, kernel, x.shape), _call("backward_weights", x, g, kernel.shape)
+    return conv3x3_onednn_backward_data(c, kernel), conv3x3_onednn_backward_weights(x, c)
 
 
-conv3x3_onednn_nhwc.defvjp(_onednn_fwd, _onednn_bwd)
+def _data_vjp(res: tuple[Array, Array], c: Array) -> tuple[Array, Array]:
+    g, kernel = res
+    return conv3x3_onednn_nhwc(c, kernel), conv3x3_onednn_backward_weights(c, g)
 
+
+def _weights_vjp(res: tuple[Array, Array], c: Array) -> tuple[Array, Array]:
+    x, g = res
+    return conv3x3_onednn_backward_data(g, c), conv3x3_onednn_nhwc(x, c)
+
+
+# The three are one bilinear form <F(x, k), g> = <x, Bd(g, k)> = <k, Bw(x, g)>, so each one's gradients are the
+# other two: reverse mode of any order (diffrax's optimize-then-discretize differentiates the backward pass).
+conv3x3_onednn_nhwc.defvjp(_save_operands(conv3x3_onednn_nhwc), _forward_vjp)
+conv3x3_onednn_backward_data.defvjp(_save_operands(conv3x3_onednn_backward_data), _data_vjp)
+conv3x3_onednn_backward_weights.defvjp(_save_operands(conv3x3_onednn_backward_weights), _weights_vjp)
