@@ -15,6 +15,7 @@ from ode_nets.config import from_dict
 from ode_nets.errors import ConfigError
 from ode_nets.fields.cubic import CONV_IMPLS, conv3x3_onednn, conv3x3_xla
 from ode_nets.fields.onednn_conv import find_toolchain, onednn_unavailable
+from ode_nets.losses import cross_entropy
 
 REASON = onednn_unavailable()
 needs_onednn = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -88,10 +89,10 @@ def test_gradients_inside_jitted_scan():
         assert_close(a, b)
 
 
-def conv_net(conv_impl: str):
+def conv_net(conv_impl: str, strategy: str):
     """A 3-layer conv cubic net on 6x6 images (1 + 3 channels) with the same random non-zero parameters."""
     cfg = from_dict({"model": {"field": "conv_cubic", "layers": 3, "augment": 3, "readout": "max_pool_softmax",
-                               "learn_gamma": True, "conv_impl": conv_impl}})
+                               "learn_gamma": True, "conv_impl": conv_impl}, "gradient": {"strategy": strategy}})
     model = net_from_config(cfg, (1, 6, 6), 4)
     leaves, treedef = jax.tree_util.tree_flatten(eqx.filter(model, eqx.is_inexact_array))
     keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
@@ -100,11 +101,13 @@ def conv_net(conv_impl: str):
 
 
 @needs_onednn
-def test_conv_cubic_net_loss_gradient_equals_xla_split():
+@pytest.mark.parametrize("strategy", ["discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint"])
+def test_conv_cubic_net_loss_gradient_equals_xla_split(strategy):
+    """Backprop through the solve, the continuous adjoint (differentiates the conv's backward pass), eqs 76-77."""
     images = jnp.asarray(np.random.default_rng(6).random((3, 1, 6, 6)), jnp.float32)
-    weights = jnp.asarray(np.random.default_rng(7).standard_normal((3, 4, 6, 6)), jnp.float32)
-    loss = lambda m: jnp.sum(weights * m.features(images))  # noqa: E731
-    nets = {impl: conv_net(impl) for impl in ("onednn", "xla_split")}
+    labels = jnp.array([0, 3, 1])
+    loss = lambda m: cross_entropy(m(images), labels)  # noqa: E731
+    nets = {impl: conv_net(impl, strategy) for impl in ("onednn", "xla_split")}
     grads = {impl: eqx.filter_jit(eqx.filter_grad(loss))(net) for impl, net in nets.items()}
     got, want = (jax.tree_util.tree_leaves(grads[impl]) for impl in ("onednn", "xla_split"))
     assert len(got) == len(want) == 3  # kernel, bias, gamma
@@ -128,3 +131,14 @@ def test_a_missing_compiler_is_named(monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/g++")
     with pytest.raises(ConfigError, match=r"no C\+\+ compiler \(\$CXX=/nonexistent/g\+\+ not found"):
         find_toolchain()
+
+
+@needs_onednn
+def test_forward_mode_and_vmap_equal_xla():
+    """jax.jvp (diffrax's forward-mode Jacobians) and jax.vmap over a stack of kernels."""
+    x, kernel, _ = operands((2, 4, 5, 6, 6), seed=4)
+    dx, dk, _ = operands((2, 4, 5, 6, 6), seed=5)
+    for got, want in zip(jax.jvp(conv3x3_onednn, (x, kernel), (dx, dk)), jax.jvp(conv3x3_xla, (x, kernel), (dx, dk))):
+        assert_close(got, want)
+    kernels = jnp.stack([kernel, 2 * kernel, -kernel])
+    assert_close(jax.vmap(conv3x3_onednn, (None, 0))(x, kernels), jax.vmap(conv3x3_xla, (None, 0))(x, kernels))

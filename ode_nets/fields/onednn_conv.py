@@ -18,11 +18,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 from jaxtyping import Array, Float
 
 from ode_nets.errors import ConfigError
@@ -108,59 +110,68 @@ def onednn_unavailable() -> str | None:
     return None
 
 
-def _call(name: str, a: Array, b: Array, out_shape: tuple[int, ...]) -> Array:
-    """One of the three custom calls on float32 operands."""
+def _ffi_call(name: str, a: Array, b: Array) -> Array:
+    """The custom call `name` (its output shape from `SHAPES`), as a primitive is evaluated and lowered."""
+    result = jax.ShapeDtypeStruct(SHAPES[name](a.shape, b.shape), jnp.float32)
+    return jax.ffi.ffi_call(TARGET_PREFIX + name, result)(a, b)
+
+
+def _batched(prim: Primitive, args: tuple[Array, Array], dims: tuple[int | None, int | None]) -> tuple[Array, int]:
+    """vmap rule: one call per batch entry (a `lax.map`), an unbatched operand broadcast."""
+    size = next(arg.shape[d] for arg, d in zip(args, dims) if d is not None)
+    a, b = (jnp.broadcast_to(arg, (size, *arg.shape)) if d is None else jnp.moveaxis(arg, d, 0)
+            for arg, d in zip(args, dims))
+    return lax.map(lambda ab: prim.bind(*ab), (a, b)), 0
+
+
+def _primitive(name: str) -> Primitive:
+    """A JAX primitive for one of the three custom calls: abstract evaluation, CPU lowering, vmap."""
+    prim = Primitive(TARGET_PREFIX + name)
+    prim.def_impl(functools.partial(_ffi_call, name))
+    prim.def_abstract_eval(lambda a, b: jax.core.ShapedArray(SHAPES[name](a.shape, b.shape), jnp.float32))
+    mlir.register_lowering(prim, jax.ffi.ffi_lowering(TARGET_PREFIX + name), platform="cpu")
+    batching.primitive_batchers[prim] = functools.partial(_batched, prim)
+    return prim
+
+
+SHAPES = {"forward": lambda x, k: (*x[:3], k[3]), "backward_data": lambda g, k: (*g[:3], k[2]),
+          "backward_weights": lambda x, g: (3, 3, x[3], g[3])}
+FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = (_primitive(name) for name in TARGETS)
+
+
+def _bind(prim: Primitive, a: Array, b: Array) -> Array:
+    """Apply `prim` to float32 operands (the library compiled and registered first)."""
     _library()
     for operand in (a, b):
         if operand.dtype != jnp.float32:
             raise ConfigError(f"conv_impl onednn: float32 only (oneDNN has no {operand.dtype} convolution); "
                               "use conv_impl xla_split with jax_enable_x64")
-    result = jax.ShapeDtypeStruct(out_shape, jnp.float32)
-    return jax.ffi.ffi_call(TARGET_PREFIX + name, result, vmap_method="sequential")(a, b)
+    return prim.bind(a, b)
 
 
-def _save_operands(f: Callable[[Array, Array], Array]) -> Callable[[Array, Array], tuple[Array, tuple]]:
-    """The forward rule of a bilinear op: its value, with both operands as residuals."""
-    return lambda a, b: (f(a, b), (a, b))
-
-
-@jax.custom_vjp
 def conv3x3_onednn_nhwc(x: Float[Array, "B H W C"], kernel: Float[Array, "3 3 C O"]) -> Float[Array, "B H W O"]:
     """NHWC/HWIO 3x3 cross-correlation y = x * kernel (stride 1, zero padding 1) by oneDNN's convolution_forward."""
-    return _call("forward", x, kernel, (*x.shape[:3], kernel.shape[3]))
+    return _bind(FORWARD, x, kernel)
 
 
-@jax.custom_vjp
 def conv3x3_onednn_backward_data(g: Float[Array, "B H W O"], kernel: Float[Array, "3 3 C O"]
                                  ) -> Float[Array, "B H W C"]:
     """The input gradient of `conv3x3_onednn_nhwc`, the transposed convolution (convolution_backward_data)."""
-    return _call("backward_data", g, kernel, (*g.shape[:3], kernel.shape[2]))
+    return _bind(BACKWARD_DATA, g, kernel)
 
 
-@jax.custom_vjp
 def conv3x3_onednn_backward_weights(x: Float[Array, "B H W C"], g: Float[Array, "B H W O"]
                                     ) -> Float[Array, "3 3 C O"]:
     """The kernel gradient of `conv3x3_onednn_nhwc`: sum over pixels of patches(x)^T g (backward_weights)."""
-    return _call("backward_weights", x, g, (3, 3, x.shape[3], g.shape[3]))
+    return _bind(BACKWARD_WEIGHTS, x, g)
 
 
-def _forward_vjp(res: tuple[Array, Array], c: Array) -> tuple[Array, Array]:
-    x, kernel = res
-    return conv3x3_onednn_backward_data(c, kernel), conv3x3_onednn_backward_weights(x, c)
-
-
-def _data_vjp(res: tuple[Array, Array], c: Array) -> tuple[Array, Array]:
-    g, kernel = res
-    return conv3x3_onednn_nhwc(c, kernel), conv3x3_onednn_backward_weights(c, g)
-
-
-def _weights_vjp(res: tuple[Array, Array], c: Array) -> tuple[Array, Array]:
-    x, g = res
-    return conv3x3_onednn_backward_data(g, c), conv3x3_onednn_nhwc(x, c)
-
-
-# The three are one bilinear form <F(x, k), g> = <x, Bd(g, k)> = <k, Bw(x, g)>, so each one's gradients are the
-# other two: reverse mode of any order (diffrax's optimize-then-discretize differentiates the backward pass).
-conv3x3_onednn_nhwc.defvjp(_save_operands(conv3x3_onednn_nhwc), _forward_vjp)
-conv3x3_onednn_backward_data.defvjp(_save_operands(conv3x3_onednn_backward_data), _data_vjp)
-conv3x3_onednn_backward_weights.defvjp(_save_operands(conv3x3_onednn_backward_weights), _weights_vjp)
+# The three are one bilinear form <F(x, k), g> = <x, Bd(g, k)> = <k, Bw(x, g)>: each is bilinear (its JVP is
+# itself) and its transposes are the other two, so forward and reverse mode of any order work (diffrax's
+# optimize-then-discretize takes a forward-mode Jacobian of the backward pass). Rules get (ct, lhs, rhs).
+ad.defbilinear(FORWARD, lambda ct, x, k: conv3x3_onednn_backward_data(ct, k),
+               lambda ct, x, k: conv3x3_onednn_backward_weights(x, ct))
+ad.defbilinear(BACKWARD_DATA, lambda ct, g, k: conv3x3_onednn_nhwc(ct, k),
+               lambda ct, g, k: conv3x3_onednn_backward_weights(ct, g))
+ad.defbilinear(BACKWARD_WEIGHTS, lambda ct, x, g: conv3x3_onednn_backward_data(g, ct),
+               lambda ct, x, g: conv3x3_onednn_nhwc(x, ct))
