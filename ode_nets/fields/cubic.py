@@ -9,6 +9,7 @@ is `rhs` with the parameters in force at t, and the analytic adjoint calls the s
 """
 
 import abc
+from collections.abc import Callable
 from typing import ClassVar
 
 import equinox as eqx
@@ -18,6 +19,7 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ode_nets.fields._base import AbstractAnalyticField, LayerParams
+from ode_nets.fields.onednn_conv import conv3x3_onednn_nhwc
 from ode_nets.fields.time_params import ParamInit, PiecewiseConstant, PiecewiseLinear, TimeParam
 
 
@@ -260,14 +262,26 @@ def conv3x3_xla_split(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 
     its convolution is several times slower than in NHWC; its kernel-gradient convolution is slow in any
     layout (docs/performance.md, profiling findings 1-2). Same cross-correlation as `conv3x3_xla`.
     """
+    return _via_nhwc(conv3x3_nhwc_split, x, kernel)
+
+
+def conv3x3_onednn(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... O H W"]:
+    """The same cross-correlation by oneDNN's convolution primitives (forward, backward-data, backward-weights)
+    as a `jax.ffi` custom call, float32, in NHWC like `conv3x3_xla_split` (ode_nets/fields/onednn_conv.py)."""
+    return _via_nhwc(conv3x3_onednn_nhwc, x, kernel)
+
+
+def _via_nhwc(conv_nhwc: Callable[[Array, Array], Array], x: Float[Array, "... C H W"],
+              kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... O H W"]:
+    """An NHWC/HWIO 3x3 convolution applied to an NCHW state and an OIHW kernel (transposed around it)."""
     channels, height, width = x.shape[-3:]
     nhwc = jnp.moveaxis(x.reshape((-1, channels, height, width)), 1, -1)
-    out = conv3x3_nhwc_split(nhwc, jnp.transpose(kernel, (2, 3, 1, 0)))
+    out = conv_nhwc(nhwc, jnp.transpose(kernel, (2, 3, 1, 0)))
     return jnp.moveaxis(out, -1, 1).reshape((*x.shape[:-3], kernel.shape[0], height, width))
 
 
 CONV_IMPLS = {"xla": conv3x3_xla, "im2col": conv3x3_im2col, "im2col_nhwc": conv3x3_im2col_nhwc,
-              "xla_split": conv3x3_xla_split}
+              "xla_split": conv3x3_xla_split, "onednn": conv3x3_onednn}
 
 
 def conv3x3_transpose(kernel: Float[Array, "O C 3 3"]) -> Float[Array, "C O 3 3"]:
