@@ -60,11 +60,12 @@ struct Operand {
   }
 };
 
-// OpenMP threads per call: 1 unless OMP_NUM_THREADS is set. XLA's own thread pool runs beside the custom call;
-// OpenMP workers that spin-wait between calls starve it (10x slower calls measured on a loaded 2-core machine).
+// OpenMP threads per call: OMP_NUM_THREADS if set, else every core. XLA's own thread pool runs beside the custom
+// call, so OpenMP workers must not spin-wait between calls (10x slower calls measured on a loaded 2-core machine):
+// onednn_conv.py sets OMP_WAIT_POLICY=passive before this library (and libgomp) is loaded.
 // Set for the calling (XLA worker) thread only, before building and running the primitives.
 int threads() {
-  static const int count = std::getenv("OMP_NUM_THREADS") ? omp_get_max_threads() : 1;
+  static const int count = std::getenv("OMP_NUM_THREADS") ? omp_get_max_threads() : omp_get_num_procs();
   return count;
 }
 

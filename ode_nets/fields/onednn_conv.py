@@ -95,6 +95,7 @@ def _library() -> ctypes.CDLL:
     target = _cache_dir() / f"onednn_conv-{key.hexdigest()[:16]}.so"
     if not target.exists():
         _compile(compiler, include, libdir, target)
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # read when libgomp loads: idle workers sleep (see the .cc)
     lib = ctypes.CDLL(str(target))
     for name, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(TARGET_PREFIX + name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
