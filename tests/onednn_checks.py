@@ -1,0 +1,148 @@
+"""conv_impl onednn (the oneDNN jax.ffi custom call, float32): values and both gradients equal XLA's convolution
+and a NumPy loop reference (eq 72), inside jit and lax.scan, and a conv cubic net's loss gradient equals xla_split's.
+Skipped, with the reason, where no C++ compiler or oneDNN wheel is installed.
+
+Not collected by pytest itself (no test_ prefix): `tests/test_onednn_conv.py` runs this file in its own Python process,
+so that the main test process never loads oneDNN and its OpenMP runtime (a segfault inside a later, unrelated XLA
+compilation was seen once in a full CI run that had loaded them at collection; not reproduced, cause unknown)."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import float64, net_from_config, relative_error
+from ode_nets.config import from_dict
+from ode_nets.errors import ConfigError
+from ode_nets.fields.cubic import CONV_IMPLS, conv3x3_onednn, conv3x3_xla
+from ode_nets.fields.onednn_conv import find_toolchain, onednn_unavailable
+from ode_nets.losses import cross_entropy
+
+REASON = onednn_unavailable()
+needs_onednn = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+SHAPES = [(2, 10, 10, 6, 6), (4, 10, 10, 28, 28), (3, 4, 7, 5, 8)]  # batch, in, out channels, height, width
+
+
+def reference_conv(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Zero-padded 3x3 cross-correlation written out with NumPy (eq 72), in float64."""
+    height, width = x.shape[-2:]
+    padded = np.pad(x.astype(np.float64), [(0, 0), (0, 0), (1, 1), (1, 1)])
+    return sum(np.einsum("bchw,oc->bohw", padded[..., i:i + height, j:j + width], kernel[:, :, i, j])
+               for i in range(3) for j in range(3))
+
+
+def operands(shape: tuple[int, ...], seed: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Random float32 x (B, C, H, W), kernel (O, C, 3, 3) and cotangent (B, O, H, W)."""
+    batch, cin, cout, height, width = shape
+    rng = np.random.default_rng(seed)
+    draw = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)  # noqa: E731
+    return draw(batch, cin, height, width), draw(cout, cin, 3, 3), draw(batch, cout, height, width)
+
+
+def assert_close(got: jax.Array, want: jax.Array) -> None:
+    """float32 agreement in the relative 2-norm (sums of 9 C products, or of B H W for the kernel gradient)."""
+    assert relative_error(got, want) < 2e-6, relative_error(got, want)
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", SHAPES)
+def test_values_and_gradients_equal_xla(shape):
+    x, kernel, cotangent = operands(shape)
+    out, vjp = jax.vjp(conv3x3_onednn, x, kernel)
+    want, vjp_ref = jax.vjp(conv3x3_xla, x, kernel)
+    assert out.shape == want.shape and out.dtype == jnp.float32
+    assert_close(out, want)
+    np.testing.assert_allclose(out, reference_conv(np.asarray(x), np.asarray(kernel)), rtol=1e-4, atol=1e-4)
+    for got, ref in zip(vjp(cotangent), vjp_ref(cotangent)):
+        assert_close(got, ref)
+
+
+@needs_onednn
+def test_second_order_gradients_equal_xla():
+    """Gradient of a function of the first gradient (what differentiating the adjoint pass needs)."""
+    x, kernel, cotangent = operands((2, 4, 6, 5, 7), seed=3)
+
+    def grad_norm(conv, xx, kk):
+        first = jax.grad(lambda a, b: jnp.sum(cotangent * jnp.sin(conv(a, b))), argnums=(0, 1))(xx, kk)
+        return sum(jnp.sum(g ** 2) for g in first)
+
+    got = jax.grad(lambda a, b: grad_norm(conv3x3_onednn, a, b), argnums=(0, 1))(x, kernel)
+    want = jax.grad(lambda a, b: grad_norm(conv3x3_xla, a, b), argnums=(0, 1))(x, kernel)
+    for a, b in zip(got, want):
+        assert_close(a, b)
+
+
+@needs_onednn
+def test_gradients_inside_jitted_scan():
+    """Five layers x <- x + conv(x, kernel_l) / 10 in a jitted lax.scan, gradient w.r.t. x and all kernels."""
+    x, kernel, cotangent = operands((2, 10, 10, 6, 6), seed=1)
+    kernels = jnp.stack([kernel * (1 + 0.1 * l) for l in range(5)])
+
+    def loss(conv, x0, ks):
+        step = lambda h, k: (h + conv(h, k) / 10, None)  # noqa: E731
+        return jnp.sum(jax.lax.scan(step, x0, ks)[0] * cotangent[:, :10])
+
+    got = jax.jit(jax.value_and_grad(lambda a, b: loss(conv3x3_onednn, a, b), argnums=(0, 1)))(x, kernels)
+    want = jax.value_and_grad(lambda a, b: loss(conv3x3_xla, a, b), argnums=(0, 1))(x, kernels)
+    assert_close(got[0], want[0])
+    for a, b in zip(got[1], want[1]):
+        assert_close(a, b)
+
+
+def conv_net(conv_impl: str, strategy: str):
+    """A 3-layer conv cubic net on 6x6 images (1 + 3 channels) with the same random non-zero parameters."""
+    cfg = from_dict({"model": {"field": "conv_cubic", "layers": 3, "augment": 3, "readout": "max_pool_softmax",
+                               "learn_gamma": True, "conv_impl": conv_impl}, "gradient": {"strategy": strategy}})
+    model = net_from_config(cfg, (1, 6, 6), 4)
+    leaves, treedef = jax.tree_util.tree_flatten(eqx.filter(model, eqx.is_inexact_array))
+    keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
+    leaves = [0.1 * jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), model)
+
+
+@needs_onednn
+@pytest.mark.parametrize("strategy", ["discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint"])
+def test_conv_cubic_net_loss_gradient_equals_xla_split(strategy):
+    """Backprop through the solve, the continuous adjoint (differentiates the conv's backward pass), eqs 76-77."""
+    images = jnp.asarray(np.random.default_rng(6).random((3, 1, 6, 6)), jnp.float32)
+    labels = jnp.array([0, 3, 1])
+    loss = lambda m: cross_entropy(m(images), labels)  # noqa: E731
+    nets = {impl: conv_net(impl, strategy) for impl in ("onednn", "xla_split")}
+    grads = {impl: eqx.filter_jit(eqx.filter_grad(loss))(net) for impl, net in nets.items()}
+    got, want = (jax.tree_util.tree_leaves(grads[impl]) for impl in ("onednn", "xla_split"))
+    assert len(got) == len(want) == 3  # kernel, bias, gamma
+    for a, b in zip(got, want):
+        assert_close(a, b)
+
+
+@needs_onednn
+def test_float64_is_refused_with_a_one_line_error():
+    x, kernel, _ = operands((2, 3, 3, 4, 4))
+    with float64(), pytest.raises(ConfigError, match="float32 only"):
+        conv3x3_onednn(x.astype(jnp.float64), kernel.astype(jnp.float64))
+
+
+def test_registered_as_conv_impl():
+    assert CONV_IMPLS["onednn"] is conv3x3_onednn
+
+
+def test_a_missing_compiler_is_named(monkeypatch):
+    """Without the toolchain the error is one line naming what is missing (what the skips above report)."""
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    with pytest.raises(ConfigError, match=r"no C\+\+ compiler \(\$CXX=/nonexistent/g\+\+ not found"):
+        find_toolchain()
+
+
+@needs_onednn
+def test_forward_mode_and_vmap_equal_xla():
+    """jax.jvp (diffrax's forward-mode Jacobians) and jax.vmap over a stack of kernels."""
+    x, kernel, _ = operands((2, 4, 5, 6, 6), seed=4)
+    dx, dk, _ = operands((2, 4, 5, 6, 6), seed=5)
+    for got, want in zip(jax.jvp(conv3x3_onednn, (x, kernel), (dx, dk)), jax.jvp(conv3x3_xla, (x, kernel), (dx, dk))):
+        assert_close(got, want)
+    kernels = jnp.stack([kernel, 2 * kernel, -kernel])
+    assert_close(jax.vmap(conv3x3_onednn, (None, 0))(x, kernels), jax.vmap(conv3x3_xla, (None, 0))(x, kernels))
