@@ -12,6 +12,8 @@ from ode_nets.fields.time_params import Constant
 from ode_nets.losses import cross_entropy
 from ode_nets.solve import solve
 from ode_nets.strategies import AnalyticAdjoint
+from ode_nets.training import Objective
+from ode_nets.training.counting import backward_counts
 
 CASES = {  # field -> (input shape, classes, readout, augment)
     "cubic": ((2,), 2, "sigmoid_last", 1),
@@ -71,3 +73,25 @@ def test_rejects_fields_without_hand_derived_equations():
     field = ResNetField.init((2,), ParamInit(layers=3), jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="analytic_adjoint"):
         solve(field, jnp.zeros((1, 2)), solver=diffrax.Euler(), grid=LayerGrid(1.0, 3), strategy=AnalyticAdjoint())
+
+
+def backward_counts_of(solver: dict, gradient: dict) -> tuple[int, int, int]:
+    """(nfe_backward, accepted, rejected) of the paper's backward pass on a 5-layer cubic net, as training logs them."""
+    net = small_net((2,), 2, model={"field": "cubic", "layers": 5, "augment": 1, "gamma": 0.1, "init": "normal",
+                                    "init_scale": 0.1, "readout": "sigmoid_last"},
+                    solver=solver, gradient={"strategy": "analytic_adjoint", **gradient})
+    x, y = jax.random.normal(jax.random.PRNGKey(1), (4, 2)), jnp.array([0, 1, 1, 0])
+    counts = backward_counts(net, x, y, jnp.ones(4), Objective())
+    return int(counts["nfe_backward"]), int(counts["steps_accepted_backward"]), int(counts["steps_rejected_backward"])
+
+
+def test_backward_pass_counts(x64):
+    """nfe_backward of analytic_adjoint: Euler, one a dF/dx and a dF/dq per step (eq 112): L x steps; RK4 backward
+    on the forward grid: 4 per step; adaptive Tsit5 (FSAL, restarted in every layer): 1 + 6 per attempted step in
+    each of the L layer solves, more steps at a tighter backward tolerance."""
+    assert backward_counts_of({"method": "euler", "steps_per_layer": 3}, {}) == (15, 15, 0)
+    assert backward_counts_of({"method": "euler", "steps_per_layer": 2}, {"adjoint_method": "rk4"}) == (40, 10, 0)
+    loose, _, _ = backward_counts_of(TSIT5, {"adjoint_rtol": 1e-3, "adjoint_atol": 1e-6})
+    nfe, accepted, rejected = backward_counts_of(TSIT5, {})
+    assert accepted >= 5 and 5 + 6 * (accepted + rejected) <= nfe <= 5 + 6 * (accepted + rejected) + rejected
+    assert nfe > loose

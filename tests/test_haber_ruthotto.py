@@ -20,6 +20,7 @@ from ode_nets.solve import solve
 from ode_nets.solvers import SOLVERS, FixedSteps, TwoStepField
 from ode_nets.strategies import STRATEGIES
 from ode_nets.solvers.verlet import reconstruct_initial_state
+from ode_nets.training import Objective
 from ode_nets.analysis.stability import (jacobian_eigenvalues, max_real_eigenvalue, revnet_growth_factor, revnet_iterates)
 
 A = np.array([[-0.3, 2.0], [-2.0, -0.3]])
@@ -115,6 +116,14 @@ def test_reversible_gradient_equals_backprop(x64):
             for g in grads]
     assert np.linalg.norm(flat[0]) > 1e-3
     np.testing.assert_allclose(flat[1], flat[0], rtol=1e-9, atol=1e-12)
+
+
+def test_reversible_reports_backward_evaluations():
+    """Training metrics of `reversible`: 2 field evaluations per Verlet step forward, and backward per step the
+    inverse step's 2 evaluations with the step's VJP: nfe_backward = nfe_forward = 2 x 40 layers."""
+    x, y = jax.random.normal(jax.random.PRNGKey(5), (8, 2)), jnp.arange(8) % 3
+    _, aux = Objective()(hamiltonian_net("reversible"), x, y, jnp.ones(8))
+    assert int(aux["nfe_forward"]) == int(aux["nfe_backward"]) == 80
 
 
 def test_reversible_needs_verlet():

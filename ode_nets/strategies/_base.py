@@ -30,7 +30,8 @@ class AbstractGradientStrategy(eqx.Module):
     reverse_mode: ClassVar[bool] = True  # supports jax.grad; False: gradients by forward mode (one JVP per parameter)
     # How the backward pass's function evaluations are counted (`nfe_backward` in training): "vjp", one
     # vector-Jacobian product per forward evaluation (reverse mode through the solver's steps); "solve", a backward
-    # solve of its own, counted by `CountingBacksolveAdjoint`; "none", not counted.
+    # pass of its own steps, counted through a `BackwardCounter` as `args` (`CountingBacksolveAdjoint`,
+    # `AnalyticAdjoint`); "none", not counted.
     backward_counting: ClassVar[str] = "none"
 
     @abc.abstractmethod

@@ -18,6 +18,11 @@ over the batch. Two backward schemes:
   x (restarted at every layer from the stored forward state, so the backward x cannot drift far) and the
   gradient integrals; fixed-step solvers step back over the forward grid, adaptive ones use a PID controller
   with the backward stepping's tolerances (default: the forward's).
+
+Backward work (`nfe_backward` in training, `ode_nets.training.counting`): with a `BackwardCounter` as the solve's
+`args`, its cotangent is (evaluations, accepted steps, rejected steps) of the backward pass: for Euler K steps of
+one a dF/dx and a dF/dq each (eq 112); otherwise the layer solves' evaluations of the backward system (x, a, G),
+each one F, one a dF/dx and one a dF/dq, summed over the layers.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from jax import lax
 from jaxtyping import Array
 
 from ode_nets.fields._base import AbstractAnalyticField, LayerParams
+from ode_nets.solvers.counting import CountingController, solve_counts
 from ode_nets.solvers.stepping import AbstractStepping, AdaptiveSteps, Discretisation
 from ode_nets.strategies._base import AbstractGradientStrategy
-from ode_nets.strategies.diffrax_adjoints import DiscretizeThenOptimize
+from ode_nets.strategies.diffrax_adjoints import BackwardCounter, DiscretizeThenOptimize
 
 
 class AnalyticAdjoint(AbstractGradientStrategy):
@@ -49,13 +55,17 @@ class AnalyticAdjoint(AbstractGradientStrategy):
     backward_solver: Optional[diffrax.AbstractSolver] = None
     backward_stepping: Optional[AbstractStepping] = None
     config_options: ClassVar[tuple[str, ...]] = ("backward_solver", "backward_stepping")
+    backward_counting: ClassVar[str] = "solve"
 
     def solve(self, field: AbstractAnalyticField, x0: Array, discretisation: Discretisation, saveat: diffrax.SaveAt,
               args: object = None) -> diffrax.Solution:
+        """The forward solve; its VJP is the paper's backward pass. `args`: a `BackwardCounter` (whose cotangent
+        is the backward pass's counts) or None (the cubic fields take no args)."""
         check_analytic(field)
         if not _is_t1_only(saveat):
             return DiscretizeThenOptimize().solve(field, x0, discretisation, saveat, args)
-        return _solve_stored((field, x0), discretisation, self)
+        counter = args if isinstance(args, BackwardCounter) else BackwardCounter.zeros()
+        return _solve_stored((field, x0, counter), discretisation, self)
 
     def uses_discrete_adjoint(self, discretisation: Discretisation) -> bool:
         """Forward Euler (with an Euler or default backward solver): the backward pass is eq 112 over the stored steps."""
@@ -69,8 +79,9 @@ class AnalyticAdjoint(AbstractGradientStrategy):
         return discretisation.grid.times()
 
     def backward(self, field: AbstractAnalyticField, xs: Array, a_final: Array, discretisation: Discretisation,
-                 keep_adjoints: bool = False) -> tuple[Array, LayerParams, Array | None]:
-        """a(0), per-layer parameter gradients and (if `keep_adjoints`) the adjoint on `stored_times`."""
+                 keep_adjoints: bool = False) -> tuple[Array, LayerParams, Array | None, Array]:
+        """a(0), per-layer parameter gradients, (if `keep_adjoints`) the adjoint on `stored_times`, and the
+        backward pass's (evaluations, accepted steps, rejected steps)."""
         field.check_layers(discretisation.grid.layers)
         if self.uses_discrete_adjoint(discretisation):
             return euler_backward(field, xs, a_final, discretisation, keep_adjoints)
@@ -85,13 +96,13 @@ def check_analytic(field: object) -> None:
 
 
 def euler_backward(field: AbstractAnalyticField, xs: Array, a_final: Array, discretisation: Discretisation,
-                   keep_adjoints: bool = False) -> tuple[Array, LayerParams, Array | None]:
+                   keep_adjoints: bool = False) -> tuple[Array, LayerParams, Array | None, Array]:
     """Discrete adjoint of forward Euler (eq 112, with s = steps_per_layer steps of h = dt/s per layer).
 
     xs: (K+1, ...) states x_k at every step; a_final = dL/dx(T) (eq 10).
     a_k = a_{k+1} + h (a_{k+1} dF/dx)(x_k); dL/dq_l = h sum_{k in layer l} (a_{k+1} dF/dq)(x_k).
-    Returns a(0), the per-layer gradients (L, ...) and, if `keep_adjoints`, the adjoints at every step (K+1, ...)
-    (not kept in training: they would cost one state per step of memory).
+    Returns a(0), the per-layer gradients (L, ...), if `keep_adjoints` the adjoints at every step (K+1, ...)
+    (not kept in training: they would cost one state per step of memory), and the counts (K, K, 0).
     """
     layers, steps_per_layer = discretisation.grid.layers, discretisation.stepping.steps_per_layer
     h = discretisation.grid.dt / steps_per_layer
@@ -105,7 +116,8 @@ def euler_backward(field: AbstractAnalyticField, xs: Array, a_final: Array, disc
 
     a0, (grads, adjoints) = lax.scan(step, a_final, jnp.arange(xs.shape[0] - 1), reverse=True)
     per_layer = jax.tree_util.tree_map(lambda g: jnp.sum(g.reshape(layers, steps_per_layer, *g.shape[1:]), 1), grads)
-    return a0, per_layer, _with_final(adjoints, a_final)
+    steps = xs.shape[0] - 1
+    return a0, per_layer, _with_final(adjoints, a_final), jnp.array([steps, steps, 0])
 
 
 def _with_final(adjoints: Array | None, a_final: Array) -> Array | None:
@@ -113,38 +125,40 @@ def _with_final(adjoints: Array | None, a_final: Array) -> Array | None:
 
 
 def _layer_solve(field: AbstractAnalyticField, solver: diffrax.AbstractSolver, stepping: AbstractStepping
-                 ) -> Callable[[Array, Array, Array, LayerParams], tuple[Array, LayerParams]]:
+                 ) -> Callable[[Array, Array, Array, LayerParams], tuple[Array, LayerParams, Array]]:
     """One layer of the continuous backward pass: dx/dt = F, da/dt = -a dF/dx, dG/dt = -a dF/dq from t_{l+1} down
-    to t_l (`ts`, decreasing); returns a(t_l) and G, the layer's gradient integrals."""
+    to t_l (`ts`, decreasing); returns a(t_l), G (the layer's gradient integrals) and the solve's counts."""
     def rhs(t: Array, state: tuple[Array, Array, LayerParams], p: LayerParams) -> tuple[Array, Array, LayerParams]:
         x, a, _ = state
         dens = field.vjp_params(x, a)
         return field.rhs(p, x), -field.vjp_state(p, x, a), jax.tree_util.tree_map(jnp.negative, dens)
 
-    def run(x_end: Array, a_end: Array, ts: Array, p: LayerParams) -> tuple[Array, LayerParams]:
+    def run(x_end: Array, a_end: Array, ts: Array, p: LayerParams) -> tuple[Array, LayerParams, Array]:
         zero = jax.tree_util.tree_map(jnp.zeros_like, p)
         if isinstance(stepping, AdaptiveSteps):
-            controller: Any = stepping.controller(None)
+            controller: Any = CountingController.around(stepping.controller(None), solver)
             max_steps = stepping.max_steps
         else:
             controller, max_steps = diffrax.StepTo(ts=ts), stepping.steps_per_layer
         sol = diffrax.diffeqsolve(diffrax.ODETerm(rhs), solver, ts[0], ts[-1], None, (x_end, a_end, zero), args=p,
+                                  saveat=diffrax.SaveAt(t1=True, controller_state=True),
                                   stepsize_controller=controller, max_steps=max_steps,
                                   adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=1))
         _, a_start, grads = jax.tree_util.tree_map(lambda y: y[-1], sol.ys)
-        return a_start, grads
+        counts = solve_counts(sol, solver)
+        return a_start, grads, jnp.stack([counts["nfe"], counts["steps_accepted"], counts["steps_rejected"]])
 
     return run
 
 
 def continuous_backward(field: AbstractAnalyticField, xs: Array, a_final: Array, discretisation: Discretisation,
                         strategy: AnalyticAdjoint, keep_adjoints: bool = False
-                        ) -> tuple[Array, LayerParams, Array | None]:
+                        ) -> tuple[Array, LayerParams, Array | None, Array]:
     """The continuous adjoint (eqs 62/63/76) and gradient integrals (eqs 65, 66, 71, 77, 78), layer by layer.
 
     xs: (L+1, ...) states at the layer boundaries; a_final = dL/dx(T). On layer l the backward system is solved
     with diffrax from t_{l+1} (x = xs[l+1], a, G = 0) down to t_l (`_layer_solve`). Returns a(0), per-layer
-    gradients and, if `keep_adjoints`, a(t_l).
+    gradients, if `keep_adjoints` a(t_l), and the counts summed over the layers.
     """
     layers = discretisation.grid.layers
     stepping = strategy.backward_stepping or discretisation.stepping
@@ -153,14 +167,14 @@ def continuous_backward(field: AbstractAnalyticField, xs: Array, a_final: Array,
     points = discretisation.grid.step_times(steps)
     layer_points = np.stack([points[l * steps:(l + 1) * steps + 1][::-1] for l in range(layers)])  # (L, s+1)
 
-    def layer(a_end: Array, inputs: tuple[Array, Array]) -> tuple[Array, tuple[LayerParams, Array | None]]:
+    def layer(a_end: Array, inputs: tuple[Array, Array]) -> tuple[Array, tuple[LayerParams, Array | None, Array]]:
         l, ts = inputs
-        a_start, grads = run(xs[l + 1], a_end, ts, field.layer_params(l))
-        return a_start, (grads, a_start if keep_adjoints else None)
+        a_start, grads, counts = run(xs[l + 1], a_end, ts, field.layer_params(l))
+        return a_start, (grads, a_start if keep_adjoints else None, counts)
 
     inputs = (jnp.arange(layers), jnp.asarray(layer_points, dtype=xs.dtype))
-    a0, (per_layer, adjoints) = lax.scan(layer, a_final, inputs, reverse=True)
-    return a0, per_layer, _with_final(adjoints, a_final)
+    a0, (per_layer, adjoints, counts) = lax.scan(layer, a_final, inputs, reverse=True)
+    return a0, per_layer, _with_final(adjoints, a_final), jnp.sum(counts, axis=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,31 +192,34 @@ def _final_only(sol: diffrax.Solution) -> diffrax.Solution:
     return eqx.tree_at(lambda s: (s.ts, s.ys), sol, (sol.ts[-1:], sol.ys[-1:]))
 
 
+VjpArg = tuple[AbstractAnalyticField, Array, BackwardCounter]
+
+
 @eqx.filter_custom_vjp
-def _solve_stored(vjp_arg: tuple[AbstractAnalyticField, Array], discretisation: Discretisation,
-                  strategy: AnalyticAdjoint) -> diffrax.Solution:
-    field, x0 = vjp_arg
+def _solve_stored(vjp_arg: VjpArg, discretisation: Discretisation, strategy: AnalyticAdjoint) -> diffrax.Solution:
+    field, x0, _ = vjp_arg
     return _final_only(_forward(field, x0, discretisation, strategy))
 
 
 @_solve_stored.def_fwd
-def _solve_stored_fwd(perturbed: Any, vjp_arg: tuple[AbstractAnalyticField, Array], discretisation: Discretisation,
-                      strategy: AnalyticAdjoint) -> tuple[diffrax.Solution, Array]:
+def _solve_stored_fwd(perturbed: Any, vjp_arg: VjpArg, discretisation: Discretisation, strategy: AnalyticAdjoint
+                      ) -> tuple[diffrax.Solution, Array]:
     del perturbed
-    field, x0 = vjp_arg
+    field, x0, _ = vjp_arg
     sol = _forward(field, x0, discretisation, strategy)
     return _final_only(sol), sol.ys
 
 
 @_solve_stored.def_bwd
-def _solve_stored_bwd(xs: Array, grad_obj: diffrax.Solution, perturbed: Any,
-                      vjp_arg: tuple[AbstractAnalyticField, Array], discretisation: Discretisation,
-                      strategy: AnalyticAdjoint) -> tuple[AbstractAnalyticField, Array]:
+def _solve_stored_bwd(xs: Array, grad_obj: diffrax.Solution, perturbed: Any, vjp_arg: VjpArg,
+                      discretisation: Discretisation, strategy: AnalyticAdjoint
+                      ) -> tuple[AbstractAnalyticField, Array, BackwardCounter]:
+    """Gradients of the field and x0, and the backward pass's counts as the `BackwardCounter`'s cotangent."""
     del perturbed
-    field, _ = vjp_arg
+    field, _, counter = vjp_arg
     a_final = grad_obj.ys[-1] if grad_obj.ys is not None else jnp.zeros_like(xs[-1])
-    a0, per_layer, _ = strategy.backward(field, xs, a_final, discretisation)
-    return field.fold_gradients(per_layer), a0
+    a0, per_layer, _, counts = strategy.backward(field, xs, a_final, discretisation)
+    return field.fold_gradients(per_layer), a0, BackwardCounter(counts.astype(counter.counts.dtype))
 
 
 def _is_t1_only(saveat: diffrax.SaveAt) -> bool:
@@ -222,5 +239,6 @@ def adjoint_on_grid(field: AbstractAnalyticField, x0: Array, loss: Callable[[Arr
     check_analytic(field)
     field.check_layers(discretisation.grid.layers)
     sol = _forward(field, x0, discretisation, strategy)
-    _, _, adjoints = strategy.backward(field, sol.ys, jax.grad(loss)(sol.ys[-1]), discretisation, keep_adjoints=True)
+    _, _, adjoints, _ = strategy.backward(field, sol.ys, jax.grad(loss)(sol.ys[-1]), discretisation,
+                                          keep_adjoints=True)
     return sol.ts, sol.ys, adjoints

@@ -6,6 +6,8 @@ them (`ode_nets.solvers.verlet.reversible_solve`), so activation memory does not
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import diffrax
 from jaxtyping import Array
 
@@ -17,7 +19,13 @@ from ode_nets.strategies._base import AbstractGradientStrategy
 
 
 class Reversible(AbstractGradientStrategy):
-    """Verlet steps on the fixed grid, differentiated by backward reconstruction (a `jax.custom_vjp`)."""
+    """Verlet steps on the fixed grid, differentiated by backward reconstruction (a `jax.custom_vjp`).
+
+    Backward work: per step, the inverse step's two evaluations of F and the VJP of the step (two vector-Jacobian
+    products): one F and one VJP per forward evaluation, counted as `nfe_backward = nfe_forward` ("vjp").
+    """
+
+    backward_counting: ClassVar[str] = "vjp"
 
     def solve(self, field: AbstractField, x0: Array, discretisation: Discretisation, saveat: diffrax.SaveAt,
               args: object = None) -> StepSolution:
