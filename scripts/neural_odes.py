@@ -2,7 +2,7 @@
 
   python scripts/neural_odes.py flip --out docs/figures/anode_flip.png         # g(x) = -x: NODE vs ANODE
   python scripts/neural_odes.py flow runs/circles_node runs/circles_anode --out docs/figures/circles_flows.png
-  python scripts/neural_odes.py compare runs/A runs/B ... [--out curves.png]  # table: accuracy, NFE, wall time
+  python scripts/neural_odes.py compare runs/A runs/B ... [--out curves.png] [--epoch N]  # table: accuracy, NFE, wall time
   python scripts/neural_odes.py timing --config configs/mnist_odenet.yaml --steps 20 [key.sub=value ...]
 """
 
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     compare = sub.add_parser("compare", help="markdown table (and curves) of finished runs")
     compare.add_argument("runs", type=Path, nargs="+")
     compare.add_argument("--out", type=Path, default=None, help="PNG of loss and NFE curves")
+    compare.add_argument("--epoch", type=int, default=None,
+                         help="summarise every run after this epoch (its eval record) instead of at its end")
     timing = sub.add_parser("timing", help="time N training steps of a config (no evaluation)")
     timing.add_argument("--config", type=Path, required=True)
     timing.add_argument("--steps", type=int, default=20)
@@ -72,7 +74,7 @@ def run_compare(args: argparse.Namespace) -> None:
     from ode_nets.experiments.neural_odes import run_summary, summary_table
     from ode_nets.plotting.neural_odes import plot_runs
 
-    print(summary_table([run_summary(folder) for folder in args.runs]))
+    print(summary_table([run_summary(folder, args.epoch) for folder in args.runs]))
     if args.out:
         print(plot_runs(args.runs, args.out))
 

@@ -7,6 +7,8 @@ energy and Hutchinson-Frobenius integrals of a linear field; a short ODE-Net tra
 
 from __future__ import annotations
 
+import json
+
 import diffrax
 import equinox as eqx
 import jax
@@ -293,3 +295,27 @@ def test_forward_mode_strategy_gives_the_discrete_gradient_and_trains():
         stepped[s] = jax.tree_util.tree_leaves(eqx.filter(new, eqx.is_inexact_array))
     for a, b in zip(stepped["forward_mode"], stepped["discretize_then_optimize"]):
         assert jnp.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_run_summary_at_an_epoch_of_a_stopped_run(tmp_path):
+    """`neural_odes.py compare --epoch N`: test accuracy from epoch N's eval record, NFE and cross entropy from its
+    logged steps, wall time from the record or (older runs) from the logged throughput; a run without results.json
+    cannot be summarised at its end."""
+    from ode_nets.experiments.neural_odes import run_summary
+
+    lines = [{"kind": "train", "step": 10, "epoch": 0, "ce": 1.0, "nfe_forward": 20.0, "examples_per_sec": 100.0},
+             {"kind": "train", "step": 20, "epoch": 0, "ce": 0.5, "nfe_forward": 30.0, "examples_per_sec": 50.0},
+             {"kind": "eval", "step": 20, "epoch": 1, "test_acc": 0.9},
+             {"kind": "train", "step": 30, "epoch": 1, "ce": 0.2, "nfe_forward": 40.0, "examples_per_sec": 100.0},
+             {"kind": "eval", "step": 30, "epoch": 2, "test_acc": 0.95, "wall_time_s": 7.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    (tmp_path / "config.yaml").write_text("train:\n  batch_size: 10\n")
+    first = run_summary(tmp_path, epoch=1)
+    assert (first["test_acc"], first["train_loss"], first["nfe_forward"]) == (0.9, 0.75, 25.0)
+    assert first["wall_time_s"] == pytest.approx(10 * 10 / 100 + 10 * 10 / 50) and first["parameters"] is None
+    second = run_summary(tmp_path, epoch=2)
+    assert (second["test_acc"], second["nfe_forward"], second["wall_time_s"]) == (0.95, 40.0, 7.0)
+    with pytest.raises(ValueError, match="evaluated epochs: \\[1, 2\\]"):
+        run_summary(tmp_path, epoch=3)
+    with pytest.raises(ValueError, match="--epoch"):
+        run_summary(tmp_path)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import yaml
 from jaxtyping import Array, PRNGKeyArray
 
 from ode_nets.build import build_objective, build_run
@@ -67,19 +68,47 @@ def flow(model: ODENet, x: Array, points: int = 40) -> tuple[np.ndarray, np.ndar
     return times, np.asarray(model.solve(x, diffrax.SaveAt(ts=jnp.asarray(times))).ys)
 
 
-def run_summary(folder: Path) -> dict:
-    """Test accuracy, final train loss, NFE per step (mean over the last epoch's logged steps, forward and
-    backward) and training wall time of a finished run folder."""
+def run_summary(folder: Path, epoch: int | None = None) -> dict:
+    """Test accuracy, train cross entropy and NFE per step (means over the epoch's logged steps, forward and
+    backward) and training wall time of a run folder: at its end (`results.json`), or after `epoch` (1-based, from
+    that epoch's `eval` record, so a run stopped later also counts)."""
     folder = Path(folder)
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    results = json.loads((folder / "results.json").read_text())
+    results_path = folder / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     train = [r for r in records if r.get("kind") == "train"]
-    last = [r for r in train if r["epoch"] == train[-1]["epoch"]]
+    if epoch is None:
+        if "test_acc" not in results:
+            raise ValueError(f"{folder} has no results.json of a finished run; summarise it at an evaluated epoch "
+                             f"with --epoch")
+        epoch, test_acc, wall_time = train[-1]["epoch"] + 1, results["test_acc"], results["train_wall_time_s"]
+    else:
+        evals = {r["epoch"]: r for r in records if r.get("kind") == "eval"}
+        if epoch not in evals:
+            raise ValueError(f"{folder}: no evaluation of epoch {epoch} (evaluated epochs: {sorted(evals)})")
+        test_acc = evals[epoch]["test_acc"]
+        wall_time = evals[epoch].get("wall_time_s") or logged_training_time(train, epoch, batch_size(folder))
+    last = [r for r in train if r["epoch"] == epoch - 1]
     mean = lambda key: float(np.mean([r[key] for r in last if key in r])) if any(key in r for r in last) else None  # noqa: E731
-    return {"run": folder.name, "test_acc": results["test_acc"], "parameters": results["parameters"],
+    return {"run": folder.name, "test_acc": test_acc, "parameters": results.get("parameters"),
             "train_loss": mean("ce"), "nfe_forward": mean("nfe_forward"), "nfe_backward": mean("nfe_backward"),
-            "kinetic": mean("kinetic"), "jacobian": mean("jacobian"), "wall_time_s": results["train_wall_time_s"],
-            "epochs": train[-1]["epoch"] + 1}
+            "kinetic": mean("kinetic"), "jacobian": mean("jacobian"), "wall_time_s": wall_time, "epochs": epoch}
+
+
+def batch_size(folder: Path) -> int:
+    """train.batch_size of the run's saved `config.yaml`."""
+    return int(yaml.safe_load((Path(folder) / "config.yaml").read_text())["train"]["batch_size"])
+
+
+def logged_training_time(train: list[dict], epoch: int, batch: int) -> float:
+    """Training time of the first `epoch` epochs from the logged throughput (runs whose evaluations predate the
+    `wall_time_s` field): the steps between logged records x batch / examples per second; evaluations excluded."""
+    seconds, previous = 0.0, 0
+    for r in train:
+        if r["epoch"] < epoch:
+            seconds += (r["step"] - previous) * batch / r["examples_per_sec"]
+        previous = r["step"]
+    return seconds
 
 
 def summary_table(summaries: list[dict]) -> str:
@@ -87,11 +116,12 @@ def summary_table(summaries: list[dict]) -> str:
     def fmt(value: object, spec: str) -> str:
         return "–" if value is None else format(value, spec)
 
-    lines = ["| run | parameters | test accuracy | train cross entropy (last epoch) | NFE forward / backward per step "
-             "(last epoch) | train wall time |", "|---|---|---|---|---|---|"]
+    lines = ["| run | epochs | parameters | test accuracy | train cross entropy (last epoch) | NFE forward / backward "
+             "per step (last epoch) | train wall time |", "|---|---|---|---|---|---|---|"]
     for s in summaries:
-        lines.append(f"| {s['run']} | {s['parameters']:,} | {100 * s['test_acc']:.1f} % | {fmt(s['train_loss'], '.3f')} "
-                     f"| {fmt(s['nfe_forward'], '.0f')} / {fmt(s['nfe_backward'], '.0f')} | {s['wall_time_s']:.0f} s |")
+        lines.append(f"| {s['run']} | {s['epochs']} | {fmt(s['parameters'], ',')} | {100 * s['test_acc']:.2f} % "
+                     f"| {fmt(s['train_loss'], '.3f')} | {fmt(s['nfe_forward'], '.0f')} / {fmt(s['nfe_backward'], '.0f')} "
+                     f"| {s['wall_time_s']:.0f} s |")
     return "\n".join(lines)
 
 

@@ -238,12 +238,15 @@ class _Trainer:
         self.window = (time.time(), 0)
 
     def end_epoch(self, epoch: int) -> None:
-        """The `eval` record of the epoch (train, validation, test metrics), printed, and a checkpoint."""
+        """The `eval` record of the epoch (train, validation, test metrics; `wall_time_s`: the run's wall time up to
+        this evaluation, earlier evaluations included), printed, and a checkpoint."""
+        wall_time = self.elapsed()
         metrics = split_metrics(self.model, self.data, self.options.eval_batch_size, self.options.eval_train_examples)
-        record = {"kind": "eval", "step": self.step, "epoch": epoch + 1, **metrics}
+        record = {"kind": "eval", "step": self.step, "epoch": epoch + 1, **metrics, "wall_time_s": wall_time}
         self.log.write(record)
         print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                                  for k, v in record.items() if k not in ("kind", "step", "epoch")))
+                                                  for k, v in record.items()
+                                                  if k not in ("kind", "step", "epoch", "wall_time_s")))
         self.save(Position(self.step, epoch + 1, 0))
 
     def intact(self) -> str:
