@@ -21,7 +21,7 @@ import ode_nets as on
 from ode_nets.build import build_model, build_objective
 from ode_nets.config import from_dict
 from ode_nets.fields import MLPField, ODENetConvField, PiecewiseLinear
-from ode_nets.fields.neural_ode import GroupNorm
+from ode_nets.fields.neural_ode import GroupNorm, norm_groups
 from ode_nets.solvers import CountingController, solve_counts
 from ode_nets.strategies import BackwardCounter, CountingBacksolveAdjoint
 from ode_nets.data.circles import make_circles
@@ -103,6 +103,15 @@ def test_group_norm_and_odenet_field():
     y = jnp.ones((4, 3))
     assert float(jnp.max(jnp.abs(mlp(0.0, y) - mlp(1.0, y)))) > 1e-4
     assert float(jnp.max(jnp.abs(MLPField.init((3,), params, jax.random.PRNGKey(2))(0.5, y)))) == 0.0
+
+
+def test_group_norm_groups_keep_at_least_two_channels():
+    """Chen's 64 channels: 32 groups (min(32, C)); fewer channels: groups of >= 2 channels that divide C (an
+    augmented channel included), so the head's GroupNorm -> ReLU -> average pool does not standardise each channel
+    on its own."""
+    assert [norm_groups(c) for c in (64, 128, 32, 8, 33, 65, 2, 1)] == [32, 32, 16, 4, 11, 13, 1, 1]
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 33, 3, 3))
+    assert GroupNorm.init(33)(x).shape == x.shape
 
 
 def test_chen_odenet_has_about_0_22m_parameters():
