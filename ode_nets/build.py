@@ -60,7 +60,7 @@ def build_stepping(solver: SolverConfig, method: str | None = None, rtol: float 
     """Adaptive (PID at rtol/atol) for a solver registered as adaptive, else fixed steps on the layer grid."""
     if SOLVERS[method or solver.method].adaptive:
         return AdaptiveSteps(rtol=rtol or solver.rtol, atol=atol or solver.atol, max_steps=solver.max_steps,
-                             steps_per_layer=solver.steps_per_layer)
+                             steps_per_layer=solver.steps_per_layer, seminorm=solver.seminorm)
     return FixedSteps(steps_per_layer=solver.steps_per_layer)
 
 

@@ -85,6 +85,7 @@ class SolverConfig:
     rtol: float = 1e-3  # adaptive methods only
     atol: float = 1e-6
     max_steps: int = 4096  # adaptive methods: a solve that needs more steps raises an error
+    seminorm: bool = False  # adaptive methods: error control on x (and a_x backwards) only, not on integrals
 
     def __post_init__(self) -> None:
         require(self.steps_per_layer > 0, "solver.steps_per_layer", f"must be > 0, got {self.steps_per_layer}")

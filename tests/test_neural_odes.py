@@ -23,6 +23,7 @@ from ode_nets.config import from_dict
 from ode_nets.fields import MLPField, ODENetConvField, PiecewiseLinear
 from ode_nets.fields.neural_ode import GroupNorm, norm_groups
 from ode_nets.solvers import CountingController, solve_counts
+from ode_nets.solvers.stepping import adjoint_seminorm, state_seminorm
 from ode_nets.strategies import BackwardCounter, CountingBacksolveAdjoint
 from ode_nets.data.circles import make_circles
 from ode_nets.training import Objective, value_and_grad
@@ -234,6 +235,38 @@ def test_kinetic_and_jacobian_regularisers_match_closed_forms(x64):
     np.testing.assert_allclose(forward.kinetic, kinetic, rtol=1e-8)
     np.testing.assert_allclose(forward.jacobian, horizon * jnp.sum((eps @ a) ** 2, 1), rtol=1e-8)
     np.testing.assert_allclose(forward.solution.ys[0][-1], x0 @ jax.scipy.linalg.expm(horizon * a).T, rtol=1e-8)
+
+
+def test_seminorm_leaves_integrals_out_of_error_control(x64):
+    """`solver.seminorm`: forward steps controlled on x only (not E, J), backward on (x, a_x) only (not the
+    parameter gradients): fewer evaluations both ways, x(T) still at the tolerance (closed form e^{AT} x0), and
+    the gradient within the tolerance of the full-norm one."""
+    lam, horizon = 0.7, 1.5
+    a = jnp.array([[-lam, 2.0], [-2.0, -lam]])
+    field = on.CubicField(on.Constant(a), on.Constant(jnp.zeros(2)), 0.0, dt=1.0)
+    x0 = jnp.array([[1.0, 2.0], [-0.5, 0.3], [2.0, -1.0]])
+    exact = x0 @ jax.scipy.linalg.expm(horizon * a).T
+    nfe = {}
+    for seminorm in (False, True):
+        net = on.ODENet(field, diffrax.Dopri5(), on.DiscretizeThenOptimize(), on.Softmax(), grid=on.LayerGrid(
+            horizon, 1), stepping=on.AdaptiveSteps(rtol=1e-6, atol=1e-6, seminorm=seminorm))
+        _, forward = net.forward(x0, probe_key=jax.random.PRNGKey(3))
+        nfe[seminorm] = int(forward.counts["nfe"])
+        np.testing.assert_allclose(forward.solution.ys[0][-1], exact, atol=1e-5)
+    assert nfe[True] < nfe[False]
+    y, mask, grads, backward = jnp.array([0, 1, 1]), jnp.ones(3), [], []
+    objective = Objective(kinetic=0.1, jacobian_frobenius=0.1)
+    for seminorm in (False, True):  # here the backward error is dominated by (x, a_x): fewer rejections only
+        net = on.ODENet(field, diffrax.Dopri5(), on.OptimizeThenDiscretize(), on.Softmax(), grid=on.LayerGrid(
+            horizon, 1), stepping=on.AdaptiveSteps(rtol=1e-9, atol=1e-9, seminorm=seminorm))
+        grads.append(eqx.filter_grad(lambda n: objective(n, x0, y, mask)[0])(net))
+        backward.append(int(backward_counts(net, x0, y, mask, objective)["nfe_backward"]))
+    assert backward[1] < backward[0]
+    flat = [np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(eqx.filter(t, eqx.is_inexact_array))])
+            for t in grads]
+    assert np.linalg.norm(flat[1] - flat[0]) < 1e-6 * np.linalg.norm(flat[0])
+    state = ((jnp.ones(4), jnp.full(2, 1e6)), (jnp.ones(4), jnp.full(2, 1e6)), jnp.full(3, 1e6), jnp.full(5, 1e6))
+    assert float(adjoint_seminorm(state)) == 1.0 and float(state_seminorm(state[0])) == 1.0
 
 
 def test_hutchinson_is_unbiased_for_the_frobenius_norm(x64):

@@ -4,14 +4,24 @@
 
 Fixed steps use `StepTo`, or `LayerSteps` for solvers with a stage at the step end, so that no stage reads the
 next layer's parameters. Depth is a `lax` loop inside diffrax: compile time does not grow with L.
+
+Adaptive error control with `seminorm` (Kidger, Chen & Lyons 2021, "Hey, that's not an ODE"; torchdiffeq's
+`adjoint_options=dict(norm="seminorm")`): only the components that feed back into the dynamics are error-controlled,
+x forwards (not the regulariser integrals of a `Regularised` state (x, E, J)) and (x, a_x) backwards (not the
+parameter-gradient integrals of diffrax's backsolve state (y, a_y, a_args, a_terms)). Integrals whose values never
+enter the right-hand side cannot make the solution of x inaccurate, only themselves.
 """
 
 import abc
 from typing import ClassVar
 
+from typing import Any
+
 import diffrax
 import equinox as eqx
 import numpy as np
+import optimistix as optx
+from jaxtyping import Array
 
 from ode_nets.fields.time_params import LayerGrid, has_jumps
 from ode_nets.solvers.counting import CountingController
@@ -73,18 +83,38 @@ class FixedSteps(AbstractStepping):
         return diffrax.StepTo(ts=backward_grid(step_ts))
 
 
+def dynamic_part(state: Any) -> Any:
+    """The part of a state that its right-hand side reads: x of a tuple (x, integrals...), else the whole state."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+def state_seminorm(state: Any) -> Array:
+    """RMS norm of the forward state's x only (a `Regularised` state's integrals E, J excluded)."""
+    return optx.rms_norm(dynamic_part(state))
+
+
+def adjoint_seminorm(state: tuple[Any, Any, Any, Any]) -> Array:
+    """RMS norm of (x, a_x) of diffrax's backsolve state (y, a_y, a_args, a_terms): the parameter-gradient
+    integrals a_args, a_terms and the regulariser parts excluded (`diffrax.adjoint_rms_seminorm`, also for
+    augmented states)."""
+    y, a_y, _, _ = state
+    return optx.rms_norm((dynamic_part(y), dynamic_part(a_y)))
+
+
 class AdaptiveSteps(AbstractStepping):
     """A PID controller at tolerances `rtol`, `atol`, its steps clipped at the parameter jumps; a solve that needs
-    more than `max_steps` steps fails. `steps_per_layer` is the grid a fixed-step backward solver would use."""
+    more than `max_steps` steps fails. `steps_per_layer` is the grid a fixed-step backward solver would use.
+    `seminorm`: error control on x (forwards) and (x, a_x) (backwards) only (module docstring)."""
 
     rtol: float = eqx.field(static=True, default=1e-3)
     atol: float = eqx.field(static=True, default=1e-6)
     max_steps: int = eqx.field(static=True, default=4096)
     steps_per_layer: int = eqx.field(static=True, default=1)
+    seminorm: bool = eqx.field(static=True, default=False)
     adaptive: ClassVar[bool] = True
 
-    def controller(self, jump_ts: np.ndarray | None) -> Controller:
-        pid = diffrax.PIDController(rtol=self.rtol, atol=self.atol)
+    def controller(self, jump_ts: np.ndarray | None, norm: Any = optx.rms_norm) -> Controller:
+        pid = diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=norm)
         return pid if jump_ts is None else diffrax.ClipStepSizeController(pid, jump_ts=jump_ts)
 
     def forward(self, solver: diffrax.AbstractSolver, step_ts: np.ndarray, jump_ts: np.ndarray | None
@@ -93,11 +123,13 @@ class AdaptiveSteps(AbstractStepping):
         tableau = getattr(solver, "tableau", None)
         if tableau is not None and not np.any(tableau.b_error):
             raise ValueError(f"{type(solver).__name__} has no embedded error estimate: use FixedSteps")
-        return CountingController.around(self.controller(jump_ts), solver), None, self.max_steps
+        norm = state_seminorm if self.seminorm else optx.rms_norm
+        return CountingController.around(self.controller(jump_ts, norm), solver), None, self.max_steps
 
     def backward(self, solver: diffrax.AbstractSolver, step_ts: np.ndarray, jump_ts: np.ndarray | None) -> Controller:
         """The PID of `controller`, its field evaluations counted (`CountingController`)."""
-        return CountingController.around(self.controller(jump_ts), solver)
+        norm = adjoint_seminorm if self.seminorm else optx.rms_norm
+        return CountingController.around(self.controller(jump_ts, norm), solver)
 
 
 class Discretisation(eqx.Module):
