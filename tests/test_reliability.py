@@ -57,7 +57,7 @@ def records(folder: Path) -> list[dict]:
 
 def stable_metrics(folder: Path) -> list[dict]:
     """metrics.jsonl without wall-clock fields and without the records of interruptions and resumes."""
-    return [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in records(folder)
+    return [{k: v for k, v in r.items() if k not in ("examples_per_sec", "wall_time_s")} for r in records(folder)
             if r["kind"] not in ("resume", "interrupted")]
 
 
