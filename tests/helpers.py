@@ -25,6 +25,14 @@ def float64() -> Iterator[None]:
         jax.config.update("jax_enable_x64", previous)
 
 
+WALL_CLOCK_FIELDS = ("examples_per_sec", "wall_time_s")  # metrics.jsonl fields that differ between identical runs
+
+
+def without_wall_clock(records: list[dict]) -> list[dict]:
+    """metrics.jsonl records without their wall-clock fields (for bit-identical run comparisons)."""
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in records]
+
+
 def trainable_leaves(tree: Any) -> list:
     """The floating-point array leaves (what an optimizer sees), in tree order."""
     return jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))

@@ -350,7 +350,7 @@ def test_run_summary_at_an_epoch_of_a_stopped_run(tmp_path):
              {"kind": "eval", "step": 20, "epoch": 1, "test_acc": 0.9},
              {"kind": "train", "step": 30, "epoch": 1, "ce": 0.2, "nfe_forward": 40.0, "examples_per_sec": 100.0},
              {"kind": "eval", "step": 30, "epoch": 2, "test_acc": 0.95, "wall_time_s": 7.0}]
-    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     (tmp_path / "config.yaml").write_text("train:\n  batch_size: 10\n")
     first = run_summary(tmp_path, epoch=1)
     assert (first["test_acc"], first["train_loss"], first["nfe_forward"]) == (0.9, 0.75, 25.0)

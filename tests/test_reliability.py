@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import without_wall_clock
 from ode_nets.training import checkpoint as ckpt
 from ode_nets.config import load_config
 from ode_nets.data import DataError, Dataset, Split
@@ -57,8 +58,7 @@ def records(folder: Path) -> list[dict]:
 
 def stable_metrics(folder: Path) -> list[dict]:
     """metrics.jsonl without wall-clock fields and without the records of interruptions and resumes."""
-    return [{k: v for k, v in r.items() if k not in ("examples_per_sec", "wall_time_s")} for r in records(folder)
-            if r["kind"] not in ("resume", "interrupted")]
+    return without_wall_clock([r for r in records(folder) if r["kind"] not in ("resume", "interrupted")])
 
 
 def final_results(folder: Path) -> dict:

@@ -10,6 +10,7 @@ import optax
 import pytest
 import yaml
 
+from helpers import without_wall_clock
 from ode_nets.data import Dataset, Split
 from ode_nets.data.circles import make_circles
 from ode_nets.errors import ConfigError, RunDirError, TrainingError
@@ -74,8 +75,7 @@ def test_fit_options_and_resume_are_bit_identical(tmp_path):
                   resume=True, progress=False)
     assert resumed["name"] == "tiny"
     assert (tmp_path / "full" / "model.eqx").read_bytes() == (tmp_path / "part" / "model.eqx").read_bytes()
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("examples_per_sec", "wall_time_s")} for r in rs  # noqa: E731
-                        if r["kind"] != "resume"]
+    strip = lambda rs: without_wall_clock([r for r in rs if r["kind"] != "resume"])  # noqa: E731
     assert strip(records(tmp_path / "full")) == strip(records(tmp_path / "part"))
     resume = [r for r in records(tmp_path / "part") if r["kind"] == "resume"]
     assert resume == [{"kind": "resume", "step": 8, "checkpoint": "ckpt-000000008.eqx", "skipped": []}]

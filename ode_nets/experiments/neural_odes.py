@@ -4,7 +4,6 @@ augmented one can (Dupont, Doucet & Teh 2019, §3), and the summary of finished 
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -15,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
 from jaxtyping import Array, PRNGKeyArray
 
 from ode_nets.build import build_objective, build_run
@@ -26,6 +24,7 @@ from ode_nets.models import ODENet, Softmax
 from ode_nets.solvers import AdaptiveSteps
 from ode_nets.strategies import DiscretizeThenOptimize
 from ode_nets.training.counting import backward_counts, counts_backward_solve
+from ode_nets.training.run_dir import RunDir
 from ode_nets.training.step import train_step
 
 
@@ -72,10 +71,9 @@ def run_summary(folder: Path, epoch: int | None = None) -> dict:
     """Test accuracy, train cross entropy and NFE per step (means over the epoch's logged steps, forward and
     backward) and training wall time of a run folder: at its end (`results.json`), or after `epoch` (1-based, from
     that epoch's `eval` record, so a run stopped later also counts)."""
-    folder = Path(folder)
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    results_path = folder / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    run = RunDir(folder)
+    records = run.read_metrics()
+    results = run.read_results() if run.results_path.is_file() else {}
     train = [r for r in records if r.get("kind") == "train"]
     if epoch is None:
         if "test_acc" not in results:
@@ -87,17 +85,13 @@ def run_summary(folder: Path, epoch: int | None = None) -> dict:
         if epoch not in evals:
             raise ValueError(f"{folder}: no evaluation of epoch {epoch} (evaluated epochs: {sorted(evals)})")
         test_acc = evals[epoch]["test_acc"]
-        wall_time = evals[epoch].get("wall_time_s") or logged_training_time(train, epoch, batch_size(folder))
+        batch = int(run.read_config()["train"]["batch_size"])
+        wall_time = evals[epoch].get("wall_time_s") or logged_training_time(train, epoch, batch)
     last = [r for r in train if r["epoch"] == epoch - 1]
     mean = lambda key: float(np.mean([r[key] for r in last if key in r])) if any(key in r for r in last) else None  # noqa: E731
-    return {"run": folder.name, "test_acc": test_acc, "parameters": results.get("parameters"),
+    return {"run": run.path.name, "test_acc": test_acc, "parameters": results.get("parameters"),
             "train_loss": mean("ce"), "nfe_forward": mean("nfe_forward"), "nfe_backward": mean("nfe_backward"),
             "kinetic": mean("kinetic"), "jacobian": mean("jacobian"), "wall_time_s": wall_time, "epochs": epoch}
-
-
-def batch_size(folder: Path) -> int:
-    """train.batch_size of the run's saved `config.yaml`."""
-    return int(yaml.safe_load((Path(folder) / "config.yaml").read_text())["train"]["batch_size"])
 
 
 def logged_training_time(train: list[dict], epoch: int, batch: int) -> float:

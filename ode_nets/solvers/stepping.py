@@ -13,9 +13,7 @@ enter the right-hand side cannot make the solution of x inaccurate, only themsel
 """
 
 import abc
-from typing import ClassVar
-
-from typing import Any
+from typing import Any, ClassVar
 
 import diffrax
 import equinox as eqx

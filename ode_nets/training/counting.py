@@ -8,8 +8,9 @@ a dF/dx and a dF/dq per step, eq 112; otherwise the layer solves of the backward
 `BackwardCounter` cotangent as the backward solve below. A backward *solve* (`optimize_then_discretize`, diffrax's
 `BacksolveAdjoint`) chooses its own steps and diffrax does not return their stats; `backward_counts` runs one extra
 forward and backward pass on the logged batch with a `BackwardCounter` as the solve's `args`, whose cotangent carries
-the backward solve's evaluation and step counts (`CountingBacksolveAdjoint`, evaluations counted by its `CountingController`). Each of its evaluations is
-one F and one vector-Jacobian product (the augmented adjoint system).
+the backward solve's evaluation and step counts (`CountingBacksolveAdjoint`, evaluations counted by its
+`CountingController`). Each of its evaluations is one F and one vector-Jacobian product (the augmented adjoint
+system).
 """
 
 from __future__ import annotations
