@@ -13,6 +13,7 @@ from helpers import net_from_config
 from ode_nets.build import with_model
 from ode_nets.config import from_dict
 from ode_nets.fields.cubic import CONV_IMPLS, ConvCubicField, conv3x3_xla
+from ode_nets.fields.time_params import ParamInit
 from ode_nets.losses import cross_entropy, smoothness
 from ode_nets.models import count_parameters
 
@@ -50,6 +51,20 @@ def test_conv_impls_match_reference(impl):
     out = np.asarray(CONV_IMPLS[impl](jnp.asarray(x), jnp.asarray(shift)))
     np.testing.assert_array_equal(out[..., 1:, :-1], x[..., :-1, 1:])
     np.testing.assert_array_equal(out[..., 0, :], 0.0)
+
+
+@pytest.mark.parametrize("impl", sorted(FLOAT64_IMPLS))
+def test_weight_density_is_eq_77(impl):
+    """dL/dkappa~ density sum_j a_{o,j} x_{c,j+p} (eq 77), written out with NumPy loops over the offsets p."""
+    rng = np.random.default_rng(7)
+    x, a = rng.normal(size=(2, 3, 5, 4)), rng.normal(size=(2, 4, 5, 4))
+    field = ConvCubicField.init((3, 5, 4), ParamInit(layers=2), jax.random.PRNGKey(0), conv_impl=impl)
+    padded = np.pad(x, [(0, 0), (0, 0), (1, 1), (1, 1)])
+    want = np.stack([np.stack([np.einsum("bohw,bchw->oc", a, padded[:, :, i:i + 5, j:j + 4]) for j in range(3)], -1)
+                     for i in range(3)], -2)
+    got = field.weight_density(jnp.asarray(x), jnp.asarray(a))
+    assert got.shape == (4, 3, 3, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_im2col_equals_lax_conv_with_gradients():

@@ -321,13 +321,12 @@ class ConvCubicField(AbstractCubicField):
         return CONV_IMPLS[self.conv_impl](a, conv3x3_transpose(weight))
 
     def weight_density(self, x: Array, a: Array) -> Array:
-        """sum_j a_{o,j} x_{c,j+p} (eq 77): one contraction per kernel offset p over the zero-padded x (no 9x
-        patch tensor in memory)."""
-        height, width = x.shape[-2:]
-        padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)])
-        kernel = jnp.stack([jnp.einsum("...ohw,...chw->oc", a, padded[..., i:i + height, j:j + width])
-                            for i in range(3) for j in range(3)], axis=-1)
-        return kernel.reshape(*kernel.shape[:2], 3, 3)
+        """sum_j a_{o,j} x_{c,j+p} (eq 77): the kernel gradient of the convolution x -> kappa * x at cotangent a
+        (bilinear, so its kernel-VJP does not depend on the kernel's value), computed by `conv_impl`'s own
+        kernel-gradient convolution (oneDNN's backward-weights for `onednn`)."""
+        kernel = jnp.zeros((a.shape[self.feature_axis], x.shape[self.feature_axis], 3, 3), a.dtype)
+        _, pullback = jax.vjp(lambda k: CONV_IMPLS[self.conv_impl](x, k), kernel)
+        return pullback(a)[0]
 
     @classmethod
     def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, gamma: float = 0.0,

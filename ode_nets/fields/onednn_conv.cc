@@ -1,7 +1,9 @@
 // 3x3 'SAME' cross-correlation (stride 1, zero padding 1; eq 72 of Ruseckas 2019) through oneDNN, exposed as
 // three XLA FFI handlers on the CPU: forward, backward-data (input gradient) and backward-weights (kernel
-// gradient). XLA's buffers (images NHWC, kernels HWIO, float32) are read and written in place; oneDNN's
-// primitives use their own channel-blocked layouts, reached by cached reorders. Built once per shape and cached. Compiled on first use by ode_nets/fields/onednn_conv.py.
+// gradient). XLA's buffers (images NHWC, kernels HWIO, float32) are read and written in place: the images in
+// NHWC itself where oneDNN has direct kernels for it (`build`), otherwise, like the kernels, through cached
+// reorders into the layouts oneDNN picks. Built once per shape and cached. Compiled on first use by
+// ode_nets/fields/onednn_conv.py.
 
 #include <omp.h>
 
@@ -75,6 +77,7 @@ struct Step {
   int arg_a, arg_b, arg_out;
   Operand a, b, out;
   dnnl::memory scratch;
+  std::string impl;  // oneDNN's implementation name, e.g. "brgconv:avx512_core"
 
   void run(void* data_a, void* data_b, void* data_out) {
     dnnl::stream stream(cpu_engine());
@@ -85,17 +88,19 @@ struct Step {
   }
 };
 
-// Forward, backward-data and backward-weights for one shape. Layouts are left to oneDNN (format `any`): for
-// ~10 channels its channel-blocked kernels are much faster than its NHWC ones (gemm-based for the backward).
-std::array<std::unique_ptr<Step>, 3> build(const Shape& s) {
+using Steps = std::array<std::unique_ptr<Step>, 3>;
+
+// Forward, backward-data and backward-weights for one shape, images in layout `image_tag`, kernels left to
+// oneDNN (format `any`; a kernel is ~1k floats, its reorder is free).
+Steps build_with(const Shape& s, dnnl::memory::format_tag image_tag) {
   using tag = dnnl::memory::format_tag;
   using dt = dnnl::memory::data_type;
   const dnnl::memory::dims strides = {1, 1}, padding = {1, 1};
   const dnnl::memory::dims image = {s[0], s[3], s[1], s[2]}, kernel = {s[4], s[3], 3, 3}, out = {s[0], s[4], s[1], s[2]};
   const dnnl::memory::desc src(image, dt::f32, tag::nhwc), weights(kernel, dt::f32, tag::hwio),
       dst(out, dt::f32, tag::nhwc);
-  const dnnl::memory::desc any_src(image, dt::f32, tag::any), any_weights(kernel, dt::f32, tag::any),
-      any_dst(out, dt::f32, tag::any);
+  const dnnl::memory::desc any_src(image, dt::f32, image_tag), any_weights(kernel, dt::f32, tag::any),
+      any_dst(out, dt::f32, image_tag);
   auto& engine = cpu_engine();
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -109,17 +114,33 @@ std::array<std::unique_ptr<Step>, 3> build(const Shape& s) {
   auto scratch = [&](const auto& pd) { return dnnl::memory(pd.scratchpad_desc(), engine); };
   return {std::unique_ptr<Step>(new Step{dnnl::convolution_forward(fwd), DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST,
                                          Operand(src, fwd.src_desc()), Operand(weights, fwd.weights_desc()),
-                                         Operand(dst, fwd.dst_desc()), scratch(fwd)}),
+                                         Operand(dst, fwd.dst_desc()), scratch(fwd), fwd.impl_info_str()}),
           std::unique_ptr<Step>(new Step{dnnl::convolution_backward_data(bwd_data), DNNL_ARG_DIFF_DST,
                                          DNNL_ARG_WEIGHTS, DNNL_ARG_DIFF_SRC,
                                          Operand(dst, bwd_data.diff_dst_desc()),
                                          Operand(weights, bwd_data.weights_desc()),
-                                         Operand(src, bwd_data.diff_src_desc()), scratch(bwd_data)}),
+                                         Operand(src, bwd_data.diff_src_desc()), scratch(bwd_data),
+                                         bwd_data.impl_info_str()}),
           std::unique_ptr<Step>(new Step{dnnl::convolution_backward_weights(bwd_weights), DNNL_ARG_SRC,
                                          DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS,
                                          Operand(src, bwd_weights.src_desc()),
                                          Operand(dst, bwd_weights.diff_dst_desc()),
-                                         Operand(weights, bwd_weights.diff_weights_desc()), scratch(bwd_weights)})};
+                                         Operand(weights, bwd_weights.diff_weights_desc()), scratch(bwd_weights),
+                                         bwd_weights.impl_info_str()})};
+}
+
+// Images in XLA's own NHWC when oneDNN has direct (jit/brgemm) kernels for it: no reorder of the images at all
+// (on AVX-512 for 10 channels: 0.70 + 0.71 + 1.05 ms per layer, against 0.61 + 0.93 + 2.03 ms plus ~0.5 ms of
+// reorders per call in its channel-blocked layouts; docs/performance.md). Where NHWC would fall back to a
+// gemm-based or reference kernel (80-270x slower on an AVX2 machine), the layouts are left to oneDNN.
+Steps build(const Shape& s) {
+  auto steps = build_with(s, dnnl::memory::format_tag::nhwc);
+  for (const auto& step : steps) {
+    if (step->impl.find("gemm") != std::string::npos || step->impl.find("ref") != std::string::npos) {
+      return build_with(s, dnnl::memory::format_tag::any);
+    }
+  }
+  return steps;
 }
 
 std::mutex cache_mutex;
@@ -127,7 +148,7 @@ std::mutex cache_mutex;
 // Runs step `kind` (0 forward, 1 backward data, 2 backward weights) of the primitives of shape `s`, built on
 // the first call with that shape and cached; one call at a time (the cached buffers are shared).
 ffi::Error run(const Shape& s, int kind, void* a, void* b, void* out) {
-  static std::map<Shape, std::array<std::unique_ptr<Step>, 3>> cache;
+  static std::map<Shape, Steps> cache;
   try {
     std::lock_guard<std::mutex> lock(cache_mutex);
     omp_set_num_threads(threads());  // before `build`: oneDNN fixes a primitive's thread count when it builds it
