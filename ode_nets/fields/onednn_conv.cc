@@ -99,18 +99,19 @@ Steps build_with(const Shape& s, dnnl::memory::format_tag image_tag) {
   const dnnl::memory::dims image = {s[0], s[3], s[1], s[2]}, kernel = {s[4], s[3], 3, 3}, out = {s[0], s[4], s[1], s[2]};
   const dnnl::memory::desc src(image, dt::f32, tag::nhwc), weights(kernel, dt::f32, tag::hwio),
       dst(out, dt::f32, tag::nhwc);
-  const dnnl::memory::desc any_src(image, dt::f32, image_tag), any_weights(kernel, dt::f32, tag::any),
-      any_dst(out, dt::f32, image_tag);
+  // What the primitives are asked for (`any`: oneDNN picks); `src` / `weights` / `dst` are XLA's buffers.
+  const dnnl::memory::desc asked_src(image, dt::f32, image_tag), asked_weights(kernel, dt::f32, tag::any),
+      asked_dst(out, dt::f32, image_tag);
   auto& engine = cpu_engine();
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto algo = dnnl::algorithm::convolution_direct;
-  auto fwd = dnnl::convolution_forward::primitive_desc(engine, dnnl::prop_kind::forward_training, algo, any_src,
-                                                       any_weights, any_dst, strides, padding, padding, attr);
-  auto bwd_data = dnnl::convolution_backward_data::primitive_desc(engine, algo, any_src, any_weights, any_dst,
+  auto fwd = dnnl::convolution_forward::primitive_desc(engine, dnnl::prop_kind::forward_training, algo, asked_src,
+                                                       asked_weights, asked_dst, strides, padding, padding, attr);
+  auto bwd_data = dnnl::convolution_backward_data::primitive_desc(engine, algo, asked_src, asked_weights, asked_dst,
                                                                   strides, padding, padding, fwd, attr);
-  auto bwd_weights = dnnl::convolution_backward_weights::primitive_desc(engine, algo, any_src, any_weights, any_dst,
-                                                                        strides, padding, padding, fwd, attr);
+  auto bwd_weights = dnnl::convolution_backward_weights::primitive_desc(engine, algo, asked_src, asked_weights,
+                                                                        asked_dst, strides, padding, padding, fwd, attr);
   auto scratch = [&](const auto& pd) { return dnnl::memory(pd.scratchpad_desc(), engine); };
   return {std::unique_ptr<Step>(new Step{dnnl::convolution_forward(fwd), DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST,
                                          Operand(src, fwd.src_desc()), Operand(weights, fwd.weights_desc()),
