@@ -31,7 +31,8 @@ from ode_nets.strategies import (STRATEGIES, AbstractDiffraxAdjoint, AbstractGra
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate, fit, predict
 from ode_nets.fields.concat_squash import ConcatSquashField, AutonomousMLPField  # continuous time (docs/continuous_time.md)
 from ode_nets.fields import MLPField, ODENetConvField, PiecewiseLinear, Regularised  # neural ODEs (issue 20)
-from ode_nets.models import STEMS, AbstractStem, DownsamplingStem, IdentityStem, ODENetHead
+from ode_nets.models import STEMS, AbstractStem, ChannelsLastStem, DownsamplingStem, IdentityStem, ODENetHead
+from ode_nets.fields import ChannelsLastConvCubicField  # channels-last state (docs/performance.md)
 from ode_nets.solvers import CountingController, solve_counts
 from ode_nets.strategies import CountingBacksolveAdjoint, DirectAdjoint, ForwardMode
 
@@ -52,4 +53,4 @@ __all__ = [
     "MLPField", "ODENetConvField", "PiecewiseLinear", "Regularised", "STEMS", "AbstractStem", "DownsamplingStem",
     "IdentityStem", "ODENetHead", "CountingController", "solve_counts", "CountingBacksolveAdjoint", "DirectAdjoint", "ForwardMode",
 ]
-__all__ += ["ConcatSquashField", "AutonomousMLPField"]
+__all__ += ["ConcatSquashField", "AutonomousMLPField", "ChannelsLastStem", "ChannelsLastConvCubicField"]

@@ -83,6 +83,10 @@ def build_strategy(gradient: GradientConfig, solver: SolverConfig, train: TrainC
 
 def state_shape(model: ModelConfig, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The ODE state's shape: the (stem's features of the) input with `model.augment` zero features/channels added."""
+    needed = getattr(FIELDS[model.field], "input_stem", None)
+    if needed is not None and model.stem != needed:
+        raise ConfigError(f"model.field {model.field!r} takes its state in another layout: set model.stem: {needed} "
+                          f"(got {model.stem!r})")
     stem = STEMS[model.stem].init(input_shape, model.width, jax.random.PRNGKey(0))
     shape = list(stem.output_shape(input_shape))
     shape[FIELDS[model.field].feature_axis] += model.augment

@@ -59,11 +59,16 @@ class SigmoidLast(AbstractReadout):
         return jnp.stack([last, jnp.zeros_like(last)], axis=-1)
 
 
+def spatial_axes(feature_axis: int) -> tuple[int, ...]:
+    """The two spatial axes of an image state (..., C, H, W) or (..., H, W, C), given its channel axis."""
+    return tuple(axis for axis in (-3, -2, -1) if axis != feature_axis)
+
+
 class MaxPoolSoftmax(AbstractReadout):
     """Global max over space of each channel (§5.2)."""
 
     def __call__(self, x_final: Array, feature_axis: int) -> Array:
-        return jnp.max(x_final, axis=(-2, -1))
+        return jnp.max(x_final, axis=spatial_axes(feature_axis))
 
 
 class LinearSoftmax(AbstractReadout):
@@ -151,7 +156,15 @@ class DownsamplingStem(AbstractStem):
                    Conv.init(width, width, 4, k3, stride=2, padding=1))
 
 
-STEMS: dict[str, type[AbstractStem]] = {"identity": IdentityStem, "odenet_downsample": DownsamplingStem}
+class ChannelsLastStem(AbstractStem):
+    """Images (C, H, W) -> (H, W, C): for fields whose state is channels-last (`conv_cubic_nhwc`)."""
+
+    def __call__(self, x: Array) -> Array:
+        return jnp.moveaxis(x, -3, -1)
+
+
+STEMS: dict[str, type[AbstractStem]] = {"identity": IdentityStem, "odenet_downsample": DownsamplingStem,
+                                        "channels_last": ChannelsLastStem}
 
 
 class Forward(eqx.Module):

@@ -93,9 +93,11 @@ def test_gradients_inside_jitted_scan():
         assert_close(a, b)
 
 
-def conv_net(conv_impl: str, strategy: str):
-    """A 3-layer conv cubic net on 6x6 images (1 + 3 channels) with the same random non-zero parameters."""
-    cfg = from_dict({"model": {"field": "conv_cubic", "layers": 3, "augment": 3, "readout": "max_pool_softmax",
+def conv_net(conv_impl: str, strategy: str, channels_last: bool = False):
+    """A 3-layer conv cubic net on 6x6 images (1 + 3 channels) with the same random non-zero parameters
+    (`channels_last`: the same net with its state in NHWC, `conv_cubic_nhwc` behind the `channels_last` stem)."""
+    layout = {"field": "conv_cubic_nhwc", "stem": "channels_last"} if channels_last else {"field": "conv_cubic"}
+    cfg = from_dict({"model": {**layout, "layers": 3, "augment": 3, "readout": "max_pool_softmax",
                                "learn_gamma": True, "conv_impl": conv_impl}, "gradient": {"strategy": strategy}})
     model = net_from_config(cfg, (1, 6, 6), 4)
     leaves, treedef = jax.tree_util.tree_flatten(eqx.filter(model, eqx.is_inexact_array))
@@ -114,6 +116,22 @@ def test_conv_cubic_net_loss_gradient_equals_xla_split(strategy):
     nets = {impl: conv_net(impl, strategy) for impl in ("onednn", "xla_split")}
     grads = {impl: eqx.filter_jit(eqx.filter_grad(loss))(net) for impl, net in nets.items()}
     got, want = (jax.tree_util.tree_leaves(grads[impl]) for impl in ("onednn", "xla_split"))
+    assert len(got) == len(want) == 3  # kernel, bias, gamma
+    for a, b in zip(got, want):
+        assert_close(a, b)
+
+
+@needs_onednn
+@pytest.mark.parametrize("strategy", ["discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint"])
+def test_channels_last_net_equals_the_channels_first_one(strategy):
+    """conv_cubic_nhwc with oneDNN (no transposes in the solve): the same logits and gradients as conv_cubic."""
+    images = jnp.asarray(np.random.default_rng(8).random((3, 1, 6, 6)), jnp.float32)
+    labels = jnp.array([2, 0, 1])
+    loss = lambda m: cross_entropy(m(images), labels)  # noqa: E731
+    nets = {layout: conv_net("onednn", strategy, layout) for layout in (True, False)}
+    assert_close(nets[True](images), nets[False](images))
+    grads = {layout: eqx.filter_jit(eqx.filter_grad(loss))(net) for layout, net in nets.items()}
+    got, want = (jax.tree_util.tree_leaves(grads[layout]) for layout in (True, False))
     assert len(got) == len(want) == 3  # kernel, bias, gamma
     for a, b in zip(got, want):
         assert_close(a, b)

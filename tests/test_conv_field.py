@@ -12,7 +12,8 @@ import pytest
 from helpers import net_from_config
 from ode_nets.build import with_model
 from ode_nets.config import from_dict
-from ode_nets.fields.cubic import CONV_IMPLS, ConvCubicField, conv3x3_xla
+from ode_nets.errors import ConfigError
+from ode_nets.fields.cubic import CONV_IMPLS, NHWC_CONV_IMPLS, ChannelsLastConvCubicField, ConvCubicField, conv3x3_xla
 from ode_nets.fields.time_params import ParamInit
 from ode_nets.losses import cross_entropy, smoothness
 from ode_nets.models import count_parameters
@@ -65,6 +66,38 @@ def test_weight_density_is_eq_77(impl):
     got = field.weight_density(jnp.asarray(x), jnp.asarray(a))
     assert got.shape == (4, 3, 3, 3)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", sorted(k for k in NHWC_CONV_IMPLS if k != "onednn"))
+def test_channels_last_field_is_the_same_map_transposed(impl):
+    """conv_cubic_nhwc (state (..., H, W, C)) = conv_cubic (state (..., C, H, W)) with the axes moved: the field,
+    its adjoint terms (eqs 76, 77) and the net's logits and gradients (through the channels_last stem)."""
+    rng = np.random.default_rng(3)
+    params = ParamInit(layers=2, init="normal", scale=0.3)
+    first = ConvCubicField.init((3, 5, 4), params, jax.random.PRNGKey(1), gamma=0.1, conv_impl="xla")
+    last = ChannelsLastConvCubicField(first.kernel, first.b, first.gamma, first.dt, conv_impl=impl)
+    x, a = rng.normal(size=(2, 3, 5, 4)), rng.normal(size=(2, 3, 5, 4))
+    to_last = lambda v: jnp.moveaxis(jnp.asarray(v), -3, -1)  # noqa: E731
+    p = first.layer_params(jnp.array(1))
+    np.testing.assert_allclose(last(0.7, to_last(x)), to_last(first(0.7, x)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(last.vjp_state(p, to_last(x), to_last(a)), to_last(first.vjp_state(p, x, a)),
+                               rtol=1e-12, atol=1e-12)
+    for got, want in zip(last.vjp_params(to_last(x), to_last(a)), first.vjp_params(jnp.asarray(x), jnp.asarray(a))):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+    images, labels = jnp.asarray(rng.random((3, 1, 6, 6))), jnp.array([0, 2, 1])
+    nets = [net_from_config(paper_config(init="normal", init_scale=0.2, conv_impl=c, **layout), (1, 6, 6), 10)
+            for c, layout in (("xla", {}), (impl, {"field": "conv_cubic_nhwc", "stem": "channels_last"}))]
+    np.testing.assert_allclose(nets[1](images), nets[0](images), rtol=1e-12, atol=1e-12)
+    loss = lambda m: cross_entropy(m(images), labels) + 0.1 * smoothness(m.field)  # noqa: E731
+    grads = [jax.tree_util.tree_leaves(eqx.filter_grad(loss)(net)) for net in nets]
+    for got, want in zip(*grads):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_channels_last_field_needs_the_channels_last_stem():
+    with pytest.raises(ConfigError, match="model.stem: channels_last"):
+        net_from_config(paper_config(field="conv_cubic_nhwc"), (1, 6, 6), 10)
 
 
 def test_im2col_equals_lax_conv_with_gradients():

@@ -49,17 +49,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class GradientCase:
-    """One gradient setting of the grid (`gradient.strategy`, `gradient.checkpoints`)."""
+    """One gradient setting of the grid (`gradient.strategy`, `gradient.checkpoints`), and for mnist_conv the
+    state layout (`channels_last`: the `conv_cubic_nhwc` field behind the `channels_last` stem, same function)."""
 
     strategy: Strategy = "discretize_then_optimize"
     checkpoints: Optional[int] = None
+    channels_last: bool = False
 
     @property
     def label(self) -> str:
         short = {"discretize_then_optimize": "DTO", "optimize_then_discretize": "OTD"}.get(self.strategy, self.strategy)
+        layout = " NHWC" if self.channels_last else ""
         if self.strategy != "discretize_then_optimize":
-            return short
-        return f"{short} ckpt={'every step' if self.checkpoints is None else self.checkpoints}"
+            return short + layout
+        return f"{short} ckpt={'every step' if self.checkpoints is None else self.checkpoints}{layout}"
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class BenchConfig:
         need(self.conv_impl is None or self.model == "mnist_conv", "conv_impl", "needs model: mnist_conv")
         need(self.threads is None or self.threads > 0, "threads", f"must be > 0 or null, got {self.threads}")
         for i, g in enumerate(self.gradients):
+            need(not g.channels_last or self.model == "mnist_conv", f"gradients[{i}].channels_last",
+                 "needs model: mnist_conv")
             # validated by the experiment schema, so errors name the real key
             experiment_config(self, 20, 8, g, source=f"gradients[{i}]")
 
@@ -121,8 +126,10 @@ def experiment_config(bench: BenchConfig, layers: int, batch_size: int, gradient
     """The experiment `Config` of one case (validated by the experiment schema)."""
     preset = PRESETS[bench.model]
     impl = {} if bench.conv_impl is None else {"conv_impl": bench.conv_impl}  # validated by the schema
-    data = {"name": bench.name, "seed": bench.seed, "model": {**preset["model"], **impl, "layers": layers},
-            "solver": {"method": bench.solver}, "gradient": dataclasses.asdict(gradient),
+    layout = {"field": "conv_cubic_nhwc", "stem": "channels_last"} if gradient.channels_last else {}
+    data = {"name": bench.name, "seed": bench.seed, "model": {**preset["model"], **impl, **layout, "layers": layers},
+            "solver": {"method": bench.solver},
+            "gradient": {"strategy": gradient.strategy, "checkpoints": gradient.checkpoints},
             "loss": {"smoothness": bench.smoothness}, "train": {"batch_size": batch_size}}
     return from_dict(data, source)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from ode_nets.fields._base import AbstractAnalyticField, AbstractField, LayerParams
 from ode_nets.fields.antisymmetric import AntisymmetricField
 from ode_nets.fields.concat_squash import ConcatSquashField, AutonomousMLPField
-from ode_nets.fields.cubic import CONV_IMPLS, AbstractCubicField, ConvCubicField, CubicField, odd_power
+from ode_nets.fields.cubic import (CONV_IMPLS, AbstractConvCubicField, AbstractCubicField, ChannelsLastConvCubicField,
+                                  ConvCubicField, CubicField, odd_power)
 from ode_nets.fields.hamiltonian import HamiltonianField
 from ode_nets.fields.pde_conv import (NORMS, HamiltonianConvField, HyperbolicField, ParabolicField, ResNetConvField,
                                       normalise)
@@ -22,7 +23,8 @@ from ode_nets.fields.time_params import (INTERPOLATIONS, Constant, LayerGrid, Pa
                                          PiecewiseLinear, has_jumps, is_time_param, layer_grid)
 
 FIELDS: dict[str, type[AbstractField]] = {
-    "cubic": CubicField, "conv_cubic": ConvCubicField, "resnet": ResNetField, "single_layer": SingleLayerField,
+    "cubic": CubicField, "conv_cubic": ConvCubicField, "conv_cubic_nhwc": ChannelsLastConvCubicField,
+    "resnet": ResNetField, "single_layer": SingleLayerField,
     "antisymmetric": AntisymmetricField, "hamiltonian": HamiltonianField,
     "parabolic": ParabolicField, "hyperbolic": HyperbolicField, "hamiltonian_conv": HamiltonianConvField,
     "resnet_conv": ResNetConvField,  # PDE-motivated CNNs (Ruthotto & Haber 2020), docs/pde_cnns.md
@@ -37,4 +39,4 @@ __all__ = ["FIELDS", "ACTIVATIONS", "CONV_IMPLS", "AbstractField", "AbstractAnal
            "HamiltonianConvField", "ResNetConvField", "normalise",
            "PiecewiseLinear", "INTERPOLATIONS",
            "ODENetConvField", "MLPField", "GroupNorm", "Conv", "Regularised",
-           "ConcatSquashField", "AutonomousMLPField"]
+           "ConcatSquashField", "AutonomousMLPField", "AbstractConvCubicField", "ChannelsLastConvCubicField"]

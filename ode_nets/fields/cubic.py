@@ -284,17 +284,76 @@ CONV_IMPLS = {"xla": conv3x3_xla, "im2col": conv3x3_im2col, "im2col_nhwc": conv3
               "xla_split": conv3x3_xla_split, "onednn": conv3x3_onednn}
 
 
+def _channels_last(conv_nhwc: Callable[[Array, Array], Array]) -> Callable[[Array, Array], Array]:
+    """An NHWC/HWIO 3x3 convolution as a map of (..., H, W, C) states and OIHW kernels (no state transposes)."""
+    def conv(x: Float[Array, "... H W C"], kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... H W O"]:
+        out = conv_nhwc(x.reshape((-1, *x.shape[-3:])), jnp.transpose(kernel, (2, 3, 1, 0)))
+        return out.reshape((*x.shape[:-1], kernel.shape[0]))
+    return conv
+
+
+NHWC_CONV_IMPLS = {"xla": _channels_last(_conv_nhwc), "xla_split": _channels_last(conv3x3_nhwc_split),
+                   "onednn": _channels_last(conv3x3_onednn_nhwc)}
+
+
 def conv3x3_transpose(kernel: Float[Array, "O C 3 3"]) -> Float[Array, "C O 3 3"]:
     """The kernel of the transposed zero-padded cross-correlation: flipped in space, channel axes swapped."""
     return jnp.swapaxes(kernel[:, :, ::-1, ::-1], 0, 1)
 
 
-class ConvCubicField(AbstractCubicField):
-    """dx/dt = kappa(t) * x + b(t) - gamma x^3 with channels (eq 75), scaled by eq 110.
+class AbstractConvCubicField(AbstractCubicField):
+    """dx/dt = kappa(t) * x + b(t) - gamma x^3 with channels (eq 75), scaled by eq 110, in the state layout of
+    the final subclass (`feature_axis`: -3 for (..., C, H, W), -1 for (..., H, W, C)).
 
-    State `x`: (..., C, H, W). Parameters: kappa~ (L, C, C, 3, 3), b~ (L, C), one bias per channel.
+    Parameters: kappa~ (L, C, C, 3, 3) (OIHW in either layout), b~ (L, C), one bias per channel.
     `conv_impl` picks how the 3x3 convolution is computed (same function; speed, docs/performance.md).
     """
+
+    kernel: eqx.AbstractVar[TimeParam]
+    conv_impl: eqx.AbstractVar[str]
+    conv_impls: ClassVar[dict[str, Callable[[Array, Array], Array]]]
+    config_options: ClassVar[tuple[str, ...]] = ("gamma", "learn_gamma", "mu", "conv_impl")
+
+    def __check_init__(self) -> None:
+        if self.conv_impl not in self.conv_impls:
+            raise ValueError(f"conv_impl {self.conv_impl!r} is not one of {', '.join(self.conv_impls)} "
+                             f"for {type(self).__name__}")
+
+    @property
+    def weight(self) -> TimeParam:
+        return self.kernel
+
+    def conv(self, x: Array, kernel: Float[Array, "O C 3 3"]) -> Array:
+        """The zero-padded 3x3 cross-correlation kappa * x (eq 72) in this field's layout."""
+        return self.conv_impls[self.conv_impl](x, kernel)
+
+    def affine(self, weight: Array, bias: Array, x: Array) -> Array:
+        return self.conv(x, weight) + bias.reshape((-1,) + (1,) * (-self.feature_axis - 1))
+
+    def affine_transpose(self, weight: Array, a: Array) -> Array:
+        """sum_j a_{i-j} kappa~_j (eq 76): the cross-correlation with the transposed kernel."""
+        return self.conv(a, conv3x3_transpose(weight))
+
+    def weight_density(self, x: Array, a: Array) -> Array:
+        """sum_j a_{o,j} x_{c,j+p} (eq 77): the kernel gradient of the convolution x -> kappa * x at cotangent a
+        (bilinear, so its kernel-VJP does not depend on the kernel's value), computed by `conv_impl`'s own
+        kernel-gradient convolution (oneDNN's backward-weights for `onednn`)."""
+        kernel = jnp.zeros((a.shape[self.feature_axis], x.shape[self.feature_axis], 3, 3), a.dtype)
+        _, pullback = jax.vjp(lambda k: self.conv(x, k), kernel)
+        return pullback(a)[0]
+
+    @classmethod
+    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, gamma: float = 0.0,
+             learn_gamma: bool = True, mu: float = 3.0, conv_impl: str = "xla_split") -> "AbstractConvCubicField":
+        """A field for states of shape (C, H, W) / (H, W, C): kappa~ (C, C, 3, 3) and b~ (C,) per layer."""
+        channels = state_shape[cls.feature_axis]
+        kk, kb = jax.random.split(key)
+        return cls(kernel=params.make((channels, channels, 3, 3), kk), b=params.make((channels,), kb),
+                   gamma=make_gamma(gamma, learn_gamma), dt=params.dt, mu=mu, conv_impl=conv_impl)
+
+
+class ConvCubicField(AbstractConvCubicField):
+    """The convolutional cubic field (eq 75) on channels-first states (..., C, H, W)."""
 
     kernel: TimeParam
     b: TimeParam
@@ -303,36 +362,20 @@ class ConvCubicField(AbstractCubicField):
     mu: float = eqx.field(static=True, default=3.0)
     conv_impl: str = eqx.field(static=True, default="xla_split")
     feature_axis: ClassVar[int] = -3
-    config_options: ClassVar[tuple[str, ...]] = ("gamma", "learn_gamma", "mu", "conv_impl")
+    conv_impls: ClassVar[dict[str, Callable[[Array, Array], Array]]] = CONV_IMPLS
 
-    def __check_init__(self) -> None:
-        if self.conv_impl not in CONV_IMPLS:
-            raise ValueError(f"conv_impl {self.conv_impl!r} is not one of {', '.join(CONV_IMPLS)}")
 
-    @property
-    def weight(self) -> TimeParam:
-        return self.kernel
+class ChannelsLastConvCubicField(AbstractConvCubicField):
+    """The same field (eq 75) on channels-last states (..., H, W, C), the layout the convolutions run in: no
+    transposes around them inside the solve (docs/performance.md). Needs `model.stem: channels_last`, which
+    moves the images' channel axis last before the ODE block."""
 
-    def affine(self, weight: Array, bias: Array, x: Array) -> Array:
-        return CONV_IMPLS[self.conv_impl](x, weight) + bias[:, None, None]
-
-    def affine_transpose(self, weight: Array, a: Array) -> Array:
-        """sum_j a_{i-j} kappa~_j (eq 76): the cross-correlation with the transposed kernel."""
-        return CONV_IMPLS[self.conv_impl](a, conv3x3_transpose(weight))
-
-    def weight_density(self, x: Array, a: Array) -> Array:
-        """sum_j a_{o,j} x_{c,j+p} (eq 77): the kernel gradient of the convolution x -> kappa * x at cotangent a
-        (bilinear, so its kernel-VJP does not depend on the kernel's value), computed by `conv_impl`'s own
-        kernel-gradient convolution (oneDNN's backward-weights for `onednn`)."""
-        kernel = jnp.zeros((a.shape[self.feature_axis], x.shape[self.feature_axis], 3, 3), a.dtype)
-        _, pullback = jax.vjp(lambda k: CONV_IMPLS[self.conv_impl](x, k), kernel)
-        return pullback(a)[0]
-
-    @classmethod
-    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, gamma: float = 0.0,
-             learn_gamma: bool = True, mu: float = 3.0, conv_impl: str = "xla_split") -> "ConvCubicField":
-        """A field for states of shape (C, H, W): kappa~ (C, C, 3, 3) and b~ (C,) per layer."""
-        channels = state_shape[0]
-        kk, kb = jax.random.split(key)
-        return cls(kernel=params.make((channels, channels, 3, 3), kk), b=params.make((channels,), kb),
-                   gamma=make_gamma(gamma, learn_gamma), dt=params.dt, mu=mu, conv_impl=conv_impl)
+    kernel: TimeParam
+    b: TimeParam
+    gamma: Array | float
+    dt: float = eqx.field(static=True)
+    mu: float = eqx.field(static=True, default=3.0)
+    conv_impl: str = eqx.field(static=True, default="xla_split")
+    feature_axis: ClassVar[int] = -1
+    conv_impls: ClassVar[dict[str, Callable[[Array, Array], Array]]] = NHWC_CONV_IMPLS
+    input_stem: ClassVar[str] = "channels_last"
