@@ -17,6 +17,7 @@ from typing import Any, Callable
 import diffrax
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import optax
 from jaxtyping import PRNGKeyArray
 
@@ -112,7 +113,25 @@ def build_model(config: Config, input_shape: tuple[int, ...], num_classes: int, 
         check_readout(net, shape, num_classes)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if model.hand_vjp:
+        if "hand_vjp" not in FIELDS[model.field].config_options:
+            raise ConfigError(f"model.hand_vjp: only the cubic fields have hand-derived adjoint terms, not "
+                              f"{model.field!r}")
+        check_reverse_mode(net, input_shape, config.gradient.strategy)
     return net
+
+
+def check_reverse_mode(net: ODENet, input_shape: tuple[int, ...], strategy: str) -> None:
+    """Fail early if the gradient strategy differentiates the field in forward mode, which `model.hand_vjp` (a
+    reverse-mode rule only) cannot (traced abstractly, nothing is computed)."""
+    loss = lambda m: jnp.sum(m(jnp.zeros((1, *input_shape))))  # noqa: E731
+    try:
+        jax.eval_shape(eqx.filter_grad(loss), net)
+    except TypeError as e:
+        if "custom_vjp" not in str(e):
+            raise
+        raise ConfigError(f"model.hand_vjp: gradient.strategy {strategy!r} differentiates the field in forward mode "
+                          "(jvp), which the hand-derived VJP does not provide; set model.hand_vjp: false") from None
 
 
 def build_multistage(config: Config, input_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray

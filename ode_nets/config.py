@@ -55,6 +55,7 @@ class ModelConfig:
     width: int = 0  # hidden width for the resnet field (0: same as the state)
     activation: Activation = "tanh"
     conv_impl: ConvImpl = "xla_split"  # 3x3 conv, eq 72 (docs/performance.md)
+    hand_vjp: bool = False  # cubic fields: reverse mode by the hand-derived eqs 62/76, 65/66/71/77/78 (no jvp)
     norm: Norm = "none"  # N in the PDE-motivated conv fields, sigma(N(K Y + b)) (docs/pde_cnns.md)
     stages: tuple[int, ...] = ()  # multi-stage network: channels of each stage's state (empty: one ODE block)
     interpolation: Interpolation = "constant"  # per-layer parameters: pieces, or linear between knots

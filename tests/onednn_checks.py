@@ -93,12 +93,13 @@ def test_gradients_inside_jitted_scan():
         assert_close(a, b)
 
 
-def conv_net(conv_impl: str, strategy: str, channels_last: bool = False):
+def conv_net(conv_impl: str, strategy: str, channels_last: bool = False, hand_vjp: bool = False):
     """A 3-layer conv cubic net on 6x6 images (1 + 3 channels) with the same random non-zero parameters
     (`channels_last`: the same net with its state in NHWC, `conv_cubic_nhwc` behind the `channels_last` stem)."""
     layout = {"field": "conv_cubic_nhwc", "stem": "channels_last"} if channels_last else {"field": "conv_cubic"}
     cfg = from_dict({"model": {**layout, "layers": 3, "augment": 3, "readout": "max_pool_softmax",
-                               "learn_gamma": True, "conv_impl": conv_impl}, "gradient": {"strategy": strategy}})
+                               "learn_gamma": True, "conv_impl": conv_impl, "hand_vjp": hand_vjp},
+                     "gradient": {"strategy": strategy}})
     model = net_from_config(cfg, (1, 6, 6), 4)
     leaves, treedef = jax.tree_util.tree_flatten(eqx.filter(model, eqx.is_inexact_array))
     keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
@@ -133,6 +134,20 @@ def test_channels_last_net_equals_the_channels_first_one(strategy):
     grads = {layout: eqx.filter_jit(eqx.filter_grad(loss))(net) for layout, net in nets.items()}
     got, want = (jax.tree_util.tree_leaves(grads[layout]) for layout in (True, False))
     assert len(got) == len(want) == 3  # kernel, bias, gamma
+    for a, b in zip(got, want):
+        assert_close(a, b)
+
+
+@needs_onednn
+def test_hand_vjp_channels_last_net_equals_xla_split():
+    """The fastest DTO setting (oneDNN, NHWC state, hand-derived VJP): the gradient of the plain XLA net."""
+    images = jnp.asarray(np.random.default_rng(9).random((3, 1, 6, 6)), jnp.float32)
+    labels = jnp.array([1, 0, 3])
+    loss = lambda m: cross_entropy(m(images), labels)  # noqa: E731
+    fast = conv_net("onednn", "discretize_then_optimize", channels_last=True, hand_vjp=True)
+    plain = conv_net("xla_split", "discretize_then_optimize")
+    got, want = (jax.tree_util.tree_leaves(eqx.filter_jit(eqx.filter_grad(loss))(net)) for net in (fast, plain))
+    assert len(got) == len(want) == 3
     for a, b in zip(got, want):
         assert_close(a, b)
 

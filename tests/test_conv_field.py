@@ -95,6 +95,44 @@ def test_channels_last_field_is_the_same_map_transposed(impl):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+HAND_VJP_NETS = {  # field: (model section, input shape, classes)
+    "cubic": ({"field": "cubic", "augment": 1, "readout": "softmax"}, (2,), 3),
+    "conv_cubic": ({"field": "conv_cubic", "augment": 3, "readout": "max_pool_softmax"}, (1, 6, 6), 4),
+    "conv_cubic_nhwc": ({"field": "conv_cubic_nhwc", "stem": "channels_last", "augment": 3,
+                         "readout": "max_pool_softmax"}, (1, 6, 6), 4),
+}
+
+
+@pytest.mark.parametrize("strategy", ["discretize_then_optimize", "direct_adjoint"])
+@pytest.mark.parametrize("field", sorted(HAND_VJP_NETS))
+def test_hand_vjp_gives_the_autodiff_gradient(field, strategy):
+    """model.hand_vjp: the field's reverse mode is its hand-derived terms (eqs 62/76, 65/66/71/77/78); the net's
+    gradient (kernel/weight, bias, gamma~) is the autodiff one."""
+    model, input_shape, classes = HAND_VJP_NETS[field]
+    rng = np.random.default_rng(4)
+    inputs, labels = jnp.asarray(rng.random((3, *input_shape))), jnp.array([0, 2, 1])
+    grads = []
+    for hand in (False, True):
+        cfg = from_dict({"model": {**model, "layers": 4, "init": "normal", "init_scale": 0.3, "gamma": 0.2,
+                                   "hand_vjp": hand}, "gradient": {"strategy": strategy}})
+        net = net_from_config(cfg, input_shape, classes)
+        assert net.field.hand_vjp is hand
+        loss = lambda m: cross_entropy(m(inputs), labels) + 0.1 * smoothness(m.field)  # noqa: E731
+        grads.append(jax.tree_util.tree_leaves(eqx.filter_grad(loss)(net)))
+    assert len(grads[0]) == len(grads[1]) == 3  # weight, bias, gamma~
+    for got, want in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+
+
+def test_hand_vjp_refuses_a_forward_mode_strategy_and_other_fields():
+    model, input_shape, classes = HAND_VJP_NETS["conv_cubic"]
+    cfg = from_dict({"model": {**model, "hand_vjp": True}, "gradient": {"strategy": "optimize_then_discretize"}})
+    with pytest.raises(ConfigError, match="forward mode"):
+        net_from_config(cfg, input_shape, classes)
+    with pytest.raises(ConfigError, match="only the cubic fields"):
+        net_from_config(from_dict({"model": {"field": "resnet", "hand_vjp": True}}), (2,), 2)
+
+
 def test_channels_last_field_needs_the_channels_last_stem():
     with pytest.raises(ConfigError, match="model.stem: channels_last"):
         net_from_config(paper_config(field="conv_cubic_nhwc"), (1, 6, 6), 10)

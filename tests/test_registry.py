@@ -40,6 +40,7 @@ PARTNERS: dict[tuple[str, str], dict] = {
     ("model.field", "hamiltonian_conv"): {"model": {**CONV, "field": "hamiltonian_conv"}, "solver": {"method": "verlet"}},
     ("model.readout", "sigmoid_last"): {"model": {"augment": 1}},
     ("model.readout", "max_pool_softmax"): {"model": CONV},
+    ("model.field", "conv_cubic_nhwc"): {"model": {**CONV, "stem": "channels_last"}},  # channels-last state
     ("model.field", "odenet_conv"): {"model": ODENET},
     ("model.readout", "odenet_head"): {"model": ODENET},
     ("solver.method", "verlet"): {"model": HAMILTONIAN},  # leapfrog on the two-state (y, z) field
@@ -70,7 +71,7 @@ def case_config(key: str, name: str):
 
 def tiny_batch(cfg):
     """8 circle points, or 8 random single-channel 8x8 images for the conv field; labels 0/1."""
-    if FIELDS[cfg.model.field].feature_axis == -3:  # conv fields
+    if FIELDS[cfg.model.field].feature_axis == -3 or cfg.model.stem == "channels_last":  # conv fields
         x = jax.random.uniform(jax.random.PRNGKey(1), (8, 1, 8, 8))
         return x, jnp.arange(8) % 2
     x, y = make_circles(jax.random.PRNGKey(1), 8, 0.2)

@@ -49,17 +49,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class GradientCase:
-    """One gradient setting of the grid (`gradient.strategy`, `gradient.checkpoints`), and for mnist_conv the
-    state layout (`channels_last`: the `conv_cubic_nhwc` field behind the `channels_last` stem, same function)."""
+    """One gradient setting of the grid (`gradient.strategy`, `gradient.checkpoints`), and for mnist_conv how the
+    same function is computed: `channels_last` (the `conv_cubic_nhwc` field behind the `channels_last` stem) and
+    `hand_vjp` (`model.hand_vjp`: the field's reverse mode by its hand-derived terms)."""
 
     strategy: Strategy = "discretize_then_optimize"
     checkpoints: Optional[int] = None
     channels_last: bool = False
+    hand_vjp: bool = False
 
     @property
     def label(self) -> str:
         short = {"discretize_then_optimize": "DTO", "optimize_then_discretize": "OTD"}.get(self.strategy, self.strategy)
-        layout = " NHWC" if self.channels_last else ""
+        layout = (" NHWC" if self.channels_last else "") + (" hand-VJP" if self.hand_vjp else "")
         if self.strategy != "discretize_then_optimize":
             return short + layout
         return f"{short} ckpt={'every step' if self.checkpoints is None else self.checkpoints}{layout}"
@@ -108,6 +110,7 @@ class BenchConfig:
         for i, g in enumerate(self.gradients):
             need(not g.channels_last or self.model == "mnist_conv", f"gradients[{i}].channels_last",
                  "needs model: mnist_conv")
+            need(not g.hand_vjp or self.model == "mnist_conv", f"gradients[{i}].hand_vjp", "needs model: mnist_conv")
             # validated by the experiment schema, so errors name the real key
             experiment_config(self, 20, 8, g, source=f"gradients[{i}]")
 
@@ -127,6 +130,7 @@ def experiment_config(bench: BenchConfig, layers: int, batch_size: int, gradient
     preset = PRESETS[bench.model]
     impl = {} if bench.conv_impl is None else {"conv_impl": bench.conv_impl}  # validated by the schema
     layout = {"field": "conv_cubic_nhwc", "stem": "channels_last"} if gradient.channels_last else {}
+    layout |= {"hand_vjp": True} if gradient.hand_vjp else {}
     data = {"name": bench.name, "seed": bench.seed, "model": {**preset["model"], **impl, **layout, "layers": layers},
             "solver": {"method": bench.solver},
             "gradient": {"strategy": gradient.strategy, "checkpoints": gradient.checkpoints},

@@ -30,6 +30,13 @@ def odd_power(x: Array, mu: float) -> Array:
     return jnp.sign(x) * jnp.abs(x) ** mu
 
 
+def odd_power_slope(x: Array, mu: float) -> Array:
+    """d/dx sign(x)|x|^mu / mu = |x|^(mu-1); exactly x^2 for mu = 3 (a product XLA fuses, not a pow)."""
+    if mu == 3.0:
+        return x * x
+    return jnp.abs(x) ** (mu - 1)
+
+
 def make_gamma(gamma: float, learn: bool) -> Array | float:
     """Learnable gamma~ is an array leaf; a fixed one is a Python float, which no optimizer sees."""
     return jnp.asarray(gamma, dtype=float) if learn else float(gamma)
@@ -46,7 +53,8 @@ class AbstractCubicField(AbstractAnalyticField):
     gamma: eqx.AbstractVar[Array | float]
     dt: eqx.AbstractVar[float]
     mu: eqx.AbstractVar[float]
-    config_options: ClassVar[tuple[str, ...]] = ("gamma", "learn_gamma", "mu")
+    hand_vjp: eqx.AbstractVar[bool]
+    config_options: ClassVar[tuple[str, ...]] = ("gamma", "learn_gamma", "mu", "hand_vjp")
 
     @property
     @abc.abstractmethod
@@ -70,12 +78,17 @@ class AbstractCubicField(AbstractAnalyticField):
         return (self.affine(p.weight, p.bias, x) - p.gamma * odd_power(x, self.mu)) / self.dt
 
     def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
-        """dx/dt at time t (eq 56 / eq 75)."""
-        return self.rhs(LayerParams(self.weight(t), self.b(t), self.gamma), x)
+        """dx/dt at time t (eq 56 / eq 75); with `hand_vjp`, differentiated by the hand-derived terms below."""
+        p = LayerParams(self.weight(t), self.b(t), self.gamma)
+        if not self.hand_vjp:
+            return self.rhs(p, x)
+        constant = jax.tree_util.tree_map(lambda leaf: lax.stop_gradient(leaf) if eqx.is_array(leaf) else leaf, self)
+        return hand_vjp_rhs((p, x), constant)  # the parameters' gradients reach them through p
 
     def vjp_state(self, p: LayerParams, x: Array, a: Array) -> Array:
         """(a dF/dx)_i = ((a w~)_i - mu gamma~ |x_i|^(mu-1) a_i) / dt: the right side of eq 62/63/76 (= -da/dt)."""
-        return (self.affine_transpose(p.weight, a) - self.mu * p.gamma * jnp.abs(x) ** (self.mu - 1) * a) / self.dt
+        cubic = (self.mu * p.gamma) * odd_power_slope(x, self.mu) * a
+        return (self.affine_transpose(p.weight, a) - cubic) / self.dt
 
     def vjp_params(self, x: Array, a: Array) -> LayerParams:
         """a dF/dq summed over the batch: dL/dw~ (eqs 65, 77), dL/db~ = a / dt (eqs 66, 78),
@@ -118,6 +131,35 @@ class AbstractCubicField(AbstractAnalyticField):
                                  f"{layers} layers")
 
 
+@eqx.filter_custom_vjp
+def hand_vjp_rhs(vjp_arg: tuple[LayerParams, Array], field: AbstractCubicField) -> Array:
+    """F = field.rhs(p, x) whose reverse-mode derivative is the paper's hand-derived terms instead of autodiff of
+    `rhs`: a dF/dx (eqs 62, 63, 76, `vjp_state`) and a dF/dq (eqs 65, 66, 71, 77, 78, `vjp_params`). Same
+    gradient; fewer passes over the state than XLA's transpose of `rhs` (docs/performance.md). No forward mode
+    (jvp): the Jacobian regulariser and forward-mode strategies need `hand_vjp: false`."""
+    p, x = vjp_arg
+    return field.rhs(p, x)
+
+
+@hand_vjp_rhs.def_fwd
+def _hand_vjp_fwd(perturbed: object, vjp_arg: tuple[LayerParams, Array], field: AbstractCubicField
+                  ) -> tuple[Array, None]:
+    del perturbed
+    p, x = vjp_arg
+    return field.rhs(p, x), None
+
+
+@hand_vjp_rhs.def_bwd
+def _hand_vjp_bwd(residuals: None, a: Array, perturbed: tuple[LayerParams, bool], vjp_arg: tuple[LayerParams, Array],
+                  field: AbstractCubicField) -> tuple[LayerParams, Array]:
+    """(a dF/dq, a dF/dx) at cotangent a; dF/dq summed over the batch (the parameters are shared)."""
+    del residuals
+    p, x = vjp_arg
+    grads = field.vjp_params(x, a)
+    gamma = grads.gamma.astype(jnp.result_type(p.gamma)) if perturbed[0].gamma else None
+    return LayerParams(grads.weight, grads.bias, gamma), field.vjp_state(p, x, a)
+
+
 class CubicField(AbstractCubicField):
     """dx_i/dt = sum_j w_ij(t) x_j + b_i(t) - gamma sign(x_i)|x_i|^mu (eqs 56, 57), scaled by eq 110.
 
@@ -129,6 +171,7 @@ class CubicField(AbstractCubicField):
     gamma: Array | float
     dt: float = eqx.field(static=True)
     mu: float = eqx.field(static=True, default=3.0)
+    hand_vjp: bool = eqx.field(static=True, default=False)
     feature_axis: ClassVar[int] = -1
 
     @property
@@ -152,12 +195,12 @@ class CubicField(AbstractCubicField):
 
     @classmethod
     def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, gamma: float = 0.0,
-             learn_gamma: bool = True, mu: float = 3.0) -> "CubicField":
+             learn_gamma: bool = True, mu: float = 3.0, hand_vjp: bool = False) -> "CubicField":
         """A field for states of shape (N,): w~, b~ made by `params`, gamma~ learnable or fixed."""
         (n,) = state_shape
         kw, kb = jax.random.split(key)
         return cls(w=params.make((n, n), kw), b=params.make((n,), kb), gamma=make_gamma(gamma, learn_gamma),
-                   dt=params.dt, mu=mu)
+                   dt=params.dt, mu=mu, hand_vjp=hand_vjp)
 
     @classmethod
     def zeros(cls, n: int, layers: int, horizon: float = 1.0, *, gamma: float = 0.0, learn_gamma: bool = True,
@@ -312,7 +355,7 @@ class AbstractConvCubicField(AbstractCubicField):
     kernel: eqx.AbstractVar[TimeParam]
     conv_impl: eqx.AbstractVar[str]
     conv_impls: ClassVar[dict[str, Callable[[Array, Array], Array]]]
-    config_options: ClassVar[tuple[str, ...]] = ("gamma", "learn_gamma", "mu", "conv_impl")
+    config_options: ClassVar[tuple[str, ...]] = ("gamma", "learn_gamma", "mu", "conv_impl", "hand_vjp")
 
     def __check_init__(self) -> None:
         if self.conv_impl not in self.conv_impls:
@@ -344,12 +387,13 @@ class AbstractConvCubicField(AbstractCubicField):
 
     @classmethod
     def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, gamma: float = 0.0,
-             learn_gamma: bool = True, mu: float = 3.0, conv_impl: str = "xla_split") -> "AbstractConvCubicField":
+             learn_gamma: bool = True, mu: float = 3.0, conv_impl: str = "xla_split", hand_vjp: bool = False
+             ) -> "AbstractConvCubicField":
         """A field for states of shape (C, H, W) / (H, W, C): kappa~ (C, C, 3, 3) and b~ (C,) per layer."""
         channels = state_shape[cls.feature_axis]
         kk, kb = jax.random.split(key)
         return cls(kernel=params.make((channels, channels, 3, 3), kk), b=params.make((channels,), kb),
-                   gamma=make_gamma(gamma, learn_gamma), dt=params.dt, mu=mu, conv_impl=conv_impl)
+                   gamma=make_gamma(gamma, learn_gamma), dt=params.dt, mu=mu, conv_impl=conv_impl, hand_vjp=hand_vjp)
 
 
 class ConvCubicField(AbstractConvCubicField):
@@ -361,6 +405,7 @@ class ConvCubicField(AbstractConvCubicField):
     dt: float = eqx.field(static=True)
     mu: float = eqx.field(static=True, default=3.0)
     conv_impl: str = eqx.field(static=True, default="xla_split")
+    hand_vjp: bool = eqx.field(static=True, default=False)
     feature_axis: ClassVar[int] = -3
     conv_impls: ClassVar[dict[str, Callable[[Array, Array], Array]]] = CONV_IMPLS
 
@@ -376,6 +421,7 @@ class ChannelsLastConvCubicField(AbstractConvCubicField):
     dt: float = eqx.field(static=True)
     mu: float = eqx.field(static=True, default=3.0)
     conv_impl: str = eqx.field(static=True, default="xla_split")
+    hand_vjp: bool = eqx.field(static=True, default=False)
     feature_axis: ClassVar[int] = -1
     conv_impls: ClassVar[dict[str, Callable[[Array, Array], Array]]] = NHWC_CONV_IMPLS
     input_stem: ClassVar[str] = "channels_last"
