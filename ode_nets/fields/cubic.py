@@ -143,8 +143,9 @@ class AbstractCubicField(AbstractAnalyticField):
 def hand_vjp_rhs(vjp_arg: tuple[LayerParams, Array], field: AbstractCubicField) -> Array:
     """F = field.rhs(p, x) whose reverse-mode derivative is the paper's hand-derived terms instead of autodiff of
     `rhs`: a dF/dx (eqs 62, 63, 76, `vjp_state`) and a dF/dq (eqs 65, 66, 71, 77, 78, `vjp_params`). Same
-    gradient; fewer passes over the state than XLA's transpose of `rhs` (docs/performance.md). No forward mode
-    (jvp): the Jacobian regulariser and forward-mode strategies need `hand_vjp: false`."""
+    gradient; fewer passes over the state than XLA's transpose of `rhs` (docs/performance.md). Reverse mode only
+    (the backward rule is itself differentiable, so the Jacobian regulariser's vjp trains); strategies that take a
+    jvp of the field (`optimize_then_discretize`) are refused by `ode_nets.build.check_reverse_mode`."""
     p, x = vjp_arg
     return field.rhs(p, x)
 
