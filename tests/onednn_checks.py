@@ -107,49 +107,41 @@ def conv_net(conv_impl: str, strategy: str, channels_last: bool = False, hand_vj
     return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), model)
 
 
+def assert_same_net(fast, plain, seed: int) -> None:
+    """Two builds of one conv cubic net give the same logits and loss gradient (kernel, bias, gamma~)."""
+    images = jnp.asarray(np.random.default_rng(seed).random((3, 1, 6, 6)), jnp.float32)
+    labels = jnp.array([0, 3, 1])
+    assert_close(fast(images), plain(images))
+    loss = lambda m: cross_entropy(m(images), labels)  # noqa: E731
+    got, want = (jax.tree_util.tree_leaves(eqx.filter_jit(eqx.filter_grad(loss))(net)) for net in (fast, plain))
+    assert len(got) == len(want) == 3  # kernel, bias, gamma
+    for a, b in zip(got, want):
+        assert_close(a, b)
+
+
+STRATEGIES = ["discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint"]
+
+
 @needs_onednn
-@pytest.mark.parametrize("strategy", ["discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_conv_cubic_net_loss_gradient_equals_xla_split(strategy):
     """Backprop through the solve, the continuous adjoint (differentiates the conv's backward pass), eqs 76-77."""
-    images = jnp.asarray(np.random.default_rng(6).random((3, 1, 6, 6)), jnp.float32)
-    labels = jnp.array([0, 3, 1])
-    loss = lambda m: cross_entropy(m(images), labels)  # noqa: E731
-    nets = {impl: conv_net(impl, strategy) for impl in ("onednn", "xla_split")}
-    grads = {impl: eqx.filter_jit(eqx.filter_grad(loss))(net) for impl, net in nets.items()}
-    got, want = (jax.tree_util.tree_leaves(grads[impl]) for impl in ("onednn", "xla_split"))
-    assert len(got) == len(want) == 3  # kernel, bias, gamma
-    for a, b in zip(got, want):
-        assert_close(a, b)
+    assert_same_net(conv_net("onednn", strategy), conv_net("xla_split", strategy), seed=6)
 
 
 @needs_onednn
-@pytest.mark.parametrize("strategy", ["discretize_then_optimize", "optimize_then_discretize", "analytic_adjoint"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_channels_last_net_equals_the_channels_first_one(strategy):
     """conv_cubic_nhwc with oneDNN (no transposes in the solve): the same logits and gradients as conv_cubic."""
-    images = jnp.asarray(np.random.default_rng(8).random((3, 1, 6, 6)), jnp.float32)
-    labels = jnp.array([2, 0, 1])
-    loss = lambda m: cross_entropy(m(images), labels)  # noqa: E731
-    nets = {layout: conv_net("onednn", strategy, layout) for layout in (True, False)}
-    assert_close(nets[True](images), nets[False](images))
-    grads = {layout: eqx.filter_jit(eqx.filter_grad(loss))(net) for layout, net in nets.items()}
-    got, want = (jax.tree_util.tree_leaves(grads[layout]) for layout in (True, False))
-    assert len(got) == len(want) == 3  # kernel, bias, gamma
-    for a, b in zip(got, want):
-        assert_close(a, b)
+    assert_same_net(conv_net("onednn", strategy, channels_last=True), conv_net("onednn", strategy), seed=8)
 
 
 @needs_onednn
 def test_hand_vjp_channels_last_net_equals_xla_split():
     """The fastest DTO setting (oneDNN, NHWC state, hand-derived VJP): the gradient of the plain XLA net."""
-    images = jnp.asarray(np.random.default_rng(9).random((3, 1, 6, 6)), jnp.float32)
-    labels = jnp.array([1, 0, 3])
-    loss = lambda m: cross_entropy(m(images), labels)  # noqa: E731
-    fast = conv_net("onednn", "discretize_then_optimize", channels_last=True, hand_vjp=True)
-    plain = conv_net("xla_split", "discretize_then_optimize")
-    got, want = (jax.tree_util.tree_leaves(eqx.filter_jit(eqx.filter_grad(loss))(net)) for net in (fast, plain))
-    assert len(got) == len(want) == 3
-    for a, b in zip(got, want):
-        assert_close(a, b)
+    strategy = "discretize_then_optimize"
+    assert_same_net(conv_net("onednn", strategy, channels_last=True, hand_vjp=True), conv_net("xla_split", strategy),
+                    seed=9)
 
 
 @needs_onednn

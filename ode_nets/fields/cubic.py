@@ -361,9 +361,15 @@ class AbstractConvCubicField(AbstractCubicField):
     `conv_impl` picks how the 3x3 convolution is computed (same function; speed, docs/performance.md).
     """
 
-    kernel: eqx.AbstractVar[TimeParam]
-    conv_impl: eqx.AbstractVar[str]
-    conv_impls: ClassVar[dict[str, Callable[[Array, Array], Array]]]
+    # the fields of both layouts (declared once here; the final classes differ only in their class variables)
+    kernel: TimeParam
+    b: TimeParam
+    gamma: Array | float
+    dt: float = eqx.field(static=True)
+    mu: float = eqx.field(static=True, default=3.0)
+    conv_impl: str = eqx.field(static=True, default="xla_split")
+    hand_vjp: bool = eqx.field(static=True, default=False)
+    conv_impls: eqx.AbstractClassVar[dict[str, Callable[[Array, Array], Array]]]
     config_options: ClassVar[tuple[str, ...]] = ("gamma", "learn_gamma", "mu", "conv_impl", "hand_vjp")
 
     def __check_init__(self) -> None:
@@ -408,13 +414,6 @@ class AbstractConvCubicField(AbstractCubicField):
 class ConvCubicField(AbstractConvCubicField):
     """The convolutional cubic field (eq 75) on channels-first states (..., C, H, W)."""
 
-    kernel: TimeParam
-    b: TimeParam
-    gamma: Array | float
-    dt: float = eqx.field(static=True)
-    mu: float = eqx.field(static=True, default=3.0)
-    conv_impl: str = eqx.field(static=True, default="xla_split")
-    hand_vjp: bool = eqx.field(static=True, default=False)
     feature_axis: ClassVar[int] = -3
     conv_impls: ClassVar[dict[str, Callable[[Array, Array], Array]]] = CONV_IMPLS
 
@@ -424,13 +423,6 @@ class ChannelsLastConvCubicField(AbstractConvCubicField):
     transposes around them inside the solve (docs/performance.md). Needs `model.stem: channels_last`, which
     moves the images' channel axis last before the ODE block."""
 
-    kernel: TimeParam
-    b: TimeParam
-    gamma: Array | float
-    dt: float = eqx.field(static=True)
-    mu: float = eqx.field(static=True, default=3.0)
-    conv_impl: str = eqx.field(static=True, default="xla_split")
-    hand_vjp: bool = eqx.field(static=True, default=False)
     feature_axis: ClassVar[int] = -1
     conv_impls: ClassVar[dict[str, Callable[[Array, Array], Array]]] = NHWC_CONV_IMPLS
     input_stem: ClassVar[str] = "channels_last"
