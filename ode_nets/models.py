@@ -68,6 +68,9 @@ class MaxPoolSoftmax(AbstractReadout):
     """Global max over space of each channel (§5.2)."""
 
     def __call__(self, x_final: Array, feature_axis: int) -> Array:
+        if x_final.ndim < 4:
+            raise ValueError(f"model.readout max_pool_softmax pools over space: it needs image states (batch, C, H, W) "
+                             f"or (batch, H, W, C), got shape {x_final.shape} (use a conv field)")
         return jnp.max(x_final, axis=spatial_axes(feature_axis))
 
 

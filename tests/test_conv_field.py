@@ -136,6 +136,8 @@ def test_hand_vjp_refuses_a_forward_mode_strategy_and_other_fields():
 def test_channels_last_field_needs_the_channels_last_stem():
     with pytest.raises(ConfigError, match="model.stem: channels_last"):
         net_from_config(paper_config(field="conv_cubic_nhwc"), (1, 6, 6), 10)
+    with pytest.raises(ConfigError, match="max_pool_softmax pools over space"):  # the readout names a dense state
+        net_from_config(from_dict({"model": {"field": "cubic", "readout": "max_pool_softmax"}}), (2,), 2)
 
 
 def test_im2col_equals_lax_conv_with_gradients():
