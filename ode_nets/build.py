@@ -84,7 +84,7 @@ def build_strategy(gradient: GradientConfig, solver: SolverConfig, train: TrainC
 
 def state_shape(model: ModelConfig, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The ODE state's shape: the (stem's features of the) input with `model.augment` zero features/channels added."""
-    needed = getattr(FIELDS[model.field], "input_stem", None)
+    needed = FIELDS[model.field].input_stem
     if needed is not None and model.stem != needed:
         raise ConfigError(f"model.field {model.field!r} takes its state in another layout: set model.stem: {needed} "
                           f"(got {model.stem!r})")

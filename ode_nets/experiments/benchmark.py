@@ -129,9 +129,9 @@ def experiment_config(bench: BenchConfig, layers: int, batch_size: int, gradient
     """The experiment `Config` of one case (validated by the experiment schema)."""
     preset = PRESETS[bench.model]
     impl = {} if bench.conv_impl is None else {"conv_impl": bench.conv_impl}  # validated by the schema
-    layout = {"field": "conv_cubic_nhwc", "stem": "channels_last"} if gradient.channels_last else {}
-    layout |= {"hand_vjp": True} if gradient.hand_vjp else {}
-    data = {"name": bench.name, "seed": bench.seed, "model": {**preset["model"], **impl, **layout, "layers": layers},
+    variant = {"field": "conv_cubic_nhwc", "stem": "channels_last"} if gradient.channels_last else {}
+    variant |= {"hand_vjp": True} if gradient.hand_vjp else {}
+    data = {"name": bench.name, "seed": bench.seed, "model": {**preset["model"], **impl, **variant, "layers": layers},
             "solver": {"method": bench.solver},
             "gradient": {"strategy": gradient.strategy, "checkpoints": gradient.checkpoints},
             "loss": {"smoothness": bench.smoothness}, "train": {"batch_size": batch_size}}

@@ -25,6 +25,7 @@ class AbstractField(eqx.Module):
 
     feature_axis: eqx.AbstractClassVar[int]
     config_options: ClassVar[tuple[str, ...]] = ()
+    input_stem: ClassVar[str | None] = None  # a `model.stem` the field's state layout needs (None: any)
 
     @abc.abstractmethod
     def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:

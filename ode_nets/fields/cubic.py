@@ -199,7 +199,7 @@ class CubicField(AbstractCubicField):
 
     def jacobian(self, t: Float[Array, ""], x: Float[Array, " N"]) -> Float[Array, "N N"]:
         """dF_i/dx_j = (w~_ij - mu gamma~ delta_ij |x_j|^(mu-1)) / dt (eq 61)."""
-        nonlinear = self.mu * self.gamma * jnp.abs(x) ** (self.mu - 1)
+        nonlinear = self.mu * self.gamma * odd_power_slope(x, self.mu)
         return (self.w(t) - jnp.diag(nonlinear)) / self.dt
 
     @classmethod
@@ -326,10 +326,7 @@ def conv3x3_onednn(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 3"]
 def _via_nhwc(conv_nhwc: Callable[[Array, Array], Array], x: Float[Array, "... C H W"],
               kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... O H W"]:
     """An NHWC/HWIO 3x3 convolution applied to an NCHW state and an OIHW kernel (transposed around it)."""
-    channels, height, width = x.shape[-3:]
-    nhwc = jnp.moveaxis(x.reshape((-1, channels, height, width)), 1, -1)
-    out = conv_nhwc(nhwc, jnp.transpose(kernel, (2, 3, 1, 0)))
-    return jnp.moveaxis(out, -1, 1).reshape((*x.shape[:-3], kernel.shape[0], height, width))
+    return jnp.moveaxis(_channels_last(conv_nhwc)(jnp.moveaxis(x, -3, -1), kernel), -1, -3)
 
 
 CONV_IMPLS = {"xla": conv3x3_xla, "im2col": conv3x3_im2col, "im2col_nhwc": conv3x3_im2col_nhwc,
@@ -425,4 +422,4 @@ class ChannelsLastConvCubicField(AbstractConvCubicField):
 
     feature_axis: ClassVar[int] = -1
     conv_impls: ClassVar[dict[str, Callable[[Array, Array], Array]]] = NHWC_CONV_IMPLS
-    input_stem: ClassVar[str] = "channels_last"
+    input_stem: ClassVar[str | None] = "channels_last"
