@@ -4,6 +4,7 @@
   python scripts/diagnose.py curves <run dir A> <run dir B> [--labels A B] --out runs/x.png
   python scripts/diagnose.py summary <run dir> ... [--target-acc 0.95]   (markdown table)
   python scripts/diagnose.py overshoot <run dir> [--split train] [--examples N]   (explicit cubic step near overflow)
+  python scripts/diagnose.py hand-vjp <run dir> [--batches 6]   (model.hand_vjp vs autodiff at the run's state)
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     overshoot.add_argument("run_dir", type=Path)
     overshoot.add_argument("--split", choices=["train", "validation", "test"], default="train")
     overshoot.add_argument("--examples", type=int, default=None, help="first N examples of the split (default all)")
+    hand_vjp = sub.add_parser("hand-vjp", help="hand-derived VJP vs autodiff: non-finite examples, gradients")
+    hand_vjp.add_argument("run_dir", type=Path)
+    hand_vjp.add_argument("--batches", type=int, default=6, help="random training batches of 128")
     args = parser.parse_args(argv)
 
     def job() -> None:
@@ -40,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "summary":
             print(pd.summarize_runs(args.run_dirs, args.target_acc))
+            return
+        if args.command == "hand-vjp":
+            print(pd.hand_vjp_report(args.run_dir, args.batches))
             return
         if args.command == "overshoot":
             print(pd.overshoot_report(args.run_dir, args.split, args.examples))

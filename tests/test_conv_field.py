@@ -124,6 +124,28 @@ def test_hand_vjp_gives_the_autodiff_gradient(field, strategy):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
 
 
+def test_hand_vjp_overflows_on_the_same_examples_as_autodiff():
+    """At states where the explicit cubic step overflows (the images `train.drop_nonfinite_examples` leaves out),
+    the hand-derived VJP finds the same examples non-finite as autodiff and the same gradient on the others
+    (`scripts/diagnose.py hand-vjp` runs this check on a trained run's state)."""
+    from ode_nets.analysis.diagnostics import gradient_agreement
+    from ode_nets.training import finite_examples
+    from ode_nets.training.objective import Objective
+
+    model, input_shape, classes = HAND_VJP_NETS["conv_cubic_nhwc"]
+    scales = jnp.geomspace(0.1, 1e6, 16).reshape(-1, 1, 1, 1)  # 0.1 stays small; from ~1e4 float64 overflows
+    inputs = scales * jnp.asarray(np.random.default_rng(5).random((16, *input_shape)))
+    labels = jnp.arange(16) % classes
+    auto, hand = (net_from_config(from_dict({"model": {**model, "layers": 4, "init": "normal", "init_scale": 0.3,
+                                                       "gamma": 0.5, "hand_vjp": on}}), input_shape, classes)
+                  for on in (False, True))
+    result = gradient_agreement(auto, hand, Objective(), inputs, labels)
+    np.testing.assert_array_equal(result["finite_b"], result["finite_a"])
+    np.testing.assert_array_equal(result["finite_a"], finite_examples(auto, inputs, labels))  # the training filter
+    assert 0 < result["finite_a"].sum() < len(inputs)  # both finite and overflowing examples
+    assert np.max(result["rel_diff"]) < 1e-10
+
+
 def test_hand_vjp_refuses_a_forward_mode_strategy_and_other_fields():
     model, input_shape, classes = HAND_VJP_NETS["conv_cubic"]
     cfg = from_dict({"model": {**model, "hand_vjp": True}, "gradient": {"strategy": "optimize_then_discretize"}})

@@ -25,6 +25,7 @@ from ode_nets.fields.cubic import odd_power
 from ode_nets.losses import cross_entropy
 from ode_nets.solvers.stepping import Discretisation
 from ode_nets.analysis.stability import jacobian, max_real_eigenvalue
+from ode_nets.training.step import value_and_grad
 from ode_nets.strategies.analytic import adjoint_on_grid
 
 
@@ -132,3 +133,28 @@ def cubic_overshoot(model: eqx.Module, x: Array, batch: int = 500) -> np.ndarray
         peak = jnp.max(jnp.abs(states).reshape(states.shape[0], states.shape[1], -1), axis=(0, 2))
         worst.append(np.asarray(gamma * peak ** 2))
     return np.concatenate(worst)
+
+
+@eqx.filter_jit
+def per_example_gradients(model: eqx.Module, objective: eqx.Module, x: Array, y: Array
+                          ) -> tuple[Array, Array]:
+    """Per example: whether its loss and gradient are finite (as `training.finite_examples` decides) and its
+    parameter gradient flattened to one vector."""
+    def one(xi: Array, yi: Array) -> tuple[Array, Array]:
+        (loss, _), grads = value_and_grad(objective.__call__, model, xi[None], yi[None], jnp.ones(1))
+        flat = jnp.concatenate([jnp.ravel(g) for g in jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array))])
+        return jnp.isfinite(loss) & jnp.isfinite(jnp.linalg.norm(flat)), flat  # the norm: as training's filter
+
+    return jax.vmap(one)(x, y)
+
+
+def gradient_agreement(model_a: eqx.Module, model_b: eqx.Module, objective: eqx.Module, x: Array, y: Array
+                       ) -> dict[str, np.ndarray]:
+    """Two models of the same function (e.g. `hand_vjp` on and off): which examples each finds non-finite, and
+    the relative difference |g_a - g_b| / |g_a| of the per-example gradients where both are finite."""
+    finite_a, grads_a = per_example_gradients(model_a, objective, x, y)
+    finite_b, grads_b = per_example_gradients(model_b, objective, x, y)
+    both = np.asarray(finite_a & finite_b)
+    diff = np.linalg.norm(np.asarray(grads_a - grads_b)[both], axis=1)
+    scale = np.maximum(np.linalg.norm(np.asarray(grads_a)[both], axis=1), np.finfo(np.float32).tiny)
+    return {"finite_a": np.asarray(finite_a), "finite_b": np.asarray(finite_b), "rel_diff": diff / scale}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ode_nets.analysis.diagnostics import cubic_overshoot, network_diagnostics
-from ode_nets.build import load_run
+from ode_nets.analysis.diagnostics import cubic_overshoot, gradient_agreement, network_diagnostics
+from ode_nets.build import build_objective, load_run
 from ode_nets.config import load_config
 from ode_nets.errors import ConfigError, RunDirError
 from ode_nets.plotting.figures import _save, plt, read_metrics
@@ -127,3 +127,31 @@ def overshoot_report(folder: Path, split: str = "train", examples: int | None = 
             f"99% {quantiles[2]:.3g}, 99.9% {quantiles[3]:.3g}, max {quantiles[4]:.3g}\n"
             f"examples above 1: {int(np.sum(ratio > 1))}, above 2 (overshooting): {int(np.sum(ratio > 2))}, "
             f"non-finite: {int(np.sum(~np.isfinite(ratio)))}")
+
+
+def hand_vjp_report(folder: Path, batches: int = 6, batch_size: int = 128, seed: int = 0) -> str:
+    """The run's model (final or newest checkpoint) with `model.hand_vjp` on and off, on random training batches:
+    the examples each finds non-finite (those `train.drop_nonfinite_examples` leaves out) and the per-example
+    gradient difference on the others (`gradient_agreement`)."""
+    import dataclasses
+
+    import equinox as eqx
+
+    config, dataset, model = load_run(Path(folder))
+    if "hand_vjp" not in getattr(model.field, "config_options", ()):
+        raise ConfigError(f"hand-vjp: {folder} has model.field {config.model.field!r}, which has no hand-derived VJP")
+    with_vjp = lambda on: eqx.tree_at(lambda m: m.field, model,  # noqa: E731
+                                      replace_fn=lambda f: dataclasses.replace(f, hand_vjp=on))
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(batches):
+        idx = rng.choice(len(dataset.train.x), batch_size, replace=False)
+        parts.append(gradient_agreement(with_vjp(False), with_vjp(True), build_objective(config),
+                                        dataset.train.x[idx], dataset.train.y[idx]))
+    auto, hand = (np.concatenate([p[k] for p in parts]) for k in ("finite_a", "finite_b"))
+    rel = np.concatenate([p["rel_diff"] for p in parts])
+    return (f"{folder}: {len(auto)} training examples in {batches} random batches\n"
+            f"non-finite loss or gradient: autodiff {int(np.sum(~auto))}, hand VJP {int(np.sum(~hand))}, "
+            f"on different examples: {int(np.sum(auto != hand))}\n"
+            f"per-example gradient |g_hand - g_auto| / |g_auto| where both are finite ({len(rel)}): "
+            f"median {np.median(rel):.2e}, 99% {np.quantile(rel, 0.99):.2e}, max {np.max(rel):.2e}")
