@@ -106,6 +106,28 @@ def test_group_norm_and_odenet_field():
     assert float(jnp.max(jnp.abs(MLPField.init((3,), params, jax.random.PRNGKey(2))(0.5, y)))) == 0.0
 
 
+@pytest.mark.parametrize("impl", ["xla", "xla_split", "im2col_nhwc"])
+def test_odenet_field_conv_impls_are_the_same_function(x64, impl):
+    """`model.conv_impl` (the channels-last convolutions that are fast inside the solver's loop) gives the
+    ODE-Net field and its gradient of XLA's plain NCHW `conv_general_dilated` (`Conv` with impl None); other
+    kernel shapes are refused with the option's name."""
+    from ode_nets.fields.neural_ode import Conv
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 5))
+    plain = ODENetConvField.init((6, 5, 5), on.ParamInit(), jax.random.PRNGKey(1))
+    plain = eqx.tree_at(lambda f: (f.conv1, f.conv2), plain, replace_fn=lambda c: Conv(c.kernel, c.bias, 1, 1))
+    fast = eqx.tree_at(lambda f: (f.conv1, f.conv2), plain, replace_fn=lambda c: Conv(c.kernel, c.bias, 1, 1, impl))
+    loss = lambda f: jnp.sum(jnp.sin(f(0.4, x)))  # noqa: E731
+    np.testing.assert_allclose(fast(0.4, x), plain(0.4, x), rtol=1e-10, atol=1e-12)
+    for got, want in zip(jax.tree_util.tree_leaves(eqx.filter_grad(loss)(fast)),
+                         jax.tree_util.tree_leaves(eqx.filter_grad(loss)(plain))):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="3x3 convolution with stride 1"):
+        Conv.init(4, 4, 4, jax.random.PRNGKey(2), stride=2, padding=1, impl=impl)
+    with pytest.raises(ValueError, match="model.conv_impl 'fft'"):
+        Conv.init(4, 4, 3, jax.random.PRNGKey(2), padding=1, impl="fft")
+
+
 def test_group_norm_groups_keep_at_least_two_channels():
     """Chen's 64 channels: 32 groups (min(32, C)); fewer channels: groups of >= 2 channels that divide C (an
     augmented channel included), so the head's GroupNorm -> ReLU -> average pool does not standardise each channel

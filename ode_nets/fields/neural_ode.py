@@ -5,7 +5,9 @@ so the field has no jumps at layer boundaries and an adaptive solver steps freel
 
 - `ODENetConvField`: Chen et al.'s ODE-Net block (torchdiffeq `examples/odenet_mnist.py`):
   GroupNorm -> ReLU -> ConcatConv -> GroupNorm -> ReLU -> ConcatConv -> GroupNorm, where ConcatConv is a 3x3
-  convolution of [t, x] (t appended as a constant input channel).
+  convolution of [t, x] (t appended as a constant input channel). Its convolutions run inside the solver's while
+  loop, where XLA's own CPU convolution is ~20x slower than outside one; `conv_impl` picks the channels-last
+  implementation the cubic fields use (`fields.cubic.CONV_IMPLS`, default `xla_split`; docs/neural_odes.md).
 - `MLPField`: dx/dt = W3 s(W2 s(W1 [x, t] + b1) + b2) + b3, the ODEFunc of Dupont et al. for dense toy sets.
 """
 
@@ -18,6 +20,7 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ode_nets.fields._base import AbstractField
+from ode_nets.fields.cubic import CONV_IMPLS
 from ode_nets.fields.resnet import activation
 from ode_nets.fields.time_params import ParamInit
 
@@ -61,22 +64,37 @@ class GroupNorm(eqx.Module):
 
 
 class Conv(eqx.Module):
-    """A 2-D convolution of (..., C, H, W) with bias; `stride`, `padding` static (PyTorch's Conv2d semantics)."""
+    """A 2-D convolution of (..., C, H, W) with bias; `stride`, `padding` static (PyTorch's Conv2d semantics).
+
+    `impl`: None for XLA's `conv_general_dilated` (any size, stride, padding), or a key of `CONV_IMPLS` for a
+    3x3, stride 1, padding 1 convolution (the same cross-correlation, fast inside a solver's loop)."""
 
     kernel: Array  # (O, I, k, k)
     bias: Array  # (O,)
     stride: int = eqx.field(static=True, default=1)
     padding: int = eqx.field(static=True, default=0)
+    impl: str | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self) -> None:
+        if self.impl is None:
+            return
+        if self.impl not in CONV_IMPLS:
+            raise ValueError(f"model.conv_impl {self.impl!r} is not one of {', '.join(CONV_IMPLS)}")
+        if self.kernel.shape[-2:] != (3, 3) or self.stride != 1 or self.padding != 1:
+            raise ValueError(f"conv_impl {self.impl!r} is a 3x3 convolution with stride 1 and padding 1, not "
+                             f"{self.kernel.shape[-1]}x{self.kernel.shape[-1]} / {self.stride} / {self.padding}")
 
     @classmethod
     def init(cls, in_channels: int, out_channels: int, size: int, key: PRNGKeyArray, *, stride: int = 1,
-             padding: int = 0) -> "Conv":
+             padding: int = 0, impl: str | None = None) -> "Conv":
         kk, kb = jax.random.split(key)
         fan_in = in_channels * size * size
         return cls(uniform_init((out_channels, in_channels, size, size), fan_in, kk),
-                   uniform_init((out_channels,), fan_in, kb), stride, padding)
+                   uniform_init((out_channels,), fan_in, kb), stride, padding, impl)
 
     def __call__(self, x: Float[Array, "... C H W"]) -> Array:
+        if self.impl is not None:
+            return CONV_IMPLS[self.impl](x, self.kernel) + self.bias[:, None, None]
         flat = x.reshape((-1, *x.shape[-3:]))
         pad = [(self.padding, self.padding)] * 2
         out = lax.conv_general_dilated(flat, self.kernel, (self.stride, self.stride), pad,
@@ -93,7 +111,8 @@ def concat_time(t: Float[Array, ""], x: Float[Array, "... C H W"]) -> Float[Arra
 
 class ODENetConvField(AbstractField):
     """dx/dt = GN(ConcatConv2(t, s(GN(ConcatConv1(t, s(GN(x))))))), Chen et al.'s ODEfunc; s = `activation`
-    (relu in Chen et al.; softplus is smooth). State (..., C, H, W); each conv maps C + 1 channels to C, 3x3, pad 1."""
+    (relu in Chen et al.; softplus is smooth). State (..., C, H, W); each conv maps C + 1 channels to C, 3x3, pad 1,
+    by `conv_impl` (`model.conv_impl`)."""
 
     norm1: GroupNorm
     conv1: Conv
@@ -102,7 +121,7 @@ class ODENetConvField(AbstractField):
     norm3: GroupNorm
     activation: str = eqx.field(static=True, default="relu")
     feature_axis: ClassVar[int] = -3
-    config_options: ClassVar[tuple[str, ...]] = ("activation",)
+    config_options: ClassVar[tuple[str, ...]] = ("activation", "conv_impl")
 
     def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
         s = activation(self.activation)
@@ -111,13 +130,13 @@ class ODENetConvField(AbstractField):
         return self.norm3(out)
 
     @classmethod
-    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, activation: str = "relu"
-             ) -> "ODENetConvField":
+    def init(cls, state_shape: tuple[int, ...], params: ParamInit, key: PRNGKeyArray, *, activation: str = "relu",
+             conv_impl: str = "xla_split") -> "ODENetConvField":
         """For states (C, H, W); PyTorch's default initialisation (`params` only fixes the grid, not used here)."""
         channels = state_shape[0]
         k1, k2 = jax.random.split(key)
-        return cls(GroupNorm.init(channels), Conv.init(channels + 1, channels, 3, k1, padding=1),
-                   GroupNorm.init(channels), Conv.init(channels + 1, channels, 3, k2, padding=1),
+        return cls(GroupNorm.init(channels), Conv.init(channels + 1, channels, 3, k1, padding=1, impl=conv_impl),
+                   GroupNorm.init(channels), Conv.init(channels + 1, channels, 3, k2, padding=1, impl=conv_impl),
                    GroupNorm.init(channels), activation=activation)
 
 
