@@ -107,7 +107,7 @@ def build_model(config: Config, input_shape: tuple[int, ...], num_classes: int, 
     if wrap is not None:  # lm2: the per-layer k_l of eq 111 are trainable parameters held beside the field
         field = wrap(field, param_init(model))
     net = ODENet(field, build_solver(solver.method), build_strategy(config.gradient, solver, config.train),
-                 READOUTS[model.readout].init(shape, num_classes, k_head), augment=model.augment,
+                 READOUTS[model.readout].init(shape, num_classes, k_head, field.feature_axis), augment=model.augment,
                  grid=LayerGrid(model.horizon, model.layers), stepping=build_stepping(solver), stem=stem)
     try:
         check_readout(net, shape, num_classes)

@@ -38,9 +38,11 @@ class AbstractReadout(eqx.Module):
         """Logits (batch, classes)."""
 
     @classmethod
-    def init(cls, state_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray) -> "AbstractReadout":
-        """A readout for states of `state_shape` (no batch axis); parameter-free ones ignore the arguments."""
-        del state_shape, num_classes, key
+    def init(cls, state_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray, feature_axis: int
+             ) -> "AbstractReadout":
+        """A readout for states of `state_shape` (no batch axis) whose features lie on `feature_axis` (the
+        field's); parameter-free ones ignore the arguments."""
+        del state_shape, num_classes, key, feature_axis
         return cls()
 
 
@@ -83,7 +85,9 @@ class LinearSoftmax(AbstractReadout):
         return jax.vmap(self.linear)(x_final.reshape(x_final.shape[0], -1))
 
     @classmethod
-    def init(cls, state_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray) -> "LinearSoftmax":
+    def init(cls, state_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray, feature_axis: int
+             ) -> "LinearSoftmax":
+        del feature_axis  # flattens the whole state
         size = 1
         for n in state_shape:
             size *= n
@@ -91,17 +95,23 @@ class LinearSoftmax(AbstractReadout):
 
 
 class ODENetHead(AbstractReadout):
-    """Chen et al.'s ODE-Net classifier on x(T) (C, H, W): GroupNorm -> ReLU -> global average pool -> Linear."""
+    """Chen et al.'s ODE-Net classifier on x(T), an image state with channels on `feature_axis` ((C, H, W) or
+    (H, W, C)): GroupNorm -> ReLU -> global average pool -> Linear."""
 
     norm: GroupNorm
     linear: Dense
 
     def __call__(self, x_final: Array, feature_axis: int) -> Array:
-        return self.linear(jnp.mean(jax.nn.relu(self.norm(x_final)), axis=(-2, -1)))
+        if x_final.ndim < 4 or x_final.shape[feature_axis] != self.norm.weight.shape[0]:
+            raise ValueError(f"model.readout odenet_head expects image states with {self.norm.weight.shape[0]} "
+                             f"channels on axis {feature_axis}, got shape {x_final.shape} (use a conv field)")
+        x = jnp.moveaxis(x_final, feature_axis, -3)  # GroupNorm normalises (..., C, H, W)
+        return self.linear(jnp.mean(jax.nn.relu(self.norm(x)), axis=(-2, -1)))
 
     @classmethod
-    def init(cls, state_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray) -> "ODENetHead":
-        channels = state_shape[0]
+    def init(cls, state_shape: tuple[int, ...], num_classes: int, key: PRNGKeyArray, feature_axis: int
+             ) -> "ODENetHead":
+        channels = state_shape[feature_axis]
         return cls(GroupNorm.init(channels), Dense.init(channels, num_classes, key))
 
 

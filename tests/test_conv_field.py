@@ -155,6 +155,19 @@ def test_hand_vjp_refuses_a_forward_mode_strategy_and_other_fields():
         net_from_config(from_dict({"model": {"field": "resnet", "hand_vjp": True}}), (2,), 2)
 
 
+def test_odenet_head_reads_either_layout():
+    """`odenet_head` (GroupNorm -> ReLU -> average pool -> linear) on the channels-last state gives the logits it
+    gives on the channels-first one; on a dense state it names the problem."""
+    images = jnp.asarray(np.random.default_rng(6).random((3, 1, 6, 6)))
+    nets = [net_from_config(paper_config(init="normal", init_scale=0.2, conv_impl="xla", readout="odenet_head",
+                                         **layout), (1, 6, 6), 10)
+            for layout in ({}, {"field": "conv_cubic_nhwc", "stem": "channels_last"})]
+    assert nets[1].readout.norm.weight.shape == (10,)  # the channels, not the image height
+    np.testing.assert_allclose(nets[1](images), nets[0](images), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ConfigError, match="odenet_head expects image states"):
+        net_from_config(from_dict({"model": {"field": "cubic", "augment": 2, "readout": "odenet_head"}}), (2,), 2)
+
+
 def test_channels_last_field_needs_the_channels_last_stem():
     with pytest.raises(ConfigError, match="model.stem: channels_last"):
         net_from_config(paper_config(field="conv_cubic_nhwc"), (1, 6, 6), 10)
