@@ -266,52 +266,68 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _wrong(key: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"{key}: expected {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """The first member of the union `tp` that accepts `value` (null where the union allows it)."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return coerce(value, arg, key)
+        except ConfigError:
+            pass
+    raise _wrong(key, _type_name(tp), value)
+
+
+def _coerce_literal(value: Any, tp: Any, key: str) -> Any:
+    """`value` if it is one of the literal's names, else an error with the closest name."""
+    if value not in typing.get_args(tp):
+        close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}")
+    return value
+
+
+def _coerce_float(value: Any, key: str) -> float:
+    """A number (ints accepted; YAML 1.1 reads 1e-3, without a dot, as a string)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _wrong(key, "a number", value)
+    return float(value)
+
+
+SCALARS = {bool: ("true or false", lambda v: isinstance(v, bool)),
+           int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+           str: ("a string", lambda v: isinstance(v, str))}
+
+
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted for floats."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        return _coerce_union(value, tp, key)
     if origin is Literal:
-        if value not in typing.get_args(tp):
-            close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}")
-        return value
+        return _coerce_literal(value, tp, key)
     if origin is tuple:  # tuple[X, ...], written as a YAML list
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
-        item = typing.get_args(tp)[0]
-        return tuple(coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r} ({type(value).__name__})")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r} ({type(value).__name__})")
-        return value
+            raise _wrong(key, "a list", value)
+        return tuple(coerce(v, typing.get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
+        return _coerce_float(value, key)
+    if tp in SCALARS:
+        expected, accepts = SCALARS[tp]
+        if not accepts(value):
+            raise _wrong(key, expected, value)
         return value
     if dataclasses.is_dataclass(tp):
         return parse(tp, value, key)

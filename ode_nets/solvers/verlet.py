@@ -137,21 +137,29 @@ def reversible_final_state(field: eqx.Module, x0: Array, ts: np.ndarray) -> Arra
 
     def run_bwd(res: tuple, ct: Array) -> tuple[Any, Array]:
         p, x_final = res
-
-        def body(carry: tuple, th: tuple[Array, Array]) -> tuple[tuple, None]:
-            x1, ct_x, ct_p = carry
-            t, h = th
-            x = verlet_inverse(eqx.combine(p, static), t, h, x1, axis=axis)
-            _, vjp = jax.vjp(lambda pp, xx: step(pp, t, h, xx), p, x)
-            d_p, d_x = vjp(ct_x)
-            return (x, d_x, jax.tree_util.tree_map(jnp.add, ct_p, d_p)), None
-
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, p)
-        (_, ct_x0, ct_p), _ = lax.scan(body, (x_final, ct, zeros), (t0s, hs), reverse=True)
-        return ct_p, ct_x0
+        return _reconstructing_backward(step,
+                                        lambda t, h, x1: verlet_inverse(eqx.combine(p, static), t, h, x1, axis=axis),
+                                        p, x_final, ct, (t0s, hs))
 
     run.defvjp(run_fwd, run_bwd)
     return run(params, x0)
+
+
+def _reconstructing_backward(step: Callable, inverse: Callable, p: Any, x_final: Array, ct: Array,
+                             grid: tuple[Array, Array]) -> tuple[Any, Array]:
+    """(dL/dp, dL/dx_0) from x_N and dL/dx_N: for j = N-1, ..., 0, x_j = inverse(t_j, h_j, x_{j+1}), then the VJP of
+    `step(p, t_j, h_j, x_j)` at the cotangent carried back; the parameters' cotangents are summed."""
+    def body(carry: tuple, th: tuple[Array, Array]) -> tuple[tuple, None]:
+        x1, ct_x, ct_p = carry
+        t, h = th
+        x = inverse(t, h, x1)
+        _, vjp = jax.vjp(lambda pp, xx: step(pp, t, h, xx), p, x)
+        d_p, d_x = vjp(ct_x)
+        return (x, d_x, jax.tree_util.tree_map(jnp.add, ct_p, d_p)), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, p)
+    (_, ct_x0, ct_p), _ = lax.scan(body, (x_final, ct, zeros), grid, reverse=True)
+    return ct_p, ct_x0
 
 
 def reconstruct_initial_state(field: eqx.Module, x_final: Array, ts: np.ndarray) -> Array:
