@@ -123,5 +123,5 @@ class MultiStageNet(eqx.Module):
         connectives = tuple(Connective.init(c_in[s], widths[s], 1 if s == 0 else pool, keys[2 * s])
                             for s in range(len(widths)))
         fields = tuple(make_field(shape, keys[2 * s + 1]) for s, shape in enumerate(shapes))
-        return cls(fields, connectives, solver, strategy, readout.init(shapes[-1], num_classes, keys[-1], fields[-1].feature_axis), grid,
-                   stepping)
+        head = readout.init(shapes[-1], num_classes, keys[-1], fields[-1].feature_axis)
+        return cls(fields, connectives, solver, strategy, head, grid, stepping)

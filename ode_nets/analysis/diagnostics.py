@@ -17,6 +17,7 @@ from typing import Callable
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -25,7 +26,7 @@ from ode_nets.fields.cubic import odd_power
 from ode_nets.losses import cross_entropy
 from ode_nets.solvers.stepping import Discretisation
 from ode_nets.analysis.stability import jacobian, max_real_eigenvalue
-from ode_nets.training.step import value_and_grad
+from ode_nets.training.step import finite_loss_and_gradient, value_and_grad
 from ode_nets.strategies.analytic import adjoint_on_grid
 
 
@@ -142,8 +143,8 @@ def per_example_gradients(model: eqx.Module, objective: eqx.Module, x: Array, y:
     parameter gradient flattened to one vector."""
     def one(xi: Array, yi: Array) -> tuple[Array, Array]:
         (loss, _), grads = value_and_grad(objective.__call__, model, xi[None], yi[None], jnp.ones(1))
-        flat = jnp.concatenate([jnp.ravel(g) for g in jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array))])
-        return jnp.isfinite(loss) & jnp.isfinite(jnp.linalg.norm(flat)), flat  # the norm: as training's filter
+        grads = eqx.filter(grads, eqx.is_array)
+        return finite_loss_and_gradient(loss, grads), jax.flatten_util.ravel_pytree(grads)[0]
 
     return jax.vmap(one)(x, y)
 

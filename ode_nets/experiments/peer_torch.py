@@ -84,12 +84,13 @@ def conv_cubic_module(arrays: dict[str, np.ndarray], grid: Any, horizon: float, 
 
     layers = len(grid) - 1
     dt = horizon / layers
-    as_param = lambda a: torch.nn.Parameter(torch.from_numpy(np.asarray(a, np.float32).copy()).to(device))  # noqa: E731
+    as_param = lambda a: torch.nn.Parameter(torch.from_numpy(np.array(a)).to(device))  # noqa: E731 - a copy
 
     class ConvCubic(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.kernel, self.b, self.gamma = (as_param(arrays[k]) for k in ("kernel", "b", "gamma"))
+            self.kernel, self.b = as_param(arrays["kernel"]), as_param(arrays["b"])
+            self.gamma = as_param(np.asarray(arrays["gamma"], np.float32))
 
         def forward(self, t: "torch.Tensor", x: "torch.Tensor") -> "torch.Tensor":
             l = torch.clamp(torch.searchsorted(grid, t.reshape(1).to(grid.dtype), right=True) - 1, 0, layers - 1)[0]

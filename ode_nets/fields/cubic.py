@@ -333,6 +333,12 @@ CONV_IMPLS = {"xla": conv3x3_xla, "im2col": conv3x3_im2col, "im2col_nhwc": conv3
               "xla_split": conv3x3_xla_split, "onednn": conv3x3_onednn}
 
 
+def check_conv_impl(conv_impl: str) -> None:
+    """ValueError naming `model.conv_impl` if `conv_impl` is not a key of `CONV_IMPLS`."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"model.conv_impl {conv_impl!r} is not one of {', '.join(CONV_IMPLS)}")
+
+
 def _channels_last(conv_nhwc: Callable[[Array, Array], Array]) -> Callable[[Array, Array], Array]:
     """An NHWC/HWIO 3x3 convolution as a map of (..., H, W, C) states and OIHW kernels (no state transposes)."""
     def conv(x: Float[Array, "... H W C"], kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... H W O"]:

@@ -20,7 +20,7 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ode_nets.fields._base import AbstractField
-from ode_nets.fields.cubic import CONV_IMPLS
+from ode_nets.fields.cubic import CONV_IMPLS, check_conv_impl
 from ode_nets.fields.resnet import activation
 from ode_nets.fields.time_params import ParamInit
 
@@ -78,8 +78,7 @@ class Conv(eqx.Module):
     def __check_init__(self) -> None:
         if self.impl is None:
             return
-        if self.impl not in CONV_IMPLS:
-            raise ValueError(f"model.conv_impl {self.impl!r} is not one of {', '.join(CONV_IMPLS)}")
+        check_conv_impl(self.impl)
         if self.kernel.shape[-2:] != (3, 3) or self.stride != 1 or self.padding != 1:
             raise ValueError(f"conv_impl {self.impl!r} is a 3x3 convolution with stride 1 and padding 1, not "
                              f"{self.kernel.shape[-1]}x{self.kernel.shape[-1]} / {self.stride} / {self.padding}")

@@ -28,7 +28,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ode_nets.errors import ConfigError
 from ode_nets.fields._base import AbstractField
-from ode_nets.fields.cubic import CONV_IMPLS, conv3x3_transpose
+from ode_nets.fields.cubic import CONV_IMPLS, check_conv_impl, conv3x3_transpose
 from ode_nets.fields.hamiltonian import split_state
 from ode_nets.fields.resnet import activation
 from ode_nets.fields.time_params import ParamInit, TimeParam
@@ -64,8 +64,7 @@ def check_conv_options(norm: str, conv_impl: str) -> None:
     """ValueError naming the option if `norm` or `conv_impl` is unknown."""
     if norm not in NORMS:
         raise ValueError(f"model.norm {norm!r} is not one of {', '.join(NORMS)}")
-    if conv_impl not in CONV_IMPLS:
-        raise ValueError(f"model.conv_impl {conv_impl!r} is not one of {', '.join(CONV_IMPLS)}")
+    check_conv_impl(conv_impl)
 
 
 def even_channels(state_shape: tuple[int, ...], name: str) -> int:

@@ -142,12 +142,12 @@ def hand_vjp_report(folder: Path, batches: int = 6, batch_size: int = 128, seed:
         raise ConfigError(f"hand-vjp: {folder} has model.field {config.model.field!r}, which has no hand-derived VJP")
     with_vjp = lambda on: eqx.tree_at(lambda m: m.field, model,  # noqa: E731
                                       replace_fn=lambda f: dataclasses.replace(f, hand_vjp=on))
+    autodiff, hand_derived, objective = with_vjp(False), with_vjp(True), build_objective(config)
     rng = np.random.default_rng(seed)
     parts = []
     for _ in range(batches):
         idx = rng.choice(len(dataset.train.x), batch_size, replace=False)
-        parts.append(gradient_agreement(with_vjp(False), with_vjp(True), build_objective(config),
-                                        dataset.train.x[idx], dataset.train.y[idx]))
+        parts.append(gradient_agreement(autodiff, hand_derived, objective, dataset.train.x[idx], dataset.train.y[idx]))
     auto, hand = (np.concatenate([p[k] for p in parts]) for k in ("finite_a", "finite_b"))
     rel = np.concatenate([p["rel_diff"] for p in parts])
     return (f"{folder}: {len(auto)} training examples in {batches} random batches\n"

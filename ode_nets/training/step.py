@@ -58,6 +58,11 @@ def train_step(optimizer: optax.GradientTransformation, model: eqx.Module, opt_s
     return model, opt_state, {"loss": loss, "grad_norm": grad_norm, "ok": ok, **aux, **stats}
 
 
+def finite_loss_and_gradient(loss: jax.Array, grads: Any) -> jax.Array:
+    """True if the loss and the gradient's global norm are finite (a gradient whose norm overflows counts as not)."""
+    return jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+
+
 @eqx.filter_jit
 def finite_examples(model: eqx.Module, x: jax.Array, y: jax.Array, objective: Objective = Objective()) -> jax.Array:
     """True for the examples whose own loss and gradient are finite (one vmapped fwd + bwd per example).
@@ -66,7 +71,7 @@ def finite_examples(model: eqx.Module, x: jax.Array, y: jax.Array, objective: Ob
     """
     def finite(xi: jax.Array, yi: jax.Array) -> jax.Array:
         (loss, _), grads = value_and_grad(objective.__call__, model, xi[None], yi[None], jnp.ones(1))
-        return jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        return finite_loss_and_gradient(loss, grads)
 
     return jax.vmap(finite)(x, y)
 
