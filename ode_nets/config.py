@@ -148,8 +148,9 @@ class OptimConfig:
     learning_rate: float = 0.1
     momentum: float = 0.0  # sgd only
     weight_decay: float = 0.0  # adamw only
-    schedule: Literal["constant", "cosine", "exponential", "warmup_cosine"] = "constant"
-    decay_rate: float = 0.1  # exponential: lr multiplied by this over the whole run
+    schedule: Literal["constant", "cosine", "exponential", "warmup_cosine", "step"] = "constant"
+    decay_rate: float = 0.1  # exponential: lr multiplied by this over the whole run; step: at each of decay_at
+    decay_at: tuple[float, ...] = ()  # step: fractions of the run's steps where lr drops (Chen: 60/160, 100/160, 140/160)
     warmup_steps: int = 0
     clip_norm: Optional[float] = None  # global gradient-norm clipping
     gamma_rate: float = 1.0  # rate of the shared gamma~ as a multiple of learning_rate (its gradient scaled first)
@@ -161,6 +162,10 @@ class OptimConfig:
         require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(0 < self.decay_rate <= 1, "optim.decay_rate", f"must be in (0, 1], got {self.decay_rate}")
         require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(all(0 < f < 1 for f in self.decay_at) and list(self.decay_at) == sorted(set(self.decay_at)),
+                "optim.decay_at", f"must be increasing fractions of the run in (0, 1), got {list(self.decay_at)}")
+        require(self.schedule != "step" or bool(self.decay_at), "optim.decay_at",
+                "must list at least one fraction of the run for schedule: step")
         require(self.gamma_rate >= 0, "optim.gamma_rate", f"must be >= 0, got {self.gamma_rate}")
         require(self.cg_iterations > 0, "optim.cg_iterations", f"must be > 0, got {self.cg_iterations}")
         require(self.clip_norm is None or self.clip_norm > 0, "optim.clip_norm",
@@ -208,6 +213,7 @@ class TrainConfig:
     skip_nonfinite: int = 0  # skip up to this many consecutive batches with a non-finite loss/gradient (0: stop)
     drop_nonfinite_examples: bool = False  # retry a non-finite batch without the examples whose loss or gradient overflows
     input_noise: float = 0.0  # std of Gaussian noise added to each training input at every step (0: off)
+    random_crop: int = 0  # images zero-padded by this many pixels and cropped back at a random shift (Chen: 4; 0: off)
     levels: tuple[int, ...] = ()  # multilevel training (scripts/multilevel.py): layers per level, e.g. [32, 64]
     prolongation: Literal["constant", "linear"] = "constant"  # how per-layer parameters go from L to r*L layers
 
@@ -224,6 +230,7 @@ class TrainConfig:
         require(self.layer_devices > 0, "train.layer_devices", f"must be > 0, got {self.layer_devices}")
         require(self.skip_nonfinite >= 0, "train.skip_nonfinite", f"must be >= 0, got {self.skip_nonfinite}")
         require(self.input_noise >= 0, "train.input_noise", f"must be >= 0, got {self.input_noise}")
+        require(self.random_crop >= 0, "train.random_crop", f"must be >= 0, got {self.random_crop}")
         require(self.batch_size % self.devices == 0, "train.batch_size",
                  f"{self.batch_size} is not divisible by train.devices = {self.devices} (data parallel splits the batch)")
         require(self.max_steps is None or self.max_steps > 0, "train.max_steps",

@@ -73,6 +73,10 @@ def test_wrong_type_names_key(tmp_path, data, key):
     ({"solver": {"rtol": -1e-3}}, "solver.rtol"),
     ({"train": {"eval_train_examples": 0}}, "train.eval_train_examples"),
     ({"train": {"input_noise": -0.1}}, "train.input_noise"),
+    ({"train": {"random_crop": -1}}, "train.random_crop"),
+    ({"optim": {"schedule": "step"}}, "optim.decay_at"),
+    ({"optim": {"schedule": "step", "decay_at": [0.6, 0.3]}}, "optim.decay_at"),
+    ({"optim": {"schedule": "step", "decay_at": [1.0]}}, "optim.decay_at"),
 ])
 def test_impossible_values_name_key(tmp_path, data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:

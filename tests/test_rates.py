@@ -41,3 +41,16 @@ def test_gamma_rate_acts_before_global_norm_clipping():
 def test_negative_gamma_rate_is_refused():
     with pytest.raises(ConfigError, match="optim.gamma_rate"):
         OptimConfig(gamma_rate=-1.0)
+
+
+def test_step_schedule_drops_the_rate_where_chen_does():
+    """optim.schedule: step with Chen et al.'s decay_at (epochs 60, 100, 140 of 160): x0.1 at each, from that step."""
+    cfg = OptimConfig(learning_rate=0.1, schedule="step", decay_at=(0.375, 0.625, 0.875), decay_rate=0.1)
+    grads = jnp.array([1.0])
+    opt = build_optimizer(cfg, total_steps=160)
+    state, rates = opt.init(grads), []
+    for _ in range(160):
+        updates, state = opt.update(grads, state, grads)
+        rates.append(-float(updates[0]))
+    expected = [0.1] * 60 + [0.01] * 40 + [0.001] * 40 + [1e-4] * 20
+    assert rates == pytest.approx(expected, rel=1e-5)

@@ -12,6 +12,7 @@ import pytest
 
 from ode_nets.config import load_config
 from ode_nets.data import batch_indices
+from ode_nets.errors import ConfigError
 from ode_nets.losses import cross_entropy, logit_level, smoothness
 from ode_nets.models import count_parameters, project_parameters
 from ode_nets.build import build_run, fit_run, prepare_folder
@@ -96,6 +97,35 @@ def test_input_noise_has_the_asked_spread_and_is_reproducible():
     assert noisy.dtype == np.float32 and abs(noisy.mean()) < 0.01 and noisy.std() == pytest.approx(0.2, rel=0.03)
     assert np.array_equal(noisy, np.asarray(add_input_noise(x, 0.2, jax.random.PRNGKey(3))))
     assert not np.array_equal(noisy, np.asarray(add_input_noise(x, 0.2, jax.random.PRNGKey(4))))
+
+
+def test_random_crop_is_a_zero_filled_shift_of_at_most_padding_pixels():
+    """train.random_crop = p: every image is its original moved by (dy, dx) in [-p, p]^2, zeros shifted in; the
+    shifts are reproducible, vary over the batch, and one process's rows get their rows of the whole batch's crop."""
+    from ode_nets.data import random_crop
+
+    x = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (64, 2, 9, 7)), np.float32)
+    out = np.asarray(random_crop(x, 3, jax.random.PRNGKey(1)))
+    assert out.shape == x.shape and np.array_equal(out, np.asarray(random_crop(x, 3, jax.random.PRNGKey(1))))
+    padded = np.pad(x, [(0, 0), (0, 0), (3, 3), (3, 3)])
+    shifts = set()
+    for image, window in zip(out, padded):
+        matches = [(dy, dx) for dy in range(7) for dx in range(7)
+                   if np.array_equal(image, window[:, dy:dy + 9, dx:dx + 7])]
+        assert len(matches) == 1
+        shifts.add(matches[0])
+    assert len(shifts) > 20  # 49 possible shifts, 64 images
+    assert np.array_equal(np.asarray(random_crop(x, 0, jax.random.PRNGKey(1))), x)
+    rows = slice(16, 32)
+    assert np.array_equal(np.asarray(random_crop(x[rows], 3, jax.random.PRNGKey(1), rows, 64)), out[rows])
+
+
+def test_random_crop_on_vectors_is_refused():
+    from ode_nets.training.options import TrainOptions
+
+    with pytest.raises(ConfigError, match=r"train\.random_crop.*\(2,\)"):
+        TrainOptions(random_crop=4).check(100, (2,))
+    TrainOptions(random_crop=4).check(100, (1, 28, 28))
 
 
 def test_training_with_input_noise_is_deterministic_and_differs_from_clean(tmp_path):

@@ -15,7 +15,7 @@ from jaxtyping import PRNGKeyArray
 
 from ode_nets.data import toy
 from ode_nets.data._dataset import (Dataset, Split, add_input_noise, batch_indices, carve_validation, check_dataset,
-                                    num_batches)
+                                    num_batches, random_crop)
 from ode_nets.data.circles import make_circles
 from ode_nets.data.digits import load_digits
 from ode_nets.data.mnist import load_mnist
@@ -60,4 +60,4 @@ def load_dataset(options: Any, key: PRNGKeyArray) -> Dataset:
 
 
 __all__ = ["DATASETS", "DataError", "Dataset", "Split", "add_input_noise", "batch_indices", "carve_validation",
-           "check_dataset", "load_dataset", "num_batches", "load_circles", "circles"]
+           "check_dataset", "load_dataset", "num_batches", "random_crop", "load_circles", "circles"]

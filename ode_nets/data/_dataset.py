@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
@@ -133,6 +134,21 @@ def add_input_noise(x: np.ndarray, sigma: float, key: PRNGKeyArray, rows: slice 
     if rows is None:
         return x + sigma * jax.random.normal(key, x.shape, x.dtype)
     return x + sigma * jax.random.normal(key, (batch_size,) + x.shape[1:], x.dtype)[rows]
+
+
+def random_crop(x: np.ndarray, padding: int, key: PRNGKeyArray, rows: slice | None = None,
+                batch_size: int | None = None) -> jax.Array:
+    """Each image of `x` (n, C, H, W) zero-padded by `padding` pixels on every side, then cut back to H x W at a
+    random offset drawn from `key` (`train.random_crop`; torchvision's `RandomCrop(28, padding=4)` of Chen et al.'s
+    MNIST recipe): a shift of up to `padding` pixels in each direction. `rows` / `batch_size` as in `add_input_noise`.
+    """
+    n, (h, w) = (len(x) if batch_size is None else batch_size), x.shape[-2:]
+    offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
+    offsets = offsets if rows is None else offsets[rows]
+    pad = [(0, 0)] * (x.ndim - 2) + [(padding, padding)] * 2
+    padded = jnp.pad(jnp.asarray(x), pad)
+    crop = lambda image, o: jax.lax.dynamic_slice(image, (0,) * (image.ndim - 2) + (o[0], o[1]), image.shape[:-2] + (h, w))  # noqa: E731
+    return jax.vmap(crop)(padded, offsets)
 
 
 def num_batches(n: int, batch_size: int) -> int:

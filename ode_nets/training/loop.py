@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ode_nets.data import Dataset, add_input_noise, batch_indices
+from ode_nets.data import Dataset, add_input_noise, batch_indices, random_crop
 from ode_nets.errors import StorageError, TrainingError
 from ode_nets.models import count_parameters
 from ode_nets.solvers import SOLVERS
@@ -52,7 +52,7 @@ def fit(model: eqx.Module, data: Dataset, *, optimizer: optax.GradientTransforma
     `resumes.jsonl`. The folder is locked against other processes while `fit` runs.
     """
     options = dataclasses.replace(options or TrainOptions(), **settings)
-    options.check(len(data.train))
+    options.check(len(data.train), data.train.x.shape[1:])
     main = distributed.is_main()  # several processes: only process 0 locks, reads and writes the folder
     with hold(run_dir.path if isinstance(run_dir, RunDir) else run_dir) if main else contextlib.nullcontext():
         if main:
@@ -186,11 +186,15 @@ class _Trainer:
         return False
 
     def batch(self, idx: np.ndarray, mask: np.ndarray, order_key: jax.Array, i: int) -> tuple:
-        """Inputs, labels and mask of batch `i` (noise keyed per (epoch, batch): a resumed run draws the same)."""
+        """Inputs, labels and mask of batch `i` (crops and noise keyed per (epoch, batch): a resumed run draws the
+        same)."""
         rows = parallel.process_rows(len(idx))  # this process's rows of the global batch (all, with one process)
         x, y, mask = self.data.train.x[idx[rows]], self.data.train.y[idx[rows]], mask[rows]
+        key = jax.random.fold_in(order_key, i)
+        if self.options.random_crop:
+            x = random_crop(x, self.options.random_crop, jax.random.fold_in(key, 1), rows, len(idx))
         if self.options.input_noise:
-            x = add_input_noise(x, self.options.input_noise, jax.random.fold_in(order_key, i), rows, len(idx))
+            x = add_input_noise(x, self.options.input_noise, key, rows, len(idx))
         if self.mesh is not None:
 
             x, y, mask = parallel.shard_batch((x, y, mask), self.mesh)

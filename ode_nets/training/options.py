@@ -29,6 +29,7 @@ class TrainOptions:
     skip_nonfinite: int = 0
     drop_nonfinite_examples: bool = False
     input_noise: float = 0.0
+    random_crop: int = 0
     devices: int = 1
     layer_devices: int = 1
     name: Optional[str] = None
@@ -42,8 +43,11 @@ class TrainOptions:
         total = self.steps_per_epoch(n_train) * self.epochs
         return total if self.max_steps is None else min(total, self.max_steps)
 
-    def check(self, n_train: int) -> None:
-        """Refuse settings that cannot train on `n_train` examples."""
+    def check(self, n_train: int, input_shape: tuple[int, ...] = ()) -> None:
+        """Refuse settings that cannot train on `n_train` examples of shape `input_shape`."""
+        if self.random_crop and len(input_shape) != 3:
+            raise ConfigError(f"train.random_crop = {self.random_crop} shifts images (C, H, W), but the inputs have "
+                              f"shape {tuple(input_shape)}; set it to 0 for this dataset")
         if self.batch_size > n_train:
             raise ConfigError(f"train.batch_size = {self.batch_size} is larger than the training set "
                               f"({n_train} examples); lower it")
