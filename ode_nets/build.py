@@ -163,7 +163,11 @@ def with_model(config: Config, **changes: Any) -> Config:
 def step_schedule(lr: float, total_steps: int, decay_at: tuple[float, ...], rate: float) -> optax.Schedule:
     """`lr`, multiplied by `rate` at each fraction `decay_at` of the run's `total_steps` (Chen et al.'s MNIST
     recipe: x0.1 at epochs 60, 100 and 140 of 160, i.e. at 0.375, 0.625, 0.875 of the run)."""
-    return optax.piecewise_constant_schedule(lr, {int(round(f * total_steps)): rate for f in decay_at})
+    scales: dict[int, float] = {}
+    for f in decay_at:  # in a very short run two fractions can round to one step: both drops apply there
+        step = int(round(f * total_steps))
+        scales[step] = scales.get(step, 1.0) * rate
+    return optax.piecewise_constant_schedule(lr, scales)
 
 
 def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:

@@ -54,3 +54,9 @@ def test_step_schedule_drops_the_rate_where_chen_does():
         rates.append(-float(updates[0]))
     expected = [0.1] * 60 + [0.01] * 40 + [0.001] * 40 + [1e-4] * 20
     assert rates == pytest.approx(expected, rel=1e-5)
+    short = build_optimizer(cfg, total_steps=2)  # 0.375 and 0.625 of 2 steps both round to step 1: x0.01 there
+    state, rates = short.init(grads), []
+    for _ in range(2):
+        updates, state = short.update(grads, state, grads)
+        rates.append(-float(updates[0]))
+    assert rates == pytest.approx([0.1, 0.001], rel=1e-5)

@@ -264,3 +264,19 @@ def test_boundary_radii_of_a_circle_and_of_an_ellipse():
     np.testing.assert_allclose(circle, 1.5, atol=2e-3)
     ellipse = boundary_radii(Ring(jnp.array(1.2)), n_angles=4, radii=radii)  # rays at 0, 90, 180, 270 degrees
     np.testing.assert_allclose(ellipse, [1.8, 1.5, 1.8, 1.5], atol=2e-3)
+
+
+def test_mnist_odenet_config_carries_chens_schedule_and_crops_to_training():
+    """configs/mnist_odenet.yaml: Chen et al.'s lr drops at epochs 60, 100, 140 of 160 and 4-pixel random crops
+    reach `fit`'s options and the optimizer (its first update from a state whose step count is set: lr x gradient)."""
+    from ode_nets.build import build_optimizer, build_train_options
+
+    cfg = load_config(CONFIGS / "mnist_odenet.yaml")
+    assert build_train_options(cfg).random_crop == 4
+    per_epoch, grads = 469, jnp.ones(1)
+    opt = build_optimizer(cfg.optim, 160 * per_epoch)
+    at_step = lambda state, n: jax.tree_util.tree_map(  # noqa: E731  (the int32 leaf is the schedule's count)
+        lambda leaf: jnp.full_like(leaf, n) if leaf.dtype == jnp.int32 else leaf, state)
+    for epoch, rate in [(0, 0.1), (59.99, 0.1), (60, 0.01), (100, 0.001), (140, 1e-4)]:
+        updates, _ = opt.update(grads, at_step(opt.init(grads), int(epoch * per_epoch)), grads)
+        assert -float(updates[0]) == pytest.approx(rate, rel=1e-5), epoch

@@ -147,7 +147,11 @@ def random_crop(x: np.ndarray, padding: int, key: PRNGKeyArray, rows: slice | No
     offsets = offsets if rows is None else offsets[rows]
     pad = [(0, 0)] * (x.ndim - 2) + [(padding, padding)] * 2
     padded = jnp.pad(jnp.asarray(x), pad)
-    crop = lambda image, o: jax.lax.dynamic_slice(image, (0,) * (image.ndim - 2) + (o[0], o[1]), image.shape[:-2] + (h, w))  # noqa: E731
+    lead = x.ndim - 3  # axes before (H, W) of one image: its channels
+
+    def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(image, (0,) * lead + (offset[0], offset[1]), image.shape[:lead] + (h, w))
+
     return jax.vmap(crop)(padded, offsets)
 
 
