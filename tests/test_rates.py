@@ -43,20 +43,20 @@ def test_negative_gamma_rate_is_refused():
         OptimConfig(gamma_rate=-1.0)
 
 
+def rates_of(opt, steps: int) -> list[float]:
+    """The learning rate of each of `steps` SGD updates (gradient 1, no momentum)."""
+    grads = jnp.array([1.0])
+    state, rates = opt.init(grads), []
+    for _ in range(steps):
+        updates, state = opt.update(grads, state, grads)
+        rates.append(-float(updates[0]))
+    return rates
+
+
 def test_step_schedule_drops_the_rate_where_chen_does():
     """optim.schedule: step with Chen et al.'s decay_at (epochs 60, 100, 140 of 160): x0.1 at each, from that step."""
     cfg = OptimConfig(learning_rate=0.1, schedule="step", decay_at=(0.375, 0.625, 0.875), decay_rate=0.1)
-    grads = jnp.array([1.0])
-    opt = build_optimizer(cfg, total_steps=160)
-    state, rates = opt.init(grads), []
-    for _ in range(160):
-        updates, state = opt.update(grads, state, grads)
-        rates.append(-float(updates[0]))
     expected = [0.1] * 60 + [0.01] * 40 + [0.001] * 40 + [1e-4] * 20
-    assert rates == pytest.approx(expected, rel=1e-5)
-    short = build_optimizer(cfg, total_steps=2)  # 0.375 and 0.625 of 2 steps both round to step 1: x0.01 there
-    state, rates = short.init(grads), []
-    for _ in range(2):
-        updates, state = short.update(grads, state, grads)
-        rates.append(-float(updates[0]))
-    assert rates == pytest.approx([0.1, 0.001], rel=1e-5)
+    assert rates_of(build_optimizer(cfg, total_steps=160), 160) == pytest.approx(expected, rel=1e-5)
+    # 0.375 and 0.625 of 2 steps both round to step 1: x0.01 there
+    assert rates_of(build_optimizer(cfg, total_steps=2), 2) == pytest.approx([0.1, 0.001], rel=1e-5)

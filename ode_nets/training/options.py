@@ -43,7 +43,7 @@ class TrainOptions:
         total = self.steps_per_epoch(n_train) * self.epochs
         return total if self.max_steps is None else min(total, self.max_steps)
 
-    def check(self, n_train: int, input_shape: tuple[int, ...] = ()) -> None:
+    def check(self, n_train: int, input_shape: tuple[int, ...]) -> None:
         """Refuse settings that cannot train on `n_train` examples of shape `input_shape`."""
         if self.random_crop and len(input_shape) != 3:
             raise ConfigError(f"train.random_crop = {self.random_crop} shifts images (C, H, W), but the inputs have "
