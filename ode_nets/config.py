@@ -185,6 +185,7 @@ class DataConfig:
     tfds_dir: Optional[str] = None  # prepared tfds data; else $TFDS_DATA_DIR / tfds default
     source: Literal["auto", "tfds", "idx"] = "auto"
     limit_train: Optional[int] = None  # use only the first N training examples (quick runs)
+    standardize: bool = False  # shift and scale all inputs by the training split's mean and std (one scalar each)
 
     def __post_init__(self) -> None:
         require(self.n_train > 0, "data.n_train", f"must be > 0, got {self.n_train}")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ode_nets.config import DataConfig
-from ode_nets.data import load_dataset
+from ode_nets.data import Dataset, Split, load_dataset, standardize
 from ode_nets.data.mnist import IMAGES_MAGIC, LABELS_MAGIC, load_mnist, read_idx, read_idx_split
 from ode_nets.errors import DataError
 
@@ -110,6 +110,27 @@ def test_load_dataset_from_idx_with_validation_and_limit(tmp_path, monkeypatch):
     got = np.concatenate([data.train.x, data.validation.x]).reshape(10, -1)
     assert sorted(map(bytes, got)) == sorted(map(bytes, images))
     np.testing.assert_array_equal(data.test.y, arrays["t10k"][1])
+
+
+def test_standardize_uses_the_training_statistics_for_every_split(tmp_path, monkeypatch):
+    tiny_mnist(tmp_path, gz=False)
+    monkeypatch.setenv("ODE_NETS_DATA_DIR", str(tmp_path))
+    plain = load_dataset(DataConfig(name="mnist", source="idx", validation=3), jax.random.PRNGKey(0))
+    data = load_dataset(DataConfig(name="mnist", source="idx", validation=3, standardize=True), jax.random.PRNGKey(0))
+    mean, std = plain.train.x.astype(np.float64).mean(), plain.train.x.astype(np.float64).std()
+    assert abs(data.train.x.mean()) < 1e-6 and abs(data.train.x.std() - 1) < 1e-5
+    for name in ("train", "validation", "test"):
+        np.testing.assert_allclose(getattr(data, name).x, (getattr(plain, name).x - mean) / std, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(getattr(data, name).y, getattr(plain, name).y)
+        assert getattr(data, name).x.dtype == np.float32
+    np.testing.assert_allclose(data.input_range, (-mean / std, (1 - mean) / std), rtol=1e-6)
+
+
+def test_standardize_refuses_constant_inputs():
+    flat = Dataset(Split(np.ones((4, 3), np.float32), np.zeros(4, np.int32)),
+                   Split(np.ones((2, 3), np.float32), np.zeros(2, np.int32)), num_classes=2)
+    with pytest.raises(DataError, match="data.standardize.*constant"):
+        standardize(flat)
 
 
 @pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="workplace MNIST IDX files not present")

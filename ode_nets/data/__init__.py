@@ -15,7 +15,7 @@ from jaxtyping import PRNGKeyArray
 
 from ode_nets.data import toy
 from ode_nets.data._dataset import (Dataset, Split, add_input_noise, batch_indices, carve_validation, check_dataset,
-                                    num_batches, random_crop)
+                                    num_batches, random_crop, standardize)
 from ode_nets.data.circles import make_circles
 from ode_nets.data.digits import load_digits
 from ode_nets.data.mnist import load_mnist
@@ -47,8 +47,8 @@ DATASETS: dict[str, Loader] = {
 
 
 def load_dataset(options: Any, key: PRNGKeyArray) -> Dataset:
-    """The dataset named by `options.name`, its training set cut to `limit_train` and a validation split of
-    `validation` examples carved from it if asked."""
+    """The dataset named by `options.name`, its training set cut to `limit_train`, a validation split of
+    `validation` examples carved from it and all splits standardised by the rest's statistics, if asked."""
     k_train, k_test, k_val = jax.random.split(key, 3)
     dataset = DATASETS[options.name](options, k_train, k_test)
     if options.limit_train is not None:
@@ -56,8 +56,8 @@ def load_dataset(options: Any, key: PRNGKeyArray) -> Dataset:
                                                            dataset.train.y[:options.limit_train]))
     dataset = carve_validation(dataset, options.validation, k_val)
     check_dataset(dataset)
-    return dataset
+    return standardize(dataset) if options.standardize else dataset
 
 
 __all__ = ["DATASETS", "DataError", "Dataset", "Split", "add_input_noise", "batch_indices", "carve_validation",
-           "check_dataset", "load_dataset", "num_batches", "random_crop", "load_circles", "circles"]
+           "check_dataset", "load_dataset", "num_batches", "random_crop", "standardize", "load_circles", "circles"]

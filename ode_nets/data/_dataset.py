@@ -54,6 +54,21 @@ def carve_validation(dataset: Dataset, size: int, key: PRNGKeyArray) -> Dataset:
                                validation=Split(train.x[val], train.y[val]))
 
 
+def standardize(dataset: Dataset) -> Dataset:
+    """Every split shifted and scaled by the training split's mean and standard deviation (one scalar each, over
+    all training values), so the training inputs have mean 0 and std 1; `input_range` is mapped the same way."""
+    mean, std = float(np.mean(dataset.train.x)), float(np.std(dataset.train.x))
+    if not std > 0:
+        raise DataError(f"data.standardize: the training inputs are constant (std {std}), nothing to scale by")
+
+    def scale(split: Split | None) -> Split | None:
+        return None if split is None else Split(((split.x - mean) / std).astype(np.float32), split.y)
+
+    lo_hi = None if dataset.input_range is None else tuple((v - mean) / std for v in dataset.input_range)
+    return dataclasses.replace(dataset, train=scale(dataset.train), test=scale(dataset.test),
+                               validation=scale(dataset.validation), input_range=lo_hi)
+
+
 def _first(bad: np.ndarray) -> str:
     """'3 examples, first at index 17' for a boolean mask over examples."""
     count = int(bad.sum())
