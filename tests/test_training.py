@@ -275,8 +275,11 @@ def test_mnist_odenet_config_carries_chens_schedule_and_crops_to_training():
     assert build_train_options(cfg).random_crop == 4
     per_epoch, grads = 469, jnp.ones(1)
     opt = build_optimizer(cfg.optim, 160 * per_epoch)
-    at_step = lambda state, n: jax.tree_util.tree_map(  # noqa: E731  (the int32 leaf is the schedule's count)
-        lambda leaf: jnp.full_like(leaf, n) if leaf.dtype == jnp.int32 else leaf, state)
+
+    def at_step(state, n: int):
+        """`state` with its step count (the int32 leaf, the schedule's count) set to `n`."""
+        return jax.tree_util.tree_map(lambda leaf: jnp.full_like(leaf, n) if leaf.dtype == jnp.int32 else leaf, state)
+
     for epoch, rate in [(0, 0.1), (59.99, 0.1), (60, 0.01), (100, 0.001), (140, 1e-4)]:
         updates, _ = opt.update(grads, at_step(opt.init(grads), int(epoch * per_epoch)), grads)
         assert -float(updates[0]) == pytest.approx(rate, rel=1e-5), epoch

@@ -48,7 +48,8 @@ DATASETS: dict[str, Loader] = {
 
 def load_dataset(options: Any, key: PRNGKeyArray) -> Dataset:
     """The dataset named by `options.name`, its training set cut to `limit_train`, a validation split of
-    `validation` examples carved from it and all splits standardised by the rest's statistics, if asked."""
+    `validation` examples carved from it and, if asked, every split standardised by the remaining training split's
+    mean and std."""
     k_train, k_test, k_val = jax.random.split(key, 3)
     dataset = DATASETS[options.name](options, k_train, k_test)
     if options.limit_train is not None:
