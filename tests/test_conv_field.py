@@ -256,3 +256,19 @@ def test_gradient_matches_finite_difference():
         analytic = get(grads)[index]
         assert abs(float(analytic)) > 1e-6  # a non-trivial entry
         np.testing.assert_allclose(float(analytic), float(fd), rtol=1e-6, atol=1e-10)
+
+
+def test_rescaled_activations_need_scaled_biases_and_gamma():
+    """§4.4 after eq 112: x_s = c x solves eq 109 with b~_s = c b~ and gamma~_s = gamma~ / c^2 (kernels unchanged),
+    so a learned gamma~ is only comparable between runs at the same input (activation) scale."""
+    cfg = paper_config(layers=5)
+    model = random_model(cfg, (1, 6, 6), jax.random.PRNGKey(6), scale=0.2)
+    images = jnp.asarray(np.random.default_rng(8).random((2, 1, 6, 6)))
+    c = 3.7
+    scaled = eqx.tree_at(lambda m: (m.field.b.values, m.field.gamma), model,
+                         (c * model.field.b.values, model.field.gamma / c ** 2))
+    states = np.asarray(model.trajectory(images))
+    np.testing.assert_allclose(np.asarray(scaled.trajectory(c * images)), c * states, rtol=1e-12, atol=1e-12)
+    assert np.max(np.abs(0.02 * states ** 3)) > 1e-3  # the cubic term takes part
+    # the readout (max pool) scales with c too: the softmax's temperature is not invariant
+    np.testing.assert_allclose(np.asarray(scaled(c * images)), c * np.asarray(model(images)), rtol=1e-12)
