@@ -9,7 +9,10 @@ cannot go below, and its share of the measured matmul peak the most this design 
 `fused_euler`, the whole L-layer Euler solve in NHWC as one `lax.scan` with a hand-written VJP (the "one fused
 layer with its own VJP" idea), against plain autodiff of the same scan, and, where torch is installed, torch's
 (oneDNN) channels-last convolutions of the same shapes, alone and called from the same scan through
-`jax.pure_callback`.
+`jax.pure_callback`. Where the oneDNN custom call builds (`conv_impl: onednn`), it times its three calls at 8, 10
+and 16 channels too: oneDNN's direct kernels vectorise over channels, so 10 channels fill two 8- (AVX2) or one
+16-lane (AVX-512) register block like 16 do, and L x their sum at 10 channels is the floor of the benchmark's
+`conv_impl: onednn` step.
 """
 
 from __future__ import annotations
@@ -105,6 +108,21 @@ def single_convs(batch: int, channels: int, repeats: int) -> dict[str, float]:
             "input_gradient": median_ms(jax.jit(lambda g, k: conv_nhwc(g, transposed_kernel(k))), x, kernel,
                                         repeats=repeats),
             "kernel_gradient": median_ms(jax.jit(kernel_gradient), x, x, repeats=repeats)}
+
+
+def onednn_convs(batch: int, channels: int, repeats: int) -> dict[str, float] | None:
+    """The three oneDNN custom calls alone (ms), float32, `channels` in and out; None where oneDNN is unavailable."""
+    from ode_nets.fields.onednn_conv import (conv3x3_onednn_backward_data, conv3x3_onednn_backward_weights,
+                                             conv3x3_onednn_nhwc, onednn_unavailable)
+
+    if onednn_unavailable() is not None:
+        return None
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((batch, SIZE, SIZE, channels), dtype=np.float32))
+    kernel = jnp.asarray(0.01 * rng.standard_normal((3, 3, channels, channels), dtype=np.float32))
+    return {"forward": median_ms(jax.jit(conv3x3_onednn_nhwc), x, kernel, repeats=repeats),
+            "backward_data": median_ms(jax.jit(conv3x3_onednn_backward_data), x, kernel, repeats=repeats),
+            "backward_weights": median_ms(jax.jit(conv3x3_onednn_backward_weights), x, x, repeats=repeats)}
 
 
 def bf16_forward(batch: int, repeats: int) -> float:
@@ -212,10 +230,21 @@ def conv_ceiling(batch: int, layers: int, peak_flops: float, repeats: int = 10) 
     f32 = {channels: single_convs(batch, channels, repeats) for channels in (10, 16)}
     per_layer = {c: sum(t.values()) for c, t in f32.items()}
     best = min(per_layer.values())
-    return {"batch": batch, "layers": layers, "conv_flops": flops, "peak_flops_per_s": peak_flops, "f32_ms": f32,
+    onednn = {channels: onednn_convs(batch, channels, repeats) for channels in (8, 10, 16)}
+    return {"onednn_ms": onednn if onednn[10] else None, "batch": batch, "layers": layers, "conv_flops": flops, "peak_flops_per_s": peak_flops, "f32_ms": f32,
             "bf16_forward_ms": bf16_forward(batch, repeats), "fused": fused_vs_autodiff(batch, layers, repeats),
             "torch_ms": torch_convs(batch, layers, repeats), "floor_step_ms": layers * best,
             "floor_fraction_of_peak": 3 * layers * flops / (layers * best * 1e-3) / peak_flops}
+
+
+def _onednn_floor(c: dict) -> list[str]:
+    """The floor line of the oneDNN custom calls at 10 channels (none where they were not measured)."""
+    if not c.get("onednn_ms"):
+        return []
+    ms = c["layers"] * sum(c["onednn_ms"][10].values())
+    fraction = 3 * c["layers"] * c["conv_flops"] / (ms * 1e-3) / c["peak_flops_per_s"]
+    return [f"Floor from the oneDNN custom calls (`conv_impl: onednn`): {c['layers']} x (forward + backward data + "
+            f"backward weights) = {ms:.0f} ms per step = {100 * fraction:.0f}% of the peak."]
 
 
 def ceiling_table(c: dict) -> str:
@@ -239,9 +268,14 @@ def ceiling_table(c: dict) -> str:
         ms = c["torch_ms"]["forward_backward"] / 3
         lines.append(f"| torch (oneDNN) channels-last, forward + backward, per conv | {ms:.2f} | {gflops(ms):.0f} | "
                      f"{100 * gflops(ms) / peak:.0f}% |")
+    for channels, times in (c.get("onednn_ms") or {}).items():
+        for name, ms in times.items():
+            lines.append(f"| oneDNN custom call, {channels} channels, {name.replace('_', ' ')} | {ms:.2f} | "
+                         f"{gflops(ms):.0f} | {100 * gflops(ms) / peak:.0f}% |")
     f = c["fused"]
     lines += ["", f"Floor from XLA convolutions: {c['layers']} x (forward + input gradient + kernel gradient) = "
               f"{c['floor_step_ms']:.0f} ms per step = {100 * c['floor_fraction_of_peak']:.0f}% of the peak.",
+              *_onednn_floor(c),
               f"Whole {c['layers']}-layer NHWC Euler scan, forward + backward: hand-written VJP (`fused_euler`) "
               f"{f['fused_ms']:.0f} ms, autodiff {f['autodiff_ms']:.0f} ms; gradients differ by "
               f"{f['gradient_rel_diff']:.1e} (relative)."]
