@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ode_nets.experiments.conv_ceiling import autodiff_euler, ceiling_table, conv_ceiling, fused_euler
+from ode_nets.fields.onednn_conv import onednn_unavailable
 from tests.helpers import float64
 
 
@@ -44,8 +45,6 @@ def test_conv_ceiling_reports_a_floor_below_the_peak():
     assert c["floor_step_ms"] > 0 and 0 < c["floor_fraction_of_peak"] < 1
     assert c["fused"]["gradient_rel_diff"] < 1e-5
     assert "Floor from XLA convolutions" in ceiling_table(c)
-    from ode_nets.fields.onednn_conv import onednn_unavailable
-
     if onednn_unavailable() is None:
         assert set(c["onednn_ms"]) == {8, 10, 16}
         assert all(ms > 0 for times in c["onednn_ms"].values() for ms in times.values())

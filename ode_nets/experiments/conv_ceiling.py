@@ -26,6 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ode_nets.fields.onednn_conv import (conv3x3_onednn_backward_data, conv3x3_onednn_backward_weights,
+                                         conv3x3_onednn_nhwc, onednn_unavailable)
+
 SIZE = 28
 
 
@@ -112,9 +115,6 @@ def single_convs(batch: int, channels: int, repeats: int) -> dict[str, float]:
 
 def onednn_convs(batch: int, channels: int, repeats: int) -> dict[str, float] | None:
     """The three oneDNN custom calls alone (ms), float32, `channels` in and out; None where oneDNN is unavailable."""
-    from ode_nets.fields.onednn_conv import (conv3x3_onednn_backward_data, conv3x3_onednn_backward_weights,
-                                             conv3x3_onednn_nhwc, onednn_unavailable)
-
     if onednn_unavailable() is not None:
         return None
     rng = np.random.default_rng(0)
