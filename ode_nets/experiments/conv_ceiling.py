@@ -113,10 +113,8 @@ def single_convs(batch: int, channels: int, repeats: int) -> dict[str, float]:
             "kernel_gradient": median_ms(jax.jit(kernel_gradient), x, x, repeats=repeats)}
 
 
-def onednn_convs(batch: int, channels: int, repeats: int) -> dict[str, float] | None:
-    """The three oneDNN custom calls alone (ms), float32, `channels` in and out; None where oneDNN is unavailable."""
-    if onednn_unavailable() is not None:
-        return None
+def onednn_convs(batch: int, channels: int, repeats: int) -> dict[str, float]:
+    """The three oneDNN custom calls alone (ms), float32, `channels` in and out."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((batch, SIZE, SIZE, channels), dtype=np.float32))
     kernel = jnp.asarray(0.01 * rng.standard_normal((3, 3, channels, channels), dtype=np.float32))
@@ -230,21 +228,30 @@ def conv_ceiling(batch: int, layers: int, peak_flops: float, repeats: int = 10) 
     f32 = {channels: single_convs(batch, channels, repeats) for channels in (10, 16)}
     per_layer = {c: sum(t.values()) for c, t in f32.items()}
     best = min(per_layer.values())
-    onednn = {channels: onednn_convs(batch, channels, repeats) for channels in (8, 10, 16)}
-    return {"onednn_ms": onednn if onednn[10] else None, "batch": batch, "layers": layers, "conv_flops": flops, "peak_flops_per_s": peak_flops, "f32_ms": f32,
+    onednn = (None if onednn_unavailable() is not None
+              else {channels: onednn_convs(batch, channels, repeats) for channels in (8, 10, 16)})
+    onednn_floor = layers * sum(onednn[10].values()) if onednn else None
+    return {"batch": batch, "layers": layers, "conv_flops": flops, "peak_flops_per_s": peak_flops, "f32_ms": f32,
             "bf16_forward_ms": bf16_forward(batch, repeats), "fused": fused_vs_autodiff(batch, layers, repeats),
             "torch_ms": torch_convs(batch, layers, repeats), "floor_step_ms": layers * best,
-            "floor_fraction_of_peak": 3 * layers * flops / (layers * best * 1e-3) / peak_flops}
+            "floor_fraction_of_peak": _fraction_of_peak(layers, flops, layers * best, peak_flops),
+            "onednn_ms": onednn, "onednn_floor_step_ms": onednn_floor,
+            "onednn_floor_fraction_of_peak": (_fraction_of_peak(layers, flops, onednn_floor, peak_flops) if onednn
+                                              else None)}
+
+
+def _fraction_of_peak(layers: int, conv_flops: float, step_ms: float, peak_flops: float) -> float:
+    """Share of the peak of a step of `layers` x 3 useful convolutions taking `step_ms`."""
+    return 3 * layers * conv_flops / (step_ms * 1e-3) / peak_flops
 
 
 def _onednn_floor(c: dict) -> list[str]:
     """The floor line of the oneDNN custom calls at 10 channels (none where they were not measured)."""
     if not c.get("onednn_ms"):
         return []
-    ms = c["layers"] * sum(c["onednn_ms"][10].values())
-    fraction = 3 * c["layers"] * c["conv_flops"] / (ms * 1e-3) / c["peak_flops_per_s"]
     return [f"Floor from the oneDNN custom calls (`conv_impl: onednn`): {c['layers']} x (forward + backward data + "
-            f"backward weights) = {ms:.0f} ms per step = {100 * fraction:.0f}% of the peak."]
+            f"backward weights) = {c['onednn_floor_step_ms']:.0f} ms per step = "
+            f"{100 * c['onednn_floor_fraction_of_peak']:.0f}% of the peak."]
 
 
 def ceiling_table(c: dict) -> str:
