@@ -70,6 +70,9 @@ class ModelConfig:
         require(self.init_scale >= 0, "model.init_scale", f"must be >= 0, got {self.init_scale}")
         require(self.width >= 0, "model.width", f"must be >= 0, got {self.width}")
         require(all(c > 0 for c in self.stages), "model.stages", f"must be positive channel counts, got {list(self.stages)}")
+        impls = getattr(FIELDS[self.field], "conv_impls", CONV_IMPLS)  # a layout's own convolutions (conv cubic fields)
+        require(self.conv_impl in impls, "model.conv_impl",
+                f"{self.conv_impl!r} does not exist for field {self.field} (one of {', '.join(impls)})")
 
     @property
     def dt(self) -> float:

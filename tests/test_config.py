@@ -77,6 +77,7 @@ def test_wrong_type_names_key(tmp_path, data, key):
     ({"optim": {"schedule": "step"}}, "optim.decay_at"),
     ({"optim": {"schedule": "step", "decay_at": [0.6, 0.3]}}, "optim.decay_at"),
     ({"optim": {"schedule": "step", "decay_at": [1.0]}}, "optim.decay_at"),
+    ({"model": {"field": "conv_cubic_nhwc", "conv_impl": "direct"}}, "model.conv_impl"),  # channels-first only
 ])
 def test_impossible_values_name_key(tmp_path, data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:

@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ode_nets.experiments.conv_ceiling import autodiff_euler, ceiling_table, conv_ceiling, fused_euler
-from ode_nets.fields.onednn_conv import onednn_unavailable
+from ode_nets.experiments.conv_ceiling import (CUSTOM_CALLS, CUSTOM_NAMES, autodiff_euler, ceiling_table, conv_ceiling,
+                                               fused_euler)
 from tests.helpers import float64
 
 
@@ -45,12 +45,14 @@ def test_conv_ceiling_reports_a_floor_below_the_peak():
     assert c["floor_step_ms"] > 0 and 0 < c["floor_fraction_of_peak"] < 1
     assert c["fused"]["gradient_rel_diff"] < 1e-5
     assert "Floor from XLA convolutions" in ceiling_table(c)
-    if onednn_unavailable() is None:
-        assert set(c["onednn_ms"]) == {8, 10, 16}
-        assert all(ms > 0 for times in c["onednn_ms"].values() for ms in times.values())
-        assert "Floor from the oneDNN custom calls" in ceiling_table(c)
-    else:
-        assert c["onednn_ms"] is None and "oneDNN custom calls" not in ceiling_table(c)
+    for impl, (unavailable, _, _) in CUSTOM_CALLS.items():
+        name = f"Floor from the {CUSTOM_NAMES[impl]} custom calls"
+        if unavailable() is None:
+            assert set(c["custom_ms"][impl]) == {8, 10, 16}
+            assert all(ms > 0 for times in c["custom_ms"][impl].values() for ms in times.values())
+            assert name in ceiling_table(c) and 0 < c["custom_floor_fraction_of_peak"][impl] < 1
+        else:
+            assert impl not in c["custom_ms"] and name not in ceiling_table(c)
 
 
 def test_torch_callback_conv_equals_the_xla_conv_and_its_gradients():

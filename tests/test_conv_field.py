@@ -19,7 +19,7 @@ from ode_nets.losses import cross_entropy, smoothness
 from ode_nets.models import count_parameters
 
 pytestmark = pytest.mark.usefixtures("x64")  # every test in float64 (conftest's fixture)
-FLOAT64_IMPLS = {k: v for k, v in CONV_IMPLS.items() if k != "onednn"}  # onednn: float32 only (test_onednn_conv.py)
+FLOAT64_IMPLS = {k: v for k, v in CONV_IMPLS.items() if k not in ("onednn", "direct")}  # float32 only (test_custom_conv.py)
 
 
 def paper_config(**model):

@@ -50,18 +50,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass(frozen=True)
 class GradientCase:
     """One gradient setting of the grid (`gradient.strategy`, `gradient.checkpoints`), and for mnist_conv how the
-    same function is computed: `channels_last` (the `conv_cubic_nhwc` field behind the `channels_last` stem) and
-    `hand_vjp` (`model.hand_vjp`: the field's reverse mode by its hand-derived terms)."""
+    same function is computed: `channels_last` (the `conv_cubic_nhwc` field behind the `channels_last` stem),
+    `hand_vjp` (`model.hand_vjp`: the field's reverse mode by its hand-derived terms) and `conv_impl` (this case's
+    `model.conv_impl` in place of the bench's)."""
 
     strategy: Strategy = "discretize_then_optimize"
     checkpoints: Optional[int] = None
     channels_last: bool = False
     hand_vjp: bool = False
+    conv_impl: Optional[str] = None
 
     @property
     def label(self) -> str:
         short = {"discretize_then_optimize": "DTO", "optimize_then_discretize": "OTD"}.get(self.strategy, self.strategy)
-        layout = (" NHWC" if self.channels_last else "") + (" hand-VJP" if self.hand_vjp else "")
+        layout = ((" NHWC" if self.channels_last else "") + (" hand-VJP" if self.hand_vjp else "")
+                  + (f" {self.conv_impl}" if self.conv_impl else ""))
         if self.strategy != "discretize_then_optimize":
             return short + layout
         return f"{short} ckpt={'every step' if self.checkpoints is None else self.checkpoints}{layout}"
@@ -111,6 +114,8 @@ class BenchConfig:
             need(not g.channels_last or self.model == "mnist_conv", f"gradients[{i}].channels_last",
                  "needs model: mnist_conv")
             need(not g.hand_vjp or self.model == "mnist_conv", f"gradients[{i}].hand_vjp", "needs model: mnist_conv")
+            need(g.conv_impl is None or self.model == "mnist_conv", f"gradients[{i}].conv_impl",
+                 "needs model: mnist_conv")
             # validated by the experiment schema, so errors name the real key
             experiment_config(self, 20, 8, g, source=f"gradients[{i}]")
 
@@ -128,7 +133,8 @@ def experiment_config(bench: BenchConfig, layers: int, batch_size: int, gradient
                       source: str = "bench") -> Config:
     """The experiment `Config` of one case (validated by the experiment schema)."""
     preset = PRESETS[bench.model]
-    impl = {} if bench.conv_impl is None else {"conv_impl": bench.conv_impl}  # validated by the schema
+    conv_impl = gradient.conv_impl or bench.conv_impl
+    impl = {} if conv_impl is None else {"conv_impl": conv_impl}  # validated by the schema
     variant = {"field": "conv_cubic_nhwc", "stem": "channels_last"} if gradient.channels_last else {}
     variant |= {"hand_vjp": True} if gradient.hand_vjp else {}
     data = {"name": bench.name, "seed": bench.seed, "model": {**preset["model"], **impl, **variant, "layers": layers},

@@ -9,10 +9,10 @@ cannot go below, and its share of the measured matmul peak the most this design 
 `fused_euler`, the whole L-layer Euler solve in NHWC as one `lax.scan` with a hand-written VJP (the "one fused
 layer with its own VJP" idea), against plain autodiff of the same scan, and, where torch is installed, torch's
 (oneDNN) channels-last convolutions of the same shapes, alone and called from the same scan through
-`jax.pure_callback`. Where the oneDNN custom call builds (`conv_impl: onednn`), it times its three calls at 8, 10
-and 16 channels too: oneDNN's direct kernels vectorise over channels, so 10 channels fill two 8- (AVX2) or one
-16-lane (AVX-512) register block like 16 do, and L x their sum at 10 channels is the floor of the benchmark's
-`conv_impl: onednn` step.
+`jax.pure_callback`. Where the custom calls build (`conv_impl: onednn` and `direct`), it times their three calls
+at 8, 10 and 16 channels too: oneDNN's direct kernels vectorise over channels, so 10 channels fill two 8- (AVX2) or
+one 16-lane (AVX-512) register block like 16 do; `direct` vectorises along the image rows instead. L x the sum at 10
+channels is the floor of the benchmark's step with that `conv_impl`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ode_nets.fields.direct_conv import (conv3x3_direct_backward_data, conv3x3_direct_backward_weights,
+                                         conv3x3_direct_nchw, direct_unavailable)
 from ode_nets.fields.onednn_conv import (conv3x3_onednn_backward_data, conv3x3_onednn_backward_weights,
                                          conv3x3_onednn_nhwc, onednn_unavailable)
+
+# conv_impl: (why it cannot run here or None, its three calls, whether images are channels-last)
+CUSTOM_CALLS = {
+    "onednn": (onednn_unavailable, (conv3x3_onednn_nhwc, conv3x3_onednn_backward_data, conv3x3_onednn_backward_weights),
+               True),
+    "direct": (direct_unavailable, (conv3x3_direct_nchw, conv3x3_direct_backward_data, conv3x3_direct_backward_weights),
+               False)}
 
 SIZE = 28
 
@@ -113,14 +122,17 @@ def single_convs(batch: int, channels: int, repeats: int) -> dict[str, float]:
             "kernel_gradient": median_ms(jax.jit(kernel_gradient), x, x, repeats=repeats)}
 
 
-def onednn_convs(batch: int, channels: int, repeats: int) -> dict[str, float]:
-    """The three oneDNN custom calls alone (ms), float32, `channels` in and out."""
+def custom_convs(impl: str, batch: int, channels: int, repeats: int) -> dict[str, float]:
+    """The three custom calls of `conv_impl: impl` alone (ms), float32, `channels` in and out."""
+    _, (forward, backward_data, backward_weights), channels_last = CUSTOM_CALLS[impl]
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.random((batch, SIZE, SIZE, channels), dtype=np.float32))
-    kernel = jnp.asarray(0.01 * rng.standard_normal((3, 3, channels, channels), dtype=np.float32))
-    return {"forward": median_ms(jax.jit(conv3x3_onednn_nhwc), x, kernel, repeats=repeats),
-            "backward_data": median_ms(jax.jit(conv3x3_onednn_backward_data), x, kernel, repeats=repeats),
-            "backward_weights": median_ms(jax.jit(conv3x3_onednn_backward_weights), x, x, repeats=repeats)}
+    image, kernel = (((batch, SIZE, SIZE, channels), (3, 3, channels, channels)) if channels_last  # NHWC, HWIO
+                     else ((batch, channels, SIZE, SIZE), (channels, channels, 3, 3)))  # NCHW, OIHW
+    x = jnp.asarray(rng.random(image, dtype=np.float32))
+    kernel = jnp.asarray(0.01 * rng.standard_normal(kernel, dtype=np.float32))
+    return {"forward": median_ms(jax.jit(forward), x, kernel, repeats=repeats),
+            "backward_data": median_ms(jax.jit(backward_data), x, kernel, repeats=repeats),
+            "backward_weights": median_ms(jax.jit(backward_weights), x, x, repeats=repeats)}
 
 
 def bf16_forward(batch: int, repeats: int) -> float:
@@ -228,16 +240,16 @@ def conv_ceiling(batch: int, layers: int, peak_flops: float, repeats: int = 10) 
     f32 = {channels: single_convs(batch, channels, repeats) for channels in (10, 16)}
     per_layer = {c: sum(t.values()) for c, t in f32.items()}
     best = min(per_layer.values())
-    onednn = (None if onednn_unavailable() is not None
-              else {channels: onednn_convs(batch, channels, repeats) for channels in (8, 10, 16)})
-    onednn_floor = layers * sum(onednn[10].values()) if onednn else None
+    custom = {impl: {channels: custom_convs(impl, batch, channels, repeats) for channels in (8, 10, 16)}
+              for impl, (unavailable, _, _) in CUSTOM_CALLS.items() if unavailable() is None}
+    custom_floor = {impl: layers * sum(times[10].values()) for impl, times in custom.items()}
     return {"batch": batch, "layers": layers, "conv_flops": flops, "peak_flops_per_s": peak_flops, "f32_ms": f32,
             "bf16_forward_ms": bf16_forward(batch, repeats), "fused": fused_vs_autodiff(batch, layers, repeats),
             "torch_ms": torch_convs(batch, layers, repeats), "floor_step_ms": layers * best,
             "floor_fraction_of_peak": _fraction_of_peak(layers, flops, layers * best, peak_flops),
-            "onednn_ms": onednn, "onednn_floor_step_ms": onednn_floor,
-            "onednn_floor_fraction_of_peak": (_fraction_of_peak(layers, flops, onednn_floor, peak_flops) if onednn
-                                              else None)}
+            "custom_ms": custom, "custom_floor_step_ms": custom_floor,
+            "custom_floor_fraction_of_peak": {impl: _fraction_of_peak(layers, flops, ms, peak_flops)
+                                              for impl, ms in custom_floor.items()}}
 
 
 def _fraction_of_peak(layers: int, conv_flops: float, step_ms: float, peak_flops: float) -> float:
@@ -245,13 +257,15 @@ def _fraction_of_peak(layers: int, conv_flops: float, step_ms: float, peak_flops
     return 3 * layers * conv_flops / (step_ms * 1e-3) / peak_flops
 
 
-def _onednn_floor(c: dict) -> list[str]:
-    """The floor line of the oneDNN custom calls at 10 channels (none where they were not measured)."""
-    if not c.get("onednn_ms"):
-        return []
-    return [f"Floor from the oneDNN custom calls (`conv_impl: onednn`): {c['layers']} x (forward + backward data + "
-            f"backward weights) = {c['onednn_floor_step_ms']:.0f} ms per step = "
-            f"{100 * c['onednn_floor_fraction_of_peak']:.0f}% of the peak."]
+CUSTOM_NAMES = {"onednn": "oneDNN", "direct": "direct"}
+
+
+def _custom_floors(c: dict) -> list[str]:
+    """The floor line of each custom call measured, at 10 channels."""
+    return [f"Floor from the {CUSTOM_NAMES[impl]} custom calls (`conv_impl: {impl}`): {c['layers']} x (forward + "
+            f"backward data + backward weights) = {ms:.0f} ms per step = "
+            f"{100 * c['custom_floor_fraction_of_peak'][impl]:.0f}% of the peak."
+            for impl, ms in c.get("custom_floor_step_ms", {}).items()]
 
 
 def ceiling_table(c: dict) -> str:
@@ -277,14 +291,15 @@ def ceiling_table(c: dict) -> str:
         ms = c["torch_ms"]["forward_backward"] / 3
         lines.append(f"| torch (oneDNN) channels-last, forward + backward, per conv | {ms:.2f} | {gflops(ms):.0f} | "
                      f"{100 * gflops(ms) / peak:.0f}% |")
-    for channels, times in (c.get("onednn_ms") or {}).items():
-        for name, ms in times.items():
-            lines.append(f"| oneDNN custom call, {channels} channels, {name.replace('_', ' ')} | {ms:.2f} | "
-                         f"{gflops(ms, channels):.0f} | {100 * gflops(ms, channels) / peak:.0f}% |")
+    for impl, by_channels in c.get("custom_ms", {}).items():
+        for channels, times in by_channels.items():
+            for name, ms in times.items():
+                lines.append(f"| {CUSTOM_NAMES[impl]} custom call, {channels} channels, {name.replace('_', ' ')} | "
+                             f"{ms:.2f} | {gflops(ms, channels):.0f} | {100 * gflops(ms, channels) / peak:.0f}% |")
     f = c["fused"]
     lines += ["", f"Floor from XLA convolutions: {c['layers']} x (forward + input gradient + kernel gradient) = "
               f"{c['floor_step_ms']:.0f} ms per step = {100 * c['floor_fraction_of_peak']:.0f}% of the peak.",
-              *_onednn_floor(c),
+              *_custom_floors(c),
               f"Whole {c['layers']}-layer NHWC Euler scan, forward + backward: hand-written VJP (`fused_euler`) "
               f"{f['fused_ms']:.0f} ms, autodiff {f['autodiff_ms']:.0f} ms; gradients differ by "
               f"{f['gradient_rel_diff']:.1e} (relative)."]

@@ -19,6 +19,7 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ode_nets.fields._base import AbstractAnalyticField, LayerParams
+from ode_nets.fields.direct_conv import conv3x3_direct_nchw
 from ode_nets.fields.onednn_conv import conv3x3_onednn_nhwc
 from ode_nets.fields.time_params import ParamInit, PiecewiseConstant, PiecewiseLinear, TimeParam
 
@@ -323,6 +324,13 @@ def conv3x3_onednn(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 3"]
     return _via_nhwc(conv3x3_onednn_nhwc, x, kernel)
 
 
+def conv3x3_direct(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... O H W"]:
+    """The same cross-correlation by width-vectorised C++ loops on the NCHW state itself (no transposes), float32,
+    a `jax.ffi` custom call (ode_nets/fields/direct_conv.py)."""
+    out = conv3x3_direct_nchw(x.reshape((-1, *x.shape[-3:])), kernel)
+    return out.reshape((*x.shape[:-3], *out.shape[-3:]))
+
+
 def _via_nhwc(conv_nhwc: Callable[[Array, Array], Array], x: Float[Array, "... C H W"],
               kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... O H W"]:
     """An NHWC/HWIO 3x3 convolution applied to an NCHW state and an OIHW kernel (transposed around it)."""
@@ -330,7 +338,7 @@ def _via_nhwc(conv_nhwc: Callable[[Array, Array], Array], x: Float[Array, "... C
 
 
 CONV_IMPLS = {"xla": conv3x3_xla, "im2col": conv3x3_im2col, "im2col_nhwc": conv3x3_im2col_nhwc,
-              "xla_split": conv3x3_xla_split, "onednn": conv3x3_onednn}
+              "xla_split": conv3x3_xla_split, "onednn": conv3x3_onednn, "direct": conv3x3_direct}
 
 
 def check_conv_impl(conv_impl: str) -> None:

@@ -1,6 +1,6 @@
-"""conv_impl onednn: the checks of `tests/onednn_checks.py` (values and gradients against XLA and NumPy, jit, scan,
+"""conv_impl onednn and direct: the checks of `tests/custom_conv_checks.py` (values and gradients against XLA and NumPy, jit, scan,
 vmap, second order, the conv cubic net under three gradient strategies), run in a separate Python process so that
-oneDNN and its OpenMP runtime are never loaded into the main test process (see that file's docstring)."""
+the custom calls and their OpenMP runtime are never loaded into the main test process (see that file's docstring)."""
 
 import subprocess
 import sys
@@ -9,9 +9,9 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 
 
-def test_onednn_checks_pass_in_their_own_process():
+def test_custom_conv_checks_pass_in_their_own_process():
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-                           str(TESTS / "onednn_checks.py")], cwd=TESTS.parent, capture_output=True, text=True,
+                           str(TESTS / "custom_conv_checks.py")], cwd=TESTS.parent, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout or " skipped" in done.stdout, done.stdout[-2000:]
