@@ -8,9 +8,8 @@ and reads and writes XLA's (B, C, H, W) images and (O, C, 3, 3) kernels in place
 float32 only. Without a compiler the call raises a one-line `ConfigError` (`direct_unavailable()` gives the reason).
 """
 
+import functools
 from pathlib import Path
-
-from jaxtyping import Array, Float
 
 from ode_nets.fields.custom_conv import ConvLibrary, conv_calls, unavailable
 
@@ -19,26 +18,9 @@ LIBRARY = ConvLibrary(
     symbols=("OdeNetsDirectConvForward", "OdeNetsDirectConvBackwardData", "OdeNetsDirectConvBackwardWeights"),
     shapes=(lambda x, k: (x[0], k[0], *x[2:]), lambda g, k: (g[0], k[1], *g[2:]), lambda x, g: (g[1], x[1], 3, 3)),
     flags=lambda: (["-O3", "-march=native"], []))
-_FORWARD, _BACKWARD_DATA, _BACKWARD_WEIGHTS = conv_calls(LIBRARY)
-
-
-def direct_unavailable() -> str | None:
-    """None if the direct convolution can be compiled and used here, else the one-line reason."""
-    return unavailable(LIBRARY)
-
-
-def conv3x3_direct_nchw(x: Float[Array, "B C H W"], kernel: Float[Array, "O C 3 3"]) -> Float[Array, "B O H W"]:
-    """NCHW/OIHW 3x3 cross-correlation y = kernel * x (stride 1, zero padding 1), direct_conv.cc's forward."""
-    return _FORWARD(x, kernel)
-
-
-def conv3x3_direct_backward_data(g: Float[Array, "B O H W"], kernel: Float[Array, "O C 3 3"]
-                                 ) -> Float[Array, "B C H W"]:
-    """The input gradient of `conv3x3_direct_nchw`: the cross-correlation with the flipped, transposed kernel."""
-    return _BACKWARD_DATA(g, kernel)
-
-
-def conv3x3_direct_backward_weights(x: Float[Array, "B C H W"], g: Float[Array, "B O H W"]
-                                    ) -> Float[Array, "O C 3 3"]:
-    """The kernel gradient of `conv3x3_direct_nchw`: sum over images and pixels of g times the shifted x."""
-    return _BACKWARD_WEIGHTS(x, g)
+# The three calls of one bilinear form (`custom_conv.conv_calls`), float32, NCHW images and OIHW kernels:
+# conv3x3_direct_nchw(x (B, C, H, W), kernel (O, C, 3, 3)) -> y = kernel * x (B, O, H, W), stride 1, zero padding 1;
+# conv3x3_direct_backward_data(g (B, O, H, W), kernel) -> (B, C, H, W), the cross-correlation with the flipped,
+# transposed kernel (the input gradient); conv3x3_direct_backward_weights(x, g) -> (O, C, 3, 3), the kernel gradient.
+conv3x3_direct_nchw, conv3x3_direct_backward_data, conv3x3_direct_backward_weights = conv_calls(LIBRARY)
+direct_unavailable = functools.partial(unavailable, LIBRARY)  # None, or why `direct` cannot be compiled and used here
