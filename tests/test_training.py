@@ -120,6 +120,23 @@ def test_random_crop_is_a_zero_filled_shift_of_at_most_padding_pixels():
     assert np.array_equal(np.asarray(random_crop(x[rows], 3, jax.random.PRNGKey(1), rows, 64)), out[rows])
 
 
+def test_random_crop_of_standardized_images_shifts_in_black_pixels():
+    """With data.standardize the pixels shifted in are the standardized black, -mean / std (the dataset's
+    `background`), not 0 (the mean pixel): cropping commutes with standardizing."""
+    from ode_nets.data import Dataset, Split, random_crop, standardize
+
+    x = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (8, 1, 9, 9)), np.float32) ** 4
+    y = np.zeros(8, np.int32)
+    raw = Dataset(Split(x, y), Split(x, y), num_classes=2, input_range=(0.0, 1.0))
+    scaled = standardize(raw)
+    mean, std = float(np.mean(x)), float(np.std(x))
+    assert scaled.background == pytest.approx(-mean / std) and scaled.background < -0.5
+    key = jax.random.PRNGKey(3)
+    crop_then_scale = (np.asarray(random_crop(x, 3, key, fill=raw.background)) - mean) / std
+    scale_then_crop = np.asarray(random_crop(scaled.train.x, 3, key, fill=scaled.background))
+    np.testing.assert_allclose(scale_then_crop, crop_then_scale, rtol=1e-5, atol=1e-5)
+
+
 def test_random_crop_on_vectors_is_refused():
     from ode_nets.training.options import TrainOptions
 

@@ -27,14 +27,16 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """The splits, the number of classes (labels are 0 .. num_classes - 1) and, if the source defines one, the
-    interval every input value lies in (`input_range`, e.g. (0, 1) for MNIST pixels; None: any finite value)."""
+    """The splits, the number of classes (labels are 0 .. num_classes - 1), if the source defines one, the
+    interval every input value lies in (`input_range`, e.g. (0, 1) for MNIST pixels; None: any finite value), and
+    the value of an empty pixel (`background`: what `train.random_crop` shifts in; 0, black, in the source's scale)."""
 
     train: Split
     test: Split
     num_classes: int
     validation: Split | None = None
     input_range: tuple[float, float] | None = None
+    background: float = 0.0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -56,7 +58,8 @@ def carve_validation(dataset: Dataset, size: int, key: PRNGKeyArray) -> Dataset:
 
 def standardize(dataset: Dataset) -> Dataset:
     """Every split shifted and scaled by the training split's mean and standard deviation (one scalar each, over
-    all training values), so the training inputs have mean 0 and std 1; `input_range` is mapped the same way."""
+    all training values), so the training inputs have mean 0 and std 1; `input_range` and `background` are mapped
+    the same way (a black pixel stays black: -mean / std)."""
     mean, std = float(np.mean(dataset.train.x)), float(np.std(dataset.train.x))
     if not std > 0:
         raise DataError(f"data.standardize: the training inputs are constant (std {std}), nothing to scale by")
@@ -66,7 +69,8 @@ def standardize(dataset: Dataset) -> Dataset:
 
     lo_hi = None if dataset.input_range is None else tuple((v - mean) / std for v in dataset.input_range)
     return dataclasses.replace(dataset, train=scale(dataset.train), test=scale(dataset.test),
-                               validation=scale(dataset.validation), input_range=lo_hi)
+                               validation=scale(dataset.validation), input_range=lo_hi,
+                               background=(dataset.background - mean) / std)
 
 
 def _first(bad: np.ndarray) -> str:
@@ -152,16 +156,17 @@ def add_input_noise(x: np.ndarray, sigma: float, key: PRNGKeyArray, rows: slice 
 
 
 def random_crop(x: np.ndarray, padding: int, key: PRNGKeyArray, rows: slice | None = None,
-                batch_size: int | None = None) -> jax.Array:
-    """Each image of `x` (n, C, H, W) zero-padded by `padding` pixels on every side, then cut back to H x W at a
-    random offset drawn from `key` (`train.random_crop`; torchvision's `RandomCrop(28, padding=4)` of Chen et al.'s
-    MNIST recipe): a shift of up to `padding` pixels in each direction. `rows` / `batch_size` as in `add_input_noise`.
+                batch_size: int | None = None, fill: float = 0.0) -> jax.Array:
+    """Each image of `x` (n, C, H, W) padded with `fill` (the dataset's `background`) by `padding` pixels on every
+    side, then cut back to H x W at a random offset drawn from `key` (`train.random_crop`; torchvision's
+    `RandomCrop(28, padding=4)` of Chen et al.'s MNIST recipe): a shift of up to `padding` pixels in each direction.
+    `rows` / `batch_size` as in `add_input_noise`.
     """
     n, (h, w) = (len(x) if batch_size is None else batch_size), x.shape[-2:]
     offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
     offsets = offsets if rows is None else offsets[rows]
     pad = [(0, 0)] * (x.ndim - 2) + [(padding, padding)] * 2
-    padded = jnp.pad(jnp.asarray(x), pad)
+    padded = jnp.pad(jnp.asarray(x), pad, constant_values=fill)
     lead = x.ndim - 3  # axes before (H, W) of one image: its channels
 
     def crop(image: jax.Array, offset: jax.Array) -> jax.Array:

@@ -192,7 +192,8 @@ class _Trainer:
         x, y, mask = self.data.train.x[idx[rows]], self.data.train.y[idx[rows]], mask[rows]
         key = jax.random.fold_in(order_key, i)
         if self.options.random_crop:
-            x = random_crop(x, self.options.random_crop, jax.random.fold_in(key, 1), rows, len(idx))
+            x = random_crop(x, self.options.random_crop, jax.random.fold_in(key, 1), rows, len(idx),
+                            self.data.background)
         if self.options.input_noise:
             x = add_input_noise(x, self.options.input_noise, key, rows, len(idx))
         if self.mesh is not None:
