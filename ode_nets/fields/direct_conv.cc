@@ -12,9 +12,9 @@
 
 #include <omp.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
