@@ -4,7 +4,8 @@ Only the project's own user-error types (`ode_nets.errors.UserError`: ConfigErro
 CheckpointError, RunDirError) are reported that way, and `TrainingError` (`StorageError` included: a full
 disk) with exit code 1. Anything else, a bare `ValueError` or `FileNotFoundError` included, is a bug and
 propagates with its traceback. A run stopped by SIGTERM, SIGINT or SIGUSR1 after writing its checkpoint exits
-with `RESUMABLE_EXIT` (75, sysexits' EX_TEMPFAIL): continue it with `--resume`.
+with `RESUMABLE_EXIT` (75, sysexits' EX_TEMPFAIL): continue it with `--resume`. Every job first keeps freed
+host memory in the process (`host_memory.retain_freed_memory`: no page faults on XLA's per-step buffers).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from typing import Callable, Optional
 
 from ode_nets.errors import StorageError, TrainingError, UserError
+from ode_nets.host_memory import retain_freed_memory
 
 USER_ERROR_EXIT = 2
 FAILURE_EXIT = 1
@@ -29,6 +31,7 @@ def run_cli(job: Callable[[], Optional[int]]) -> int:
     """Run `job` (set ODE_NETS_DEBUG=1 for tracebacks) and return its exit code (None: 0); a user error prints
     `error: <message>` (no traceback) and returns 2, a training failure (non-finite loss, solver failure, a write
     that failed) returns 1; any other exception propagates."""
+    retain_freed_memory()
     if os.environ.get("ODE_NETS_DEBUG"):  # full tracebacks for developers
         return job() or 0
     try:

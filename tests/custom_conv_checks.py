@@ -18,16 +18,18 @@ import pytest
 from helpers import float64, net_from_config, relative_error
 from ode_nets.config import from_dict
 from ode_nets.errors import ConfigError
-from ode_nets.fields.cubic import CONV_IMPLS, conv3x3_direct, conv3x3_onednn, conv3x3_xla
+from ode_nets.fields.cubic import CONV_IMPLS, ConvCubicField, conv3x3_direct, conv3x3_onednn, conv3x3_xla
 from ode_nets.fields.custom_conv import find_compiler
-from ode_nets.fields.direct_conv import direct_unavailable
+from ode_nets.fields.direct_conv import LIBRARY, cubic_field_direct, direct_unavailable
 from ode_nets.fields.onednn_conv import find_toolchain, onednn_unavailable
+from ode_nets.fields.time_params import ParamInit
 from ode_nets.losses import cross_entropy
 
 REASONS = {"onednn": onednn_unavailable(), "direct": direct_unavailable()}
 each_impl = pytest.mark.parametrize("impl", [
     pytest.param(impl, marks=pytest.mark.skipif(reason is not None, reason=reason or "")) for impl, reason in REASONS.items()])
 needs_onednn = pytest.mark.skipif(REASONS["onednn"] is not None, reason=REASONS["onednn"] or "")
+needs_direct = pytest.mark.skipif(REASONS["direct"] is not None, reason=REASONS["direct"] or "")
 
 SHAPES = [(2, 10, 10, 6, 6), (4, 10, 10, 28, 28), (3, 4, 7, 5, 8), (2, 3, 5, 9, 17)]  # batch, in, out, height, width
 
@@ -158,7 +160,7 @@ def test_float64_is_refused_with_a_one_line_error(impl):
         CONV_IMPLS[impl](x.astype(jnp.float64), kernel.astype(jnp.float64))
 
 
-@pytest.mark.skipif(REASONS["direct"] is not None, reason=REASONS["direct"] or "")
+@needs_direct
 def test_direct_hand_vjp_net_and_unbatched_states_equal_xla():
     """conv_impl direct with the hand-derived VJP (channels-first state, no transposes) gives xla_split's
     gradient; states without or with two batch axes are reshaped around the (B, C, H, W) call."""
@@ -192,3 +194,63 @@ def test_forward_mode_and_vmap_equal_xla(impl):
         assert_close(got, want)
     kernels = jnp.stack([kernel, 2 * kernel, -kernel])
     assert_close(jax.vmap(CONV_IMPLS[impl], (None, 0))(x, kernels), jax.vmap(conv3x3_xla, (None, 0))(x, kernels))
+
+
+def cubic_field_xla(x: jax.Array, kernel: jax.Array, bias: jax.Array, gamma: jax.Array) -> jax.Array:
+    """kappa~ * x + b~ - gamma~ x^3 (eq 75 times dt) by XLA: the reference of the fused custom call."""
+    return conv3x3_xla(x, kernel) + bias[:, None, None] - gamma * x ** 3
+
+
+def cubic_operands(shape: tuple[int, ...], seed: int) -> tuple[jax.Array, ...]:
+    """x (B, C, H, W), kernel (C, C, 3, 3), bias (C), gamma~ () and a cotangent of x's shape, float32."""
+    x, kernel, cotangent = operands(shape, seed)
+    rng = np.random.default_rng(seed + 100)
+    return x, 0.3 * kernel, jnp.asarray(rng.standard_normal(shape[1]), jnp.float32), jnp.float32(0.37), cotangent
+
+
+@needs_direct
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[1] == s[2]] + [(3, 4, 4, 5, 8), (2, 5, 5, 9, 17)])
+def test_fused_cubic_field_and_its_vjp_equal_xla(shape):
+    """The whole field in one call and its hand-derived reverse mode (eqs 76-78, 71: state, kernel, bias and gamma
+    cotangents, summed over the batch) in another, against XLA's autodiff of the same expression, odd widths too."""
+    args = cubic_operands(shape, seed=shape[-1])
+    out, vjp = jax.vjp(cubic_field_direct, *args[:4])
+    got = [out, *vjp(args[4])]
+    with float64():  # the exact value: the bias and gamma~ sums run over B H W pixels
+        wide = [a.astype(jnp.float64) for a in args]
+        want, want_vjp = jax.vjp(cubic_field_xla, *wide[:4])
+        for a, b in zip(got, [want, *want_vjp(wide[4])]):
+            assert relative_error(a.astype(jnp.float64), b) < 1e-6, relative_error(a.astype(jnp.float64), b)
+
+
+@needs_direct
+def test_fused_cubic_field_under_jit_and_vmap():
+    x, kernel, bias, gamma, _ = cubic_operands((2, 3, 3, 6, 7), seed=12)
+    states = jnp.stack([x, -2 * x])
+    got = jax.jit(jax.vmap(cubic_field_direct, (0, None, None, None)))(states, kernel, bias, gamma)
+    assert_close(got, jax.vmap(cubic_field_xla, (0, None, None, None))(states, kernel, bias, gamma))
+    loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))  # noqa: E731
+    grads = jax.jit(jax.grad(loss(cubic_field_direct), argnums=(0, 1, 2, 3)))(x, kernel, bias, gamma)
+    for got, want in zip(grads, jax.grad(loss(cubic_field_xla), argnums=(0, 1, 2, 3))(x, kernel, bias, gamma)):
+        assert_close(got, want)
+
+
+@needs_direct
+@pytest.mark.parametrize("mu, fused", [(3.0, True), (2.5, False)])
+def test_conv_field_uses_the_fused_call_for_the_cubic_hand_vjp(mu, fused):
+    """`hand_vjp` with `conv_impl: direct` runs the field as the fused call (mu = 3), otherwise the separate
+    convolution and XLA's elementwise passes; either way the field's value and gradients equal xla_split's."""
+    params = ParamInit(layers=2, horizon=1.0, init="normal", scale=0.2)
+    make = lambda impl, hand: ConvCubicField.init((4, 5, 6), params, jax.random.PRNGKey(3), gamma=0.1, mu=mu,  # noqa: E731
+                                                 conv_impl=impl, hand_vjp=hand)
+    fast, plain = make("direct", True), make("xla_split", False)
+    x = jnp.asarray(np.random.default_rng(13).standard_normal((3, 4, 5, 6)), jnp.float32)
+    t = jnp.float32(0.7)
+    jaxpr = str(jax.make_jaxpr(lambda f: f(t, x))(fast))
+    assert (LIBRARY.target("cubic_forward") in jaxpr) is fused
+    assert_close(fast(t, x), plain(t, x))
+    loss = lambda f, y: jnp.sum(jnp.tanh(f(t, y)))  # noqa: E731
+    got = eqx.filter_grad(loss)(fast, x), jax.grad(loss, argnums=1)(fast, x)
+    want = eqx.filter_grad(loss)(plain, x), jax.grad(loss, argnums=1)(plain, x)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert_close(a, b)

@@ -41,7 +41,7 @@ class ConvLibrary:
     `impl` is the `model.conv_impl` it serves (error messages say "conv_impl <impl>: ..."), `symbols` the C names
     of the forward / backward-data / backward-weights handlers, `shapes` their output shapes from the two operand
     shapes, and `flags()` the compiler flags before and after the source (raising ConfigError for a missing
-    dependency).
+    dependency). `extra` names further handlers of the source as (call, symbol) pairs, registered with the three.
     """
 
     impl: str
@@ -49,6 +49,7 @@ class ConvLibrary:
     symbols: tuple[str, str, str]
     shapes: tuple[ShapeRule, ShapeRule, ShapeRule]
     flags: Callable[[], tuple[list[str], list[str]]]
+    extra: tuple[tuple[str, str], ...] = ()
 
     def target(self, call: str) -> str:
         """The name the custom call `call` is registered under with XLA."""
@@ -110,7 +111,7 @@ def load(lib: ConvLibrary) -> ctypes.CDLL:
         _compile(lib, cmd, target)
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # read when libgomp loads: idle workers sleep
     dll = ctypes.CDLL(str(target))
-    for call, symbol in zip(CALLS, lib.symbols):
+    for call, symbol in (*zip(CALLS, lib.symbols), *lib.extra):
         jax.ffi.register_ffi_target(lib.target(call), jax.ffi.pycapsule(getattr(dll, symbol)), platform="cpu")
     return dll
 

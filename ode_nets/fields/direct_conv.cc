@@ -91,6 +91,14 @@ void forward_channels(const float* xp, const float* k, float* y, const Geometry&
     }
 }
 
+// yn (O, H, W) = k (O, C, 3, 3) * one padded image xp.
+void forward_image(const float* xp, const float* k, float* yn, const Geometry& g) {
+  int64_t o0 = 0;
+  for (; o0 + kOutBlock <= g.out; o0 += kOutBlock) forward_channels<kOutBlock>(xp, k, yn, g, o0);
+  for (; o0 + 2 <= g.out; o0 += 2) forward_channels<2>(xp, k, yn, g, o0);
+  for (; o0 < g.out; ++o0) forward_channels<1>(xp, k, yn, g, o0);
+}
+
 // y (B, O, H, W) = k (O, C, 3, 3) * x (B, C, H, W).
 void forward(const float* x, const float* k, float* y, const Geometry& g) {
 #pragma omp parallel
@@ -99,11 +107,7 @@ void forward(const float* x, const float* k, float* y, const Geometry& g) {
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < g.batch; ++n) {
       pad_image(x + n * g.image(g.in), g.in, g, xp.data());
-      float* yn = y + n * g.image(g.out);
-      int64_t o0 = 0;
-      for (; o0 + kOutBlock <= g.out; o0 += kOutBlock) forward_channels<kOutBlock>(xp.data(), k, yn, g, o0);
-      for (; o0 + 2 <= g.out; o0 += 2) forward_channels<2>(xp.data(), k, yn, g, o0);
-      for (; o0 < g.out; ++o0) forward_channels<1>(xp.data(), k, yn, g, o0);
+      forward_image(xp.data(), k, y + n * g.image(g.out), g);
     }
   }
 }
@@ -147,36 +151,153 @@ void weights_block(const float* xp, const float* gp, double* dk, const Geometry&
     }
 }
 
+// local (O, C, 3, 3) += the kernel gradient of one image: xp its padded input, gn (O, H, W) its output cotangent,
+// gp scratch for gn's rows zero-padded to whole vectors (so the pixels past the width add nothing).
+void weights_image(const float* xp, const float* gn, float* gp, double* local, const Geometry& g) {
+  const int gw = g.vectors() * 8;
+  for (int64_t r = 0; r < g.out * g.height; ++r) std::memcpy(gp + r * gw, gn + r * g.width, sizeof(float) * g.width);
+  for (int64_t c = 0; c < g.in; ++c)
+    for (int dy = 0; dy < 3; ++dy) {
+      // blocks of 4 output channels, the rest in blocks of 3 or 2 (10 = 4 + 4 + 2): a 1-channel block
+      // would load three x vectors for three products (measured: 4 + 4 + 1 + 1 is 1.3x slower)
+      int64_t o0 = 0;
+      for (; g.out - o0 >= 4 && g.out - o0 != 5; o0 += 4) weights_block<4>(xp, gp, local, g, o0, c, dy);
+      if (g.out - o0 == 5 || g.out - o0 == 3) { weights_block<3>(xp, gp, local, g, o0, c, dy); o0 += 3; }
+      if (g.out - o0 == 2) weights_block<2>(xp, gp, local, g, o0, c, dy);
+      else if (g.out - o0 == 1) weights_block<1>(xp, gp, local, g, o0, c, dy);
+    }
+}
+
+// Per-thread scratch: padded input and cotangent images, padded cotangent rows, double partial sums.
+struct Scratch {
+  std::vector<float> xp, ap, gp;
+  std::vector<double> dk, db;
+  double dgamma = 0.0;
+  explicit Scratch(const Geometry& g)
+      : xp(g.in * (g.height + 2) * g.padded_width()), ap(g.out * (g.height + 2) * g.padded_width()),
+        gp(g.out * g.height * g.vectors() * 8, 0.f), dk(g.out * g.in * 9, 0.0), db(g.out, 0.0) {}
+};
+
 // dk (O, C, 3, 3) = sum over images and pixels of g (B, O, H, W) times the shifted x (B, C, H, W); the images'
 // partial sums are added in double precision, per thread and then across threads.
 void backward_weights(const float* x, const float* gr, float* dk, const Geometry& g) {
-  const int64_t size = g.out * g.in * 9;
-  std::vector<double> total(size, 0.0);
+  std::vector<double> total(g.out * g.in * 9, 0.0);
 #pragma omp parallel
   {
-    const int gw = g.vectors() * 8;
-    std::vector<float> xp(g.in * (g.height + 2) * g.padded_width()), gp(g.out * g.height * gw, 0.f);
-    std::vector<double> local(size, 0.0);
+    Scratch s(g);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < g.batch; ++n) {
-      pad_image(x + n * g.image(g.in), g.in, g, xp.data());
-      const float* gn = gr + n * g.image(g.out);
-      for (int64_t r = 0; r < g.out * g.height; ++r) std::memcpy(gp.data() + r * gw, gn + r * g.width, sizeof(float) * g.width);
-      for (int64_t c = 0; c < g.in; ++c)
-        for (int dy = 0; dy < 3; ++dy) {
-          // blocks of 4 output channels, the rest in blocks of 3 or 2 (10 = 4 + 4 + 2): a 1-channel block
-          // would load three x vectors for three products (measured: 4 + 4 + 1 + 1 is 1.3x slower)
-          int64_t o0 = 0;
-          for (; g.out - o0 >= 4 && g.out - o0 != 5; o0 += 4) weights_block<4>(xp.data(), gp.data(), local.data(), g, o0, c, dy);
-          if (g.out - o0 == 5 || g.out - o0 == 3) { weights_block<3>(xp.data(), gp.data(), local.data(), g, o0, c, dy); o0 += 3; }
-          if (g.out - o0 == 2) weights_block<2>(xp.data(), gp.data(), local.data(), g, o0, c, dy);
-          else if (g.out - o0 == 1) weights_block<1>(xp.data(), gp.data(), local.data(), g, o0, c, dy);
-        }
+      pad_image(x + n * g.image(g.in), g.in, g, s.xp.data());
+      weights_image(s.xp.data(), gr + n * g.image(g.out), s.gp.data(), s.dk.data(), g);
     }
 #pragma omp critical
-    for (int64_t i = 0; i < size; ++i) total[i] += local[i];
+    for (size_t i = 0; i < total.size(); ++i) total[i] += s.dk[i];
   }
-  for (int64_t i = 0; i < size; ++i) dk[i] = static_cast<float>(total[i]);
+  for (size_t i = 0; i < total.size(); ++i) dk[i] = static_cast<float>(total[i]);
+}
+
+// Sum of the 8 lanes in double.
+double lane_sum(v8 v) {
+  float lanes[8];
+  store(lanes, v);
+  double sum = 0.0;
+  for (float lane : lanes) sum += lane;
+  return sum;
+}
+
+// The cubic field's epilogue on one image (eq 75 with eq 110, in the scaled parameters; C == O):
+// f (C, H, W) += b_c - gamma x^3, with x the image the convolution read.
+void cubic_epilogue(const float* x, const float* b, float gamma, float* f, const Geometry& g) {
+  const int64_t pixels = g.height * g.width, whole = pixels / 8 * 8;
+  const v8 gv = splat(gamma);
+  for (int64_t c = 0; c < g.out; ++c) {
+    const float* xc = x + c * pixels;
+    float* fc = f + c * pixels;
+    const v8 bv = splat(b[c]);
+    for (int64_t i = 0; i < whole; i += 8) {
+      const v8 xv = load(xc + i);
+      store(fc + i, load(fc + i) + bv - gv * xv * xv * xv);
+    }
+    for (int64_t i = whole; i < pixels; ++i) fc[i] += b[c] - gamma * xc[i] * xc[i] * xc[i];
+  }
+}
+
+// The cubic field's backward epilogue on one image, at cotangent a (C, H, W): dx -= 3 gamma x^2 a (eq 76),
+// db_c += sum a_c (eq 78), dgamma -= sum a x^3 (eq 71), the sums per lane in float and then in double.
+void cubic_backward_epilogue(const float* x, const float* a, float gamma, float* dx, Scratch& s, const Geometry& g) {
+  const int64_t pixels = g.height * g.width, whole = pixels / 8 * 8;
+  const v8 three_gamma = splat(3.f * gamma);
+  v8 cubes = splat(0.f);
+  for (int64_t c = 0; c < g.out; ++c) {
+    const float *xc = x + c * pixels, *ac = a + c * pixels;
+    float* dc = dx + c * pixels;
+    v8 bias = splat(0.f);
+    for (int64_t i = 0; i < whole; i += 8) {
+      const v8 xv = load(xc + i), av = load(ac + i), xa = xv * av;
+      store(dc + i, load(dc + i) - three_gamma * xv * xa);
+      bias += av;
+      cubes += xa * xv * xv;
+    }
+    double tail_bias = 0.0, tail_cubes = 0.0;
+    for (int64_t i = whole; i < pixels; ++i) {
+      dc[i] -= 3.f * gamma * xc[i] * xc[i] * ac[i];
+      tail_bias += ac[i];
+      tail_cubes += static_cast<double>(ac[i]) * xc[i] * xc[i] * xc[i];
+    }
+    s.db[c] += lane_sum(bias) + tail_bias;
+    s.dgamma -= tail_cubes;
+  }
+  s.dgamma -= lane_sum(cubes);
+}
+
+// f = k * x + b - gamma x^3 (B, C, H, W): the cubic field of eq 75 times dt, in one pass per image.
+void cubic_forward(const float* x, const float* k, const float* b, float gamma, float* f, const Geometry& g) {
+#pragma omp parallel
+  {
+    std::vector<float> xp(g.in * (g.height + 2) * g.padded_width());
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < g.batch; ++n) {
+      const float* xn = x + n * g.image(g.in);
+      float* fn = f + n * g.image(g.out);
+      pad_image(xn, g.in, g, xp.data());
+      forward_image(xp.data(), k, fn, g);
+      cubic_epilogue(xn, b, gamma, fn, g);
+    }
+  }
+}
+
+// The reverse mode of cubic_forward at cotangent a (B, C, H, W), per image while it is in cache:
+// dx = k^T * a - 3 gamma x^2 a (eq 76), dk = sum a (x) shifted x (eq 77), db = sum a (eq 78),
+// dgamma = -sum a x^3 (eq 71); sums over images in double precision.
+void cubic_backward(const float* x, const float* a, const float* k, float gamma, float* dx, float* dk, float* db,
+                    float* dgamma, const Geometry& g) {
+  const std::vector<float> kt = transposed(k, g.out, g.in);
+  const Geometry gt{g.batch, g.out, g.in, g.height, g.width};
+  std::vector<double> total(g.out * g.in * 9 + g.out + 1, 0.0);
+#pragma omp parallel
+  {
+    Scratch s(g);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < g.batch; ++n) {
+      const float *xn = x + n * g.image(g.in), *an = a + n * g.image(g.out);
+      float* dxn = dx + n * g.image(g.in);
+      pad_image(an, g.out, g, s.ap.data());
+      forward_image(s.ap.data(), kt.data(), dxn, gt);
+      cubic_backward_epilogue(xn, an, gamma, dxn, s, g);
+      pad_image(xn, g.in, g, s.xp.data());
+      weights_image(s.xp.data(), an, s.gp.data(), s.dk.data(), g);
+    }
+#pragma omp critical
+    {
+      for (size_t i = 0; i < s.dk.size(); ++i) total[i] += s.dk[i];
+      for (size_t i = 0; i < s.db.size(); ++i) total[s.dk.size() + i] += s.db[i];
+      total.back() += s.dgamma;
+    }
+  }
+  const size_t kernel = g.out * g.in * 9;
+  for (size_t i = 0; i < kernel; ++i) dk[i] = static_cast<float>(total[i]);
+  for (int64_t c = 0; c < g.out; ++c) db[c] = static_cast<float>(total[kernel + c]);
+  *dgamma = static_cast<float>(total.back());
 }
 
 ffi::Error bad(const char* what) { return ffi::Error::InvalidArgument(std::string("direct_conv: ") + what); }
@@ -216,6 +337,30 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> gr, ff
   return ffi::Error::Success();
 }
 
+// The cubic field: f = k * x + b - gamma x^3: x (B, C, H, W), k (C, C, 3, 3), b (C), gamma (), f (B, C, H, W).
+ffi::Error CubicForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> b,
+                        ffi::Buffer<ffi::F32> gamma, ffi::ResultBuffer<ffi::F32> f) {
+  auto g = geometry(x.dimensions(), k.dimensions());
+  if (g.has_error()) return g.error();
+  if (g->out != g->in || static_cast<int64_t>(b.element_count()) != g->out || gamma.element_count() != 1)
+    return bad("the cubic field needs a (C, C, 3, 3) kernel, a (C) bias and a scalar gamma");
+  cubic_forward(x.typed_data(), k.typed_data(), b.typed_data(), *gamma.typed_data(), f->typed_data(), *g);
+  return ffi::Error::Success();
+}
+
+// Its reverse mode at cotangent a (B, C, H, W): dx (B, C, H, W), dk (C, C, 3, 3), db (C), dgamma ().
+ffi::Error CubicBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> k,
+                         ffi::Buffer<ffi::F32> gamma, ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dk,
+                         ffi::ResultBuffer<ffi::F32> db, ffi::ResultBuffer<ffi::F32> dgamma) {
+  auto g = geometry(x.dimensions(), k.dimensions());
+  if (g.has_error()) return g.error();
+  if (g->out != g->in || a.element_count() != x.element_count() || gamma.element_count() != 1)
+    return bad("the cubic field needs a (C, C, 3, 3) kernel, a cotangent of x's shape and a scalar gamma");
+  cubic_backward(x.typed_data(), a.typed_data(), k.typed_data(), *gamma.typed_data(), dx->typed_data(),
+                 dk->typed_data(), db->typed_data(), dgamma->typed_data(), *g);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OdeNetsDirectConvForward, Forward,
@@ -227,3 +372,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OdeNetsDirectConvBackwardData, BackwardData,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OdeNetsDirectConvBackwardWeights, BackwardWeights,
                               ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OdeNetsDirectCubicForward, CubicForward,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OdeNetsDirectCubicBackward, CubicBackward,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());

@@ -6,21 +6,66 @@ along the image rows instead and keeps blocks of output channels x row vectors i
 It needs only a C++ compiler with OpenMP (g++), compiled on first use with -march=native (`custom_conv.load`),
 and reads and writes XLA's (B, C, H, W) images and (O, C, 3, 3) kernels in place: no transposes around the call.
 float32 only. Without a compiler the call raises a one-line `ConfigError` (`direct_unavailable()` gives the reason).
+
+The same source also holds the whole convolutional cubic field (eq 75 with eq 110) and its hand-derived reverse mode
+(eqs 76-78, 71) as two calls, `cubic_field_direct`: each image is read once per pass and the field's elementwise
+part and sums run while it is in cache, instead of separate passes of XLA over the state (`model.hand_vjp` with
+`conv_impl: direct`; docs/performance.md).
 """
 
 import functools
 from pathlib import Path
 
-from ode_nets.fields.custom_conv import ConvLibrary, conv_calls, unavailable
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ode_nets.errors import ConfigError
+from ode_nets.fields.custom_conv import ConvLibrary, conv_calls, load, unavailable
 
 LIBRARY = ConvLibrary(
     impl="direct", source=Path(__file__).with_name("direct_conv.cc"),
     symbols=("OdeNetsDirectConvForward", "OdeNetsDirectConvBackwardData", "OdeNetsDirectConvBackwardWeights"),
     shapes=(lambda x, k: (x[0], k[0], *x[2:]), lambda g, k: (g[0], k[1], *g[2:]), lambda x, g: (g[1], x[1], 3, 3)),
-    flags=lambda: (["-O3", "-march=native"], []))
+    flags=lambda: (["-O3", "-march=native"], []),
+    extra=(("cubic_forward", "OdeNetsDirectCubicForward"), ("cubic_backward", "OdeNetsDirectCubicBackward")))
 # The three calls of one bilinear form (`custom_conv.conv_calls`), float32, NCHW images and OIHW kernels:
 # conv3x3_direct_nchw(x (B, C, H, W), kernel (O, C, 3, 3)) -> y = kernel * x (B, O, H, W), stride 1, zero padding 1;
 # conv3x3_direct_backward_data(g (B, O, H, W), kernel) -> (B, C, H, W), the cross-correlation with the flipped,
 # transposed kernel (the input gradient); conv3x3_direct_backward_weights(x, g) -> (O, C, 3, 3), the kernel gradient.
 conv3x3_direct_nchw, conv3x3_direct_backward_data, conv3x3_direct_backward_weights = conv_calls(LIBRARY)
 direct_unavailable = functools.partial(unavailable, LIBRARY)  # None, or why `direct` cannot be compiled and used here
+
+
+def _cubic_call(call: str, results: tuple[jax.ShapeDtypeStruct, ...] | jax.ShapeDtypeStruct, *args: Array):
+    """One of the cubic field's custom calls (compiled and registered on first use), float32 operands only."""
+    load(LIBRARY)
+    for operand in args:
+        if operand.dtype != jnp.float32:
+            raise ConfigError(f"conv_impl direct: float32 only (no {operand.dtype} kernels); "
+                              "use conv_impl xla_split with jax_enable_x64")
+    return jax.ffi.ffi_call(LIBRARY.target(call), results, vmap_method="sequential")(*args)
+
+
+@jax.custom_vjp
+def cubic_field_direct(x: Float[Array, "B C H W"], kernel: Float[Array, "C C 3 3"], bias: Float[Array, " C"],
+                       gamma: Float[Array, ""]) -> Float[Array, "B C H W"]:
+    """kernel * x + bias - gamma x^3: the convolutional cubic field (eq 75) times dt in the scaled parameters of
+    eq 110, one custom call. Reverse mode only: its VJP is the hand-derived a dF/dx (eq 76), a dF/dkappa (eq 77),
+    a dF/db (eq 78) and a dF/dgamma (eq 71), summed over the batch, in a second call."""
+    return _cubic_call("cubic_forward", jax.ShapeDtypeStruct(x.shape, jnp.float32), x, kernel, bias, gamma)
+
+
+def _cubic_fwd(x: Array, kernel: Array, bias: Array, gamma: Array) -> tuple[Array, tuple[Array, Array, Array]]:
+    return cubic_field_direct(x, kernel, bias, gamma), (x, kernel, gamma)
+
+
+def _cubic_bwd(residuals: tuple[Array, Array, Array], a: Array) -> tuple[Array, Array, Array, Array]:
+    """(a dF/dx, a dF/dkappa, a dF/db, a dF/dgamma) at cotangent a, in one pass over the images."""
+    x, kernel, gamma = residuals
+    shapes = (x.shape, kernel.shape, kernel.shape[:1], ())
+    return tuple(_cubic_call("cubic_backward", tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes),
+                             x, a, kernel, gamma))
+
+
+cubic_field_direct.defvjp(_cubic_fwd, _cubic_bwd)
