@@ -239,7 +239,8 @@ def test_fused_cubic_field_under_jit_and_vmap():
 @pytest.mark.parametrize("mu, fused", [(3.0, True), (2.5, False)])
 def test_conv_field_uses_the_fused_call_for_the_cubic_hand_vjp(mu, fused):
     """`hand_vjp` with `conv_impl: direct` runs the field as the fused call (mu = 3), otherwise the separate
-    convolution and XLA's elementwise passes; either way the field's value and gradients equal xla_split's."""
+    convolution and XLA's elementwise passes; either way the field's value and gradients equal xla_split's, and so
+    do the hand-derived terms `vjp` gives the analytic adjoint."""
     params = ParamInit(layers=2, horizon=1.0, init="normal", scale=0.2)
     make = lambda impl, hand: ConvCubicField.init((4, 5, 6), params, jax.random.PRNGKey(3), gamma=0.1, mu=mu,  # noqa: E731
                                                  conv_impl=impl, hand_vjp=hand)
@@ -252,5 +253,12 @@ def test_conv_field_uses_the_fused_call_for_the_cubic_hand_vjp(mu, fused):
     loss = lambda f, y: jnp.sum(jnp.tanh(f(t, y)))  # noqa: E731
     got = eqx.filter_grad(loss)(fast, x), jax.grad(loss, argnums=1)(fast, x)
     want = eqx.filter_grad(loss)(plain, x), jax.grad(loss, argnums=1)(plain, x)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert_close(a, b)
+    # the analytic adjoint's per-layer terms (eqs 76-78, 71): one fused call for mu = 3, the separate ones otherwise
+    p, cotangent = fast.layer_params(jnp.int32(1)), jnp.cos(x)
+    jaxpr = str(jax.make_jaxpr(lambda f: f.vjp(p, x, cotangent))(fast))
+    assert (LIBRARY.target("cubic_backward") in jaxpr) is fused
+    got, want = fast.vjp(p, x, cotangent), (plain.vjp_params(x, cotangent), plain.vjp_state(p, x, cotangent))
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         assert_close(a, b)

@@ -9,7 +9,8 @@ gamma~ (eq 110), loss = cross entropy + lambda * eq 113. Gradients either throug
 Runs on the CPU, or on a CUDA GPU with `device="cuda"` (the benchmark picks it when JAX runs on a GPU).
 Needs the optional `bench` extra (torch, torchdiffeq). It runs in its own process
 (`python -m ode_nets.experiments.peer_torch IN.npz OUT.json`) so that torch's threads and its peak
-resident memory are measured apart from JAX's.
+resident memory are measured apart from JAX's, with the same allocator setting as the benchmark's own process
+(`host_memory.retain_freed_memory`: torch's CPU tensors come from glibc's malloc too).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ode_nets.host_memory import retain_freed_memory
 from ode_nets.solvers.stepping import backward_grid
 
 
@@ -179,6 +181,7 @@ def run(arrays: dict[str, np.ndarray], *, horizon: float, lam: float, adjoint: b
 def main(argv: list[str]) -> int:
     """`python -m ode_nets.experiments.peer_torch IN.npz OUT.json`; IN.npz holds arrays and a JSON `options` string."""
     source, target = argv
+    retain_freed_memory()
     with np.load(source) as data:
         arrays = {k: data[k] for k in data.files if k != "options"}
         options = json.loads(str(data["options"]))

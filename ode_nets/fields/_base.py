@@ -52,6 +52,7 @@ class AbstractAnalyticField(AbstractField):
     - `rhs(p, x)`: F with the parameters `p` of one layer (the same function `__call__` evaluates);
     - `vjp_state(p, x, a)`: a dF/dx, the right side of -da/dt = a dF/dx (eq 11);
     - `vjp_params(x, a)`: a dF/dq summed over the batch, the density of dL/dq (eqs 13-15);
+    - `vjp(p, x, a)`: both at once (what the backward passes call; a field that computes them in one pass overrides it);
     - `layer_params(l)`, `fold_gradients(per_layer)`: per-layer parameters in, a gradient pytree out.
     """
 
@@ -66,6 +67,10 @@ class AbstractAnalyticField(AbstractField):
     @abc.abstractmethod
     def vjp_params(self, x: Array, a: Array) -> LayerParams:
         """a dF/dq summed over the batch."""
+
+    def vjp(self, p: LayerParams, x: Array, a: Array) -> tuple[LayerParams, Array]:
+        """(a dF/dq summed over the batch, a dF/dx) at one layer's parameters `p`."""
+        return self.vjp_params(x, a), self.vjp_state(p, x, a)
 
     @abc.abstractmethod
     def layer_params(self, layer: Array) -> LayerParams:

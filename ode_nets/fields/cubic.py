@@ -19,7 +19,7 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ode_nets.fields._base import AbstractAnalyticField, LayerParams
-from ode_nets.fields.direct_conv import conv3x3_direct_nchw, cubic_field_direct
+from ode_nets.fields.direct_conv import conv3x3_direct_nchw, cubic_field_direct, cubic_field_direct_vjp
 from ode_nets.fields.onednn_conv import conv3x3_onednn_nhwc
 from ode_nets.fields.time_params import ParamInit, PiecewiseConstant, PiecewiseLinear, TimeParam
 
@@ -165,9 +165,9 @@ def _hand_vjp_bwd(residuals: None, a: Array, perturbed: tuple[LayerParams, bool]
     """(a dF/dq, a dF/dx) at cotangent a; dF/dq summed over the batch (the parameters are shared)."""
     del residuals
     p, x = vjp_arg
-    grads = field.vjp_params(x, a)
+    grads, vjp_x = field.vjp(p, x, a)
     gamma = grads.gamma.astype(jnp.result_type(p.gamma)) if perturbed[0].gamma else None
-    return LayerParams(grads.weight, grads.bias, gamma), field.vjp_state(p, x, a)
+    return LayerParams(grads.weight, grads.bias, gamma), vjp_x
 
 
 class CubicField(AbstractCubicField):
@@ -428,15 +428,28 @@ class ConvCubicField(AbstractConvCubicField):
     feature_axis: ClassVar[int] = -3
     conv_impls: ClassVar[dict[str, Callable[[Array, Array], Array]]] = CONV_IMPLS
 
+    @property
+    def fused(self) -> bool:
+        """Whether the field and its hand-derived VJP run as the fused custom calls (`conv_impl: direct`, mu = 3)."""
+        return self.conv_impl == "direct" and self.mu == 3.0
+
     def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
         """dx/dt at time t (eq 75). With `hand_vjp` and `conv_impl: direct` (mu = 3) the whole field and its
         hand-derived reverse mode (eqs 76-78, 71) are one custom call each (`cubic_field_direct`), a pass per image
         instead of XLA's separate passes over the state for the bias, the cubic term and the sums."""
-        if not (self.hand_vjp and self.conv_impl == "direct" and self.mu == 3.0):
+        if not (self.hand_vjp and self.fused):
             return super().__call__(t, x, args)
         flat = x.reshape((-1, *x.shape[-3:]))
         f = cubic_field_direct(flat, self.weight(t), self.b(t), jnp.asarray(self.gamma, x.dtype))
         return f.reshape(x.shape) / self.dt
+
+    def vjp(self, p: LayerParams, x: Array, a: Array) -> tuple[LayerParams, Array]:
+        """(a dF/dq, a dF/dx) (eqs 77, 78, 71 and 76); with `conv_impl: direct` (mu = 3) in one pass per image."""
+        if not self.fused:
+            return super().vjp(p, x, a)
+        flat = lambda y: y.reshape((-1, *y.shape[-3:]))  # noqa: E731
+        dx, dk, db, dgamma = cubic_field_direct_vjp(flat(x), flat(a), p.weight, jnp.asarray(p.gamma, x.dtype))
+        return LayerParams(dk / self.dt, db / self.dt, dgamma / self.dt), dx.reshape(x.shape) / self.dt
 
 
 class ChannelsLastConvCubicField(AbstractConvCubicField):

@@ -8,7 +8,7 @@ Ruseckas §3.3/§3.4 write the gradient of a loss on x(T) without automatic diff
   bias), and eq 71 (gamma); a parameter that is constant over an interval collects the integral of a dF/dq
   over that interval (eqs 13-15).
 
-The field supplies those terms itself (`AbstractAnalyticField`: `rhs`, `vjp_state`, `vjp_params`); for the cubic
+The field supplies those terms itself (`AbstractAnalyticField`: `rhs`, `vjp_state`, `vjp_params`, both at once `vjp`); for the cubic
 fields they are written once in `ode_nets.fields.cubic`. With one state for the whole batch, every density is summed
 over the batch. Two backward schemes:
 
@@ -110,8 +110,9 @@ def euler_backward(field: AbstractAnalyticField, xs: Array, a_final: Array, disc
     def step(a_next: Array, k: Array) -> tuple[Array, tuple[LayerParams, Array | None]]:
         x = xs[k]  # indexed, not sliced: no copy of the stored states
         p = field.layer_params(k // steps_per_layer)
-        grads = jax.tree_util.tree_map(lambda g: h * g, field.vjp_params(x, a_next))
-        a = a_next + h * field.vjp_state(p, x, a_next)
+        dens, vjp_x = field.vjp(p, x, a_next)
+        grads = jax.tree_util.tree_map(lambda g: h * g, dens)
+        a = a_next + h * vjp_x
         return a, (grads, a if keep_adjoints else None)
 
     a0, (grads, adjoints) = lax.scan(step, a_final, jnp.arange(xs.shape[0] - 1), reverse=True)
@@ -130,8 +131,8 @@ def _layer_solve(field: AbstractAnalyticField, solver: diffrax.AbstractSolver, s
     to t_l (`ts`, decreasing); returns a(t_l), G (the layer's gradient integrals) and the solve's counts."""
     def rhs(t: Array, state: tuple[Array, Array, LayerParams], p: LayerParams) -> tuple[Array, Array, LayerParams]:
         x, a, _ = state
-        dens = field.vjp_params(x, a)
-        return field.rhs(p, x), -field.vjp_state(p, x, a), jax.tree_util.tree_map(jnp.negative, dens)
+        dens, vjp_x = field.vjp(p, x, a)
+        return field.rhs(p, x), -vjp_x, jax.tree_util.tree_map(jnp.negative, dens)
 
     def run(x_end: Array, a_end: Array, ts: Array, p: LayerParams) -> tuple[Array, LayerParams, Array]:
         zero = jax.tree_util.tree_map(jnp.zeros_like, p)
