@@ -18,7 +18,7 @@ SMALL = {"model": "circles_dense", "layers": [4], "batch_sizes": [16], "warmup":
 
 def test_a_traced_step_is_summed_per_operation(tmp_path):
     summary = profile_case(parse(BenchConfig, SMALL), 1, tmp_path, steps=2)
-    assert summary["label"].startswith("optimize_then_discretize") and summary["layers"] == 4
+    assert summary["label"] == "OTD" and summary["layers"] == 4
     assert summary["ops"] and all(op["ms"] > 0 and op["calls"] > 0 for op in summary["ops"])
     assert not any(op["op"].startswith(("ThunkExecutor", "while")) for op in summary["ops"])  # operations only
     assert json.loads((tmp_path / "profile.json").read_text())["ops"] == summary["ops"]

@@ -32,12 +32,16 @@ def op_name(event: str) -> str:
 
 
 def runtime_events(trace_dir: Path) -> list[tuple[str, str, int]]:
-    """(thread, operation, duration ns) of every XLA runtime event in the trace written under `trace_dir`."""
+    """(thread, operation, duration ns) of every XLA runtime operation in the trace written under `trace_dir`.
+
+    The runtime marks the end of each operation it runs with an `end: <name>` event, on its worker threads or, for
+    small computations, on the calling (Python) thread; those names, less loops and calls, are the operations."""
     (path,) = sorted(trace_dir.rglob("*.xplane.pb"))[-1:]
     data = jax.profiler.ProfileData.from_file(str(path))
-    return [(line.name, op_name(event.name), event.duration_ns)
-            for plane in data.planes for line in plane.lines if line.name.startswith("tf_XLA")
-            for event in line.events if not event.name.startswith(WRAPPERS)]
+    lines = [line for plane in data.planes for line in plane.lines]
+    ops = {event.name[len("end: "):] for line in lines for event in line.events if event.name.startswith("end: ")}
+    return [(line.name, op_name(event.name), event.duration_ns) for line in lines for event in line.events
+            if event.name in ops and not event.name.startswith(WRAPPERS)]
 
 
 def summarize(events: list[tuple[str, str, int]], steps: int, wall_ms: float, top: int = 25) -> dict[str, Any]:
