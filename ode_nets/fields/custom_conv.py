@@ -116,6 +116,15 @@ def load(lib: ConvLibrary) -> ctypes.CDLL:
     return dll
 
 
+def prepare(lib: ConvLibrary, *operands: Array) -> None:
+    """Compile and register `lib` (once), and refuse a non-float32 operand with a ConfigError naming the impl."""
+    load(lib)
+    for operand in operands:
+        if operand.dtype != jnp.float32:
+            raise ConfigError(f"conv_impl {lib.impl}: float32 only (no {operand.dtype} kernels); "
+                              "use conv_impl xla_split with jax_enable_x64")
+
+
 def unavailable(lib: ConvLibrary) -> str | None:
     """None if `lib` can be compiled and loaded here, else the one-line reason (for skips and checks)."""
     try:
@@ -156,11 +165,7 @@ def conv_calls(lib: ConvLibrary) -> tuple[Callable[[Array, Array], Array], ...]:
 
     def bound(prim: Primitive) -> Callable[[Array, Array], Array]:
         def call(a: Array, b: Array) -> Array:
-            load(lib)
-            for operand in (a, b):
-                if operand.dtype != jnp.float32:
-                    raise ConfigError(f"conv_impl {lib.impl}: float32 only (no {operand.dtype} kernels); "
-                                      "use conv_impl xla_split with jax_enable_x64")
+            prepare(lib, a, b)
             return prim.bind(a, b)
         return call
 

@@ -121,6 +121,15 @@ std::vector<float> transposed(const float* k, int64_t out, int64_t in) {
   return kt;
 }
 
+// Sum of the 8 lanes in double.
+double lane_sum(v8 v) {
+  float lanes[8];
+  store(lanes, v);
+  double sum = 0.0;
+  for (float lane : lanes) sum += lane;
+  return sum;
+}
+
 // dk[o][c][dy][:] += sum over h, w of g[o][h][w] xp[c][h + dy][w + dx] for o0 .. o0 + OB - 1 (one image).
 // gp holds g's rows zero-padded to whole vectors, so the pixels past the width add nothing.
 template <int OB>
@@ -142,13 +151,7 @@ void weights_block(const float* xp, const float* gp, double* dk, const Geometry&
     }
   }
   for (int ob = 0; ob < OB; ++ob)
-    for (int dx = 0; dx < 3; ++dx) {
-      float lanes[8];
-      store(lanes, acc[ob][dx]);
-      double sum = 0.0;
-      for (float lane : lanes) sum += lane;
-      dk[((o0 + ob) * g.in + c) * 9 + dy * 3 + dx] += sum;
-    }
+    for (int dx = 0; dx < 3; ++dx) dk[((o0 + ob) * g.in + c) * 9 + dy * 3 + dx] += lane_sum(acc[ob][dx]);
 }
 
 // local (O, C, 3, 3) += the kernel gradient of one image: xp its padded input, gn (O, H, W) its output cotangent,
@@ -201,15 +204,6 @@ void backward_weights(const float* x, const float* gr, float* dk, const Geometry
     for (size_t i = 0; i < total.size(); ++i) total[i] += s.dk[i];
   }
   for (size_t i = 0; i < total.size(); ++i) dk[i] = static_cast<float>(total[i]);
-}
-
-// Sum of the 8 lanes in double.
-double lane_sum(v8 v) {
-  float lanes[8];
-  store(lanes, v);
-  double sum = 0.0;
-  for (float lane : lanes) sum += lane;
-  return sum;
 }
 
 // The cubic field's epilogue on one image (eq 75 with eq 110, in the scaled parameters; C == O):

@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ode_nets.errors import ConfigError
-from ode_nets.fields.custom_conv import ConvLibrary, conv_calls, load, unavailable
+from ode_nets.fields.custom_conv import ConvLibrary, conv_calls, prepare, unavailable
 
 LIBRARY = ConvLibrary(
     impl="direct", source=Path(__file__).with_name("direct_conv.cc"),
@@ -39,11 +38,7 @@ direct_unavailable = functools.partial(unavailable, LIBRARY)  # None, or why `di
 
 def _cubic_call(call: str, results: tuple[jax.ShapeDtypeStruct, ...] | jax.ShapeDtypeStruct, *args: Array):
     """One of the cubic field's custom calls (compiled and registered on first use), float32 operands only."""
-    load(LIBRARY)
-    for operand in args:
-        if operand.dtype != jnp.float32:
-            raise ConfigError(f"conv_impl direct: float32 only (no {operand.dtype} kernels); "
-                              "use conv_impl xla_split with jax_enable_x64")
+    prepare(LIBRARY, *args)
     return jax.ffi.ffi_call(LIBRARY.target(call), results, vmap_method="sequential")(*args)
 
 
