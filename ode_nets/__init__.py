@@ -25,7 +25,7 @@ from ode_nets.models import (READOUTS, AbstractReadout, LinearSoftmax, MaxPoolSo
 from ode_nets.multistage import Connective, MultiStageNet
 from ode_nets.solve import solve
 from ode_nets.solvers import (RK4, SOLVERS, AbstractStepping, AdamsBashforth3, AdaptiveSteps, Discretisation,
-                              FixedSteps, TwoStepLM, Verlet, with_two_step_memory)
+                              FieldEuler, FixedSteps, TwoStepLM, Verlet, with_two_step_memory)
 from ode_nets.strategies import (STRATEGIES, AbstractDiffraxAdjoint, AbstractGradientStrategy, AnalyticAdjoint,
                                  DiscretizeThenOptimize, LayerParallel, OptimizeThenDiscretize, Reversible)
 from ode_nets.training import Objective, RunDir, TrainOptions, evaluate, fit, predict
@@ -44,7 +44,8 @@ __all__ = [
     "ParamInit", "LayerGrid", "LayerParams", "cross_entropy", "smoothness",
     "READOUTS", "AbstractReadout", "Softmax", "SigmoidLast", "MaxPoolSoftmax", "LinearSoftmax", "ODENet",
     "count_parameters", "solve",
-    "SOLVERS", "RK4", "AdamsBashforth3", "TwoStepLM", "Verlet", "with_two_step_memory", "AbstractStepping",
+    "SOLVERS", "FieldEuler", "RK4", "AdamsBashforth3", "TwoStepLM", "Verlet", "with_two_step_memory",
+    "AbstractStepping",
     "FixedSteps", "AdaptiveSteps", "Discretisation",
     "STRATEGIES", "AbstractGradientStrategy", "AbstractDiffraxAdjoint", "DiscretizeThenOptimize",
     "OptimizeThenDiscretize", "AnalyticAdjoint", "Reversible", "LayerParallel",

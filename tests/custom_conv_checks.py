@@ -21,7 +21,8 @@ from ode_nets.config import from_dict
 from ode_nets.errors import ConfigError
 from ode_nets.fields.cubic import CONV_IMPLS, ConvCubicField, conv3x3_direct, conv3x3_onednn, conv3x3_xla
 from ode_nets.fields.custom_conv import find_compiler
-from ode_nets.fields.direct_conv import LIBRARY, cubic_field_direct, direct_unavailable
+from ode_nets.fields.direct_conv import (LIBRARY, cubic_euler_step_direct, cubic_euler_step_direct_vjp,
+                                        cubic_field_direct, direct_unavailable)
 from ode_nets.fields.onednn_conv import find_toolchain, onednn_unavailable
 from ode_nets.fields.time_params import ParamInit
 from ode_nets.losses import cross_entropy
@@ -104,12 +105,14 @@ def test_gradients_inside_jitted_scan(impl):
         assert_close(a, b)
 
 
-def conv_net(conv_impl: str, strategy: str, channels_last: bool = False, hand_vjp: bool = False):
+def conv_net(conv_impl: str, strategy: str, channels_last: bool = False, hand_vjp: bool = False,
+             steps_per_layer: int = 1):
     """A 3-layer conv cubic net on 6x6 images (1 + 3 channels) with the same random non-zero parameters
     (`channels_last`: the same net with its state in NHWC, `conv_cubic_nhwc` behind the `channels_last` stem)."""
     layout = {"field": "conv_cubic_nhwc", "stem": "channels_last"} if channels_last else {"field": "conv_cubic"}
     cfg = from_dict({"model": {**layout, "layers": 3, "augment": 3, "readout": "max_pool_softmax",
                                "learn_gamma": True, "conv_impl": conv_impl, "hand_vjp": hand_vjp},
+                     "solver": {"method": "euler", "steps_per_layer": steps_per_layer},
                      "gradient": {"strategy": strategy}})
     model = net_from_config(cfg, (1, 6, 6), 4)
     leaves, treedef = jax.tree_util.tree_flatten(eqx.filter(model, eqx.is_inexact_array))
@@ -287,3 +290,62 @@ def test_fused_cubic_field_second_order_and_jacobian_regulariser():
     _, _, metrics = train_step(optimizer, model, optimizer.init(eqx.filter(model, eqx.is_inexact_array)), images,
                                jnp.array([0, 1]), jnp.ones(2), Objective(jacobian_frobenius=0.1))
     assert np.isfinite(float(metrics["loss"]))
+
+
+def euler_step_xla(x: jax.Array, kernel: jax.Array, bias: jax.Array, gamma: jax.Array, scale: jax.Array) -> jax.Array:
+    """x + scale (kappa~ * x + b~ - gamma~ x^3): one forward-Euler step (eq 109) by XLA."""
+    return x + scale * cubic_field_xla(x, kernel, bias, gamma)
+
+
+@needs_direct
+@pytest.mark.parametrize("shape, scale", [((2, 10, 10, 6, 6), 1.0), ((3, 4, 4, 5, 8), 0.5), ((2, 5, 5, 9, 17), 0.25)])
+def test_fused_euler_step_and_its_vjp_equal_xla(shape, scale):
+    """One Euler step of the field in one call, and its reverse mode (eq 112: a + scale a dF/dx, scale times the
+    parameters' terms; and the step length's cotangent) in another, against float64 XLA; differentiable again."""
+    x, kernel, bias, gamma, cotangent = cubic_operands(shape, seed=shape[-1] + 1)
+    args = (x, kernel, bias, gamma, jnp.float32(scale))
+    out, vjp = jax.vjp(cubic_euler_step_direct, *args)
+    got = [out, *vjp(cotangent)]
+    with float64():
+        wide = [a.astype(jnp.float64) for a in (*args, cotangent)]
+        want, want_vjp = jax.vjp(euler_step_xla, *wide[:5])
+        tolerances = (1e-6,) * 4 + (1e-5,) * 2  # gamma~'s and the step length's: one sum each, with cancellation
+        for a, b, tol in zip(got, [want, *want_vjp(wide[5])], tolerances, strict=True):
+            assert relative_error(a.astype(jnp.float64), b) < tol, relative_error(a.astype(jnp.float64), b)
+
+    def grad_norm(step, *operands):
+        return sum(jnp.sum(g ** 2) for g in jax.vjp(step, *operands)[1](cotangent)[:4])
+
+    got = jax.grad(lambda *a: grad_norm(cubic_euler_step_direct, *a), argnums=(0, 1, 3))(*args)
+    want = jax.grad(lambda *a: grad_norm(euler_step_xla, *a), argnums=(0, 1, 3))(*args)
+    for a, b in zip(got, want):
+        assert relative_error(a, b) < 2e-5, relative_error(a, b)
+    for a, b in zip(cubic_euler_step_direct_vjp(x, cotangent, kernel, gamma, jnp.float32(scale)), vjp(cotangent)):
+        assert_close(a, b)  # the VJP call itself: the first four cotangents
+
+
+@needs_direct
+@pytest.mark.parametrize("strategy", ["discretize_then_optimize", "analytic_adjoint"])
+@pytest.mark.parametrize("steps_per_layer", [1, 2])
+def test_euler_steps_of_the_fused_field_are_single_calls(strategy, steps_per_layer):
+    """With `hand_vjp` + `direct` the solver's Euler steps (`FieldEuler`) are the fused step call and their reverse
+    mode (DTO's and eq 112 of `analytic_adjoint`) the fused step-VJP call, with no field call left in the compiled
+    gradient (the step length is not differentiated); logits and gradient equal the float64 ones, two steps per
+    layer (half steps: the calls' scale 1/2) too."""
+    fast = conv_net("direct", strategy, hand_vjp=True, steps_per_layer=steps_per_layer)
+    images = jnp.asarray(np.random.default_rng(16).random((3, 1, 6, 6)), jnp.float32)
+    loss = lambda m, x=images: cross_entropy(m(x), jnp.array([0, 3, 1]))  # noqa: E731
+    got, logits = jax.tree_util.tree_leaves(eqx.filter_grad(loss)(fast)), fast(images)
+    plain = conv_net("xla_split", strategy, steps_per_layer=steps_per_layer)  # the same parameters
+    with float64():  # against the exact value: gamma~'s gradient is a sum with cancellation (XLA's float32: 4e-5 off)
+        wide = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, plain)
+        want = jax.tree_util.tree_leaves(eqx.filter_grad(lambda m: loss(m, images.astype(jnp.float64)))(wide))
+        assert relative_error(logits.astype(jnp.float64), wide(images.astype(jnp.float64))) < 1e-6
+        for a, b in zip(got, want, strict=True):
+            assert relative_error(a.astype(jnp.float64), b) < 5e-5, relative_error(a.astype(jnp.float64), b)
+    params, static = eqx.partition(fast, eqx.is_array)
+    hlo = jax.jit(lambda p: eqx.filter_grad(loss)(eqx.combine(p, static))).lower(params).compile().as_text()
+    calls = {call: hlo.count(f'"{LIBRARY.target(call)}"') for call in ("cubic_step", "cubic_step_backward",
+                                                                       "cubic_forward", "cubic_backward")}
+    assert calls["cubic_step"] >= 1 and calls["cubic_step_backward"] >= 1, calls
+    assert calls["cubic_forward"] == calls["cubic_backward"] == 0, calls

@@ -10,7 +10,8 @@ import abc
 from typing import ClassVar, NamedTuple
 
 import equinox as eqx
-from jaxtyping import Array, Float, PRNGKeyArray
+import jax
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ode_nets.fields.time_params import ParamInit
 
@@ -30,6 +31,11 @@ class AbstractField(eqx.Module):
     @abc.abstractmethod
     def __call__(self, t: Float[Array, ""], x: Array, args: object = None) -> Array:
         """dx/dt at time t."""
+
+    def euler_step(self, t: Float[Array, ""], x: PyTree[Array], args: object, dt: Float[Array, ""]) -> PyTree[Array]:
+        """One forward-Euler step x + dt F(t, x) (eq 109), as `diffrax.Euler` computes it; `FieldEuler` asks the
+        field for it, so that a field which can compute it in one pass (the fused conv cubic field) overrides it."""
+        return jax.tree.map(lambda y, f: y + dt * f, x, self(t, x, args))
 
     @classmethod
     @abc.abstractmethod
@@ -53,6 +59,7 @@ class AbstractAnalyticField(AbstractField):
     - `vjp_state(p, x, a)`: a dF/dx, the right side of -da/dt = a dF/dx (eq 11);
     - `vjp_params(x, a)`: a dF/dq summed over the batch, the density of dL/dq (eqs 13-15);
     - `vjp(p, x, a)`: both at once (what the backward passes call; a field that computes them in one pass overrides it);
+- `euler_step_vjp(p, x, a, h)`: the reverse mode of one Euler step (eq 112), what the Euler backward pass calls;
     - `layer_params(l)`, `fold_gradients(per_layer)`: per-layer parameters in, a gradient pytree out.
     """
 
@@ -71,6 +78,12 @@ class AbstractAnalyticField(AbstractField):
     def vjp(self, p: LayerParams, x: Array, a: Array) -> tuple[LayerParams, Array]:
         """(a dF/dq summed over the batch, a dF/dx) at one layer's parameters `p`."""
         return self.vjp_params(x, a), self.vjp_state(p, x, a)
+
+    def euler_step_vjp(self, p: LayerParams, x: Array, a: Array, h: Array | float) -> tuple[LayerParams, Array]:
+        """The reverse mode of one Euler step x + h F(x) at cotangent a (eq 112): (h a dF/dq, a + h a dF/dx); a
+        field that computes it in one pass (the fused conv cubic field) overrides it."""
+        dens, vjp_x = self.vjp(p, x, a)
+        return jax.tree.map(lambda g: h * g, dens), a + h * vjp_x
 
     @abc.abstractmethod
     def layer_params(self, layer: Array) -> LayerParams:

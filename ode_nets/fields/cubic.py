@@ -19,7 +19,8 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ode_nets.fields._base import AbstractAnalyticField, LayerParams
-from ode_nets.fields.direct_conv import conv3x3_direct_nchw, cubic_field_direct, cubic_field_direct_vjp
+from ode_nets.fields.direct_conv import (conv3x3_direct_nchw, cubic_euler_step_direct, cubic_euler_step_direct_vjp,
+                                        cubic_field_direct, cubic_field_direct_vjp)
 from ode_nets.fields.onednn_conv import conv3x3_onednn_nhwc
 from ode_nets.fields.time_params import ParamInit, PiecewiseConstant, PiecewiseLinear, TimeParam
 
@@ -443,6 +444,16 @@ class ConvCubicField(AbstractConvCubicField):
         f = cubic_field_direct(flat, self.weight(t), self.b(t), jnp.asarray(self.gamma, x.dtype))
         return f.reshape(x.shape) / self.dt
 
+    def euler_step(self, t: Float[Array, ""], x: Array, args: object, dt: Float[Array, ""]) -> Array:
+        """x + dt F(t, x) (eq 109); with `hand_vjp` and `conv_impl: direct` (mu = 3) one custom call, and its reverse
+        mode (eq 112: a + dt a dF/dx, and the parameters' terms) another (`cubic_euler_step_direct`)."""
+        if not (self.hand_vjp and self.fused):
+            return super().euler_step(t, x, args, dt)
+        flat = x.reshape((-1, *x.shape[-3:]))
+        scale = jnp.asarray(dt / self.dt, jnp.float32)  # steps per layer: the call's F dt is per layer
+        y = cubic_euler_step_direct(flat, self.weight(t), self.b(t), jnp.asarray(self.gamma, x.dtype), scale)
+        return y.reshape(x.shape)
+
     def vjp(self, p: LayerParams, x: Array, a: Array) -> tuple[LayerParams, Array]:
         """(a dF/dq, a dF/dx) (eqs 77, 78, 71 and 76); with `conv_impl: direct` (mu = 3) in one pass per image."""
         if not self.fused:
@@ -450,6 +461,16 @@ class ConvCubicField(AbstractConvCubicField):
         flat = lambda y: y.reshape((-1, *y.shape[-3:]))  # noqa: E731
         dx, dk, db, dgamma = cubic_field_direct_vjp(flat(x), flat(a), p.weight, jnp.asarray(p.gamma, x.dtype))
         return LayerParams(dk / self.dt, db / self.dt, dgamma / self.dt), dx.reshape(x.shape) / self.dt
+
+    def euler_step_vjp(self, p: LayerParams, x: Array, a: Array, h: Array | float) -> tuple[LayerParams, Array]:
+        """(h a dF/dq, a + h a dF/dx) of one Euler step (eq 112); with `conv_impl: direct` (mu = 3) one call."""
+        if not self.fused:
+            return super().euler_step_vjp(p, x, a, h)
+        flat = lambda y: y.reshape((-1, *y.shape[-3:]))  # noqa: E731
+        scale = jnp.asarray(h / self.dt, jnp.float32)
+        dx, dk, db, dgamma = cubic_euler_step_direct_vjp(flat(x), flat(a), p.weight, jnp.asarray(p.gamma, x.dtype),
+                                                         scale)
+        return LayerParams(dk, db, dgamma), dx.reshape(x.shape)
 
 
 class ChannelsLastConvCubicField(AbstractConvCubicField):

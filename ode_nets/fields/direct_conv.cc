@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -206,28 +207,37 @@ void backward_weights(const float* x, const float* gr, float* dk, const Geometry
   for (size_t i = 0; i < total.size(); ++i) dk[i] = static_cast<float>(total[i]);
 }
 
-// The cubic field's epilogue on one image (eq 75 with eq 110, in the scaled parameters; C == O):
-// f (C, H, W) += b_c - gamma x^3, with x the image the convolution read.
-void cubic_epilogue(const float* x, const float* b, float gamma, float* f, const Geometry& g) {
+// The cubic field's epilogue on one image (eq 75 with eq 110, in the scaled parameters; C == O), with f (C, H, W)
+// holding k * x: the field f += b_c - gamma x^3, or with kStep one forward-Euler step (eq 109) of `scale` layers,
+// f = x + scale (f + b_c - gamma x^3), x being the image the convolution read.
+template <bool kStep>
+void cubic_epilogue(const float* x, const float* b, float gamma, float scale, float* f, const Geometry& g) {
   const int64_t pixels = g.height * g.width, whole = pixels / 8 * 8;
-  const v8 gv = splat(gamma);
+  const v8 gv = splat(gamma), sv = splat(scale);
   for (int64_t c = 0; c < g.out; ++c) {
     const float* xc = x + c * pixels;
     float* fc = f + c * pixels;
     const v8 bv = splat(b[c]);
     for (int64_t i = 0; i < whole; i += 8) {
-      const v8 xv = load(xc + i);
-      store(fc + i, load(fc + i) + bv - gv * xv * xv * xv);
+      const v8 xv = load(xc + i), fv = load(fc + i) + bv - gv * xv * xv * xv;
+      store(fc + i, kStep ? xv + sv * fv : fv);
     }
-    for (int64_t i = whole; i < pixels; ++i) fc[i] += b[c] - gamma * xc[i] * xc[i] * xc[i];
+    for (int64_t i = whole; i < pixels; ++i) {
+      const float fv = fc[i] + b[c] - gamma * xc[i] * xc[i] * xc[i];
+      fc[i] = kStep ? xc[i] + scale * fv : fv;
+    }
   }
 }
 
-// The cubic field's backward epilogue on one image, at cotangent a (C, H, W): dx -= 3 gamma x^2 a (eq 76),
-// db_c += sum a_c (eq 78), dgamma -= sum a x^3 (eq 71), the sums per lane in float and then in double.
-void cubic_backward_epilogue(const float* x, const float* a, float gamma, float* dx, Scratch& s, const Geometry& g) {
+// The cubic field's backward epilogue on one image, at cotangent a (C, H, W), with dx holding k^T * a:
+// dx -= 3 gamma x^2 a (eq 76), or with kStep (the Euler step's reverse mode, eq 112) dx = a + scale (dx - 3 gamma
+// x^2 a); db_c += sum a_c (eq 78), dgamma -= sum a x^3 (eq 71), the sums per lane in float and then in double
+// (unscaled: the caller scales the totals).
+template <bool kStep>
+void cubic_backward_epilogue(const float* x, const float* a, float gamma, float scale, float* dx, Scratch& s,
+                             const Geometry& g) {
   const int64_t pixels = g.height * g.width, whole = pixels / 8 * 8;
-  const v8 three_gamma = splat(3.f * gamma);
+  const v8 three_gamma = splat(3.f * gamma), sv = splat(scale);
   v8 cubes = splat(0.f);
   for (int64_t c = 0; c < g.out; ++c) {
     const float *xc = x + c * pixels, *ac = a + c * pixels;
@@ -235,13 +245,15 @@ void cubic_backward_epilogue(const float* x, const float* a, float gamma, float*
     v8 bias = splat(0.f);
     for (int64_t i = 0; i < whole; i += 8) {
       const v8 xv = load(xc + i), av = load(ac + i), xa = xv * av;
-      store(dc + i, load(dc + i) - three_gamma * xv * xa);
+      const v8 dv = load(dc + i) - three_gamma * xv * xa;
+      store(dc + i, kStep ? av + sv * dv : dv);
       bias += av;
       cubes += xa * xv * xv;
     }
     double tail_bias = 0.0, tail_cubes = 0.0;
     for (int64_t i = whole; i < pixels; ++i) {
-      dc[i] -= 3.f * gamma * xc[i] * xc[i] * ac[i];
+      const float dv = dc[i] - 3.f * gamma * xc[i] * xc[i] * ac[i];
+      dc[i] = kStep ? ac[i] + scale * dv : dv;
       tail_bias += ac[i];
       tail_cubes += static_cast<double>(ac[i]) * xc[i] * xc[i] * xc[i];
     }
@@ -251,8 +263,11 @@ void cubic_backward_epilogue(const float* x, const float* a, float gamma, float*
   s.dgamma -= lane_sum(cubes);
 }
 
-// f = k * x + b - gamma x^3 (B, C, H, W): the cubic field of eq 75 times dt, in one pass per image.
-void cubic_forward(const float* x, const float* k, const float* b, float gamma, float* f, const Geometry& g) {
+// f = k * x + b - gamma x^3 (B, C, H, W): the cubic field of eq 75 times dt, in one pass per image; with kStep the
+// forward-Euler step f = x + scale (k * x + b - gamma x^3) instead (eq 109; scale = the step over the layer's dt).
+template <bool kStep>
+void cubic_forward(const float* x, const float* k, const float* b, float gamma, float scale, float* f,
+                   const Geometry& g) {
 #pragma omp parallel
   {
     std::vector<float> xp(g.in * (g.height + 2) * g.padded_width());
@@ -262,16 +277,18 @@ void cubic_forward(const float* x, const float* k, const float* b, float gamma, 
       float* fn = f + n * g.image(g.out);
       pad_image(xn, g.in, g, xp.data());
       forward_image(xp.data(), k, fn, g);
-      cubic_epilogue(xn, b, gamma, fn, g);
+      cubic_epilogue<kStep>(xn, b, gamma, scale, fn, g);
     }
   }
 }
 
 // The reverse mode of cubic_forward at cotangent a (B, C, H, W), per image while it is in cache:
 // dx = k^T * a - 3 gamma x^2 a (eq 76), dk = sum a (x) shifted x (eq 77), db = sum a (eq 78),
-// dgamma = -sum a x^3 (eq 71); sums over images in double precision.
-void cubic_backward(const float* x, const float* a, const float* k, float gamma, float* dx, float* dk, float* db,
-                    float* dgamma, const Geometry& g) {
+// dgamma = -sum a x^3 (eq 71); sums over images in double precision. With kStep, that of the Euler step (eq 112):
+// dx = a + scale (k^T * a - 3 gamma x^2 a) and the three sums times scale.
+template <bool kStep>
+void cubic_backward(const float* x, const float* a, const float* k, float gamma, float scale, float* dx, float* dk,
+                    float* db, float* dgamma, const Geometry& g) {
   const std::vector<float> kt = transposed(k, g.out, g.in);
   const Geometry gt{g.batch, g.out, g.in, g.height, g.width};
   std::vector<double> total(g.out * g.in * 9 + g.out + 1, 0.0);
@@ -284,7 +301,7 @@ void cubic_backward(const float* x, const float* a, const float* k, float gamma,
       float* dxn = dx + n * g.image(g.in);
       pad_image(an, g.out, g, s.ap.data());
       forward_image(s.ap.data(), kt.data(), dxn, gt);
-      cubic_backward_epilogue(xn, an, gamma, dxn, s, g);
+      cubic_backward_epilogue<kStep>(xn, an, gamma, scale, dxn, s, g);
       pad_image(xn, g.in, g, s.xp.data());
       weights_image(s.xp.data(), an, s.gp.data(), s.dk.data(), g);
     }
@@ -296,9 +313,10 @@ void cubic_backward(const float* x, const float* a, const float* k, float gamma,
     }
   }
   const size_t kernel = g.out * g.in * 9;
-  for (size_t i = 0; i < kernel; ++i) dk[i] = static_cast<float>(total[i]);
-  for (int64_t c = 0; c < g.out; ++c) db[c] = static_cast<float>(total[kernel + c]);
-  *dgamma = static_cast<float>(total.back());
+  const double factor = kStep ? scale : 1.0;
+  for (size_t i = 0; i < kernel; ++i) dk[i] = static_cast<float>(factor * total[i]);
+  for (int64_t c = 0; c < g.out; ++c) db[c] = static_cast<float>(factor * total[kernel + c]);
+  *dgamma = static_cast<float>(factor * total.back());
 }
 
 ffi::Error bad(const char* what) { return ffi::Error::InvalidArgument(std::string("direct_conv: ") + what); }
@@ -338,14 +356,28 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> gr, ff
   return ffi::Error::Success();
 }
 
+// Checks shared by the cubic handlers: a (C, C, 3, 3) kernel; `count` elements, where a (C) bias (`bias`) or a
+// cotangent of x's shape is wanted; scalar gamma (and scale).
+ffi::ErrorOr<Geometry> cubic_geometry(ffi::Span<const int64_t> image, ffi::Span<const int64_t> kernel, size_t count,
+                                      bool bias, std::initializer_list<size_t> scalars) {
+  auto g = geometry(image, kernel);
+  if (g.has_error()) return g;
+  bool scalar = true;
+  for (size_t n : scalars) scalar = scalar && n == 1;
+  const int64_t expected = bias ? g->out : g->batch * g->image(g->in);
+  if (g->out != g->in || static_cast<int64_t>(count) != expected || !scalar)
+    return ffi::Unexpected<ffi::Error>(bad("the cubic field needs a (C, C, 3, 3) kernel, a (C) bias or a cotangent "
+                                           "of x's shape, and scalar gamma and scale"));
+  return g;
+}
+
 // The cubic field: f = k * x + b - gamma x^3: x (B, C, H, W), k (C, C, 3, 3), b (C), gamma (), f (B, C, H, W).
 ffi::Error CubicForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> b,
                         ffi::Buffer<ffi::F32> gamma, ffi::ResultBuffer<ffi::F32> f) {
-  auto g = geometry(x.dimensions(), k.dimensions());
+  auto g = cubic_geometry(x.dimensions(), k.dimensions(), b.element_count(), true,
+                          {gamma.element_count()});
   if (g.has_error()) return g.error();
-  if (g->out != g->in || static_cast<int64_t>(b.element_count()) != g->out || gamma.element_count() != 1)
-    return bad("the cubic field needs a (C, C, 3, 3) kernel, a (C) bias and a scalar gamma");
-  cubic_forward(x.typed_data(), k.typed_data(), b.typed_data(), *gamma.typed_data(), f->typed_data(), *g);
+  cubic_forward<false>(x.typed_data(), k.typed_data(), b.typed_data(), *gamma.typed_data(), 1.f, f->typed_data(), *g);
   return ffi::Error::Success();
 }
 
@@ -353,12 +385,35 @@ ffi::Error CubicForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::B
 ffi::Error CubicBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> k,
                          ffi::Buffer<ffi::F32> gamma, ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dk,
                          ffi::ResultBuffer<ffi::F32> db, ffi::ResultBuffer<ffi::F32> dgamma) {
-  auto g = geometry(x.dimensions(), k.dimensions());
+  auto g = cubic_geometry(x.dimensions(), k.dimensions(), a.element_count(), false,
+                          {gamma.element_count()});
   if (g.has_error()) return g.error();
-  if (g->out != g->in || a.element_count() != x.element_count() || gamma.element_count() != 1)
-    return bad("the cubic field needs a (C, C, 3, 3) kernel, a cotangent of x's shape and a scalar gamma");
-  cubic_backward(x.typed_data(), a.typed_data(), k.typed_data(), *gamma.typed_data(), dx->typed_data(),
-                 dk->typed_data(), db->typed_data(), dgamma->typed_data(), *g);
+  cubic_backward<false>(x.typed_data(), a.typed_data(), k.typed_data(), *gamma.typed_data(), 1.f, dx->typed_data(),
+                        dk->typed_data(), db->typed_data(), dgamma->typed_data(), *g);
+  return ffi::Error::Success();
+}
+
+// One forward-Euler step of the cubic field (eq 109): y = x + scale (k * x + b - gamma x^3), scale ().
+ffi::Error CubicStep(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> b,
+                     ffi::Buffer<ffi::F32> gamma, ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y) {
+  auto g = cubic_geometry(x.dimensions(), k.dimensions(), b.element_count(), true,
+                          {gamma.element_count(), scale.element_count()});
+  if (g.has_error()) return g.error();
+  cubic_forward<true>(x.typed_data(), k.typed_data(), b.typed_data(), *gamma.typed_data(), *scale.typed_data(),
+                      y->typed_data(), *g);
+  return ffi::Error::Success();
+}
+
+// Its reverse mode at cotangent a (eq 112): dx = a + scale (k^T * a - 3 gamma x^2 a), and scale times dk, db, dgamma.
+ffi::Error CubicStepBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> k,
+                             ffi::Buffer<ffi::F32> gamma, ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> dx,
+                             ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> db,
+                             ffi::ResultBuffer<ffi::F32> dgamma) {
+  auto g = cubic_geometry(x.dimensions(), k.dimensions(), a.element_count(), false,
+                          {gamma.element_count(), scale.element_count()});
+  if (g.has_error()) return g.error();
+  cubic_backward<true>(x.typed_data(), a.typed_data(), k.typed_data(), *gamma.typed_data(), *scale.typed_data(),
+                       dx->typed_data(), dk->typed_data(), db->typed_data(), dgamma->typed_data(), *g);
   return ffi::Error::Success();
 }
 
@@ -382,3 +437,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OdeNetsDirectCubicBackward, CubicBackward,
                                   .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OdeNetsDirectCubicStep, CubicStep,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OdeNetsDirectCubicStepBackward, CubicStepBackward,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -10,7 +10,9 @@ float32 only. Without a compiler the call raises a one-line `ConfigError` (`dire
 The same source also holds the whole convolutional cubic field (eq 75 with eq 110) and its hand-derived reverse mode
 (eqs 76-78, 71) as two calls, `cubic_field_direct`: each image is read once per pass and the field's elementwise
 part and sums run while it is in cache, instead of separate passes of XLA over the state (`model.hand_vjp` with
-`conv_impl: direct`; docs/performance.md).
+`conv_impl: direct`; docs/performance.md). A forward-Euler step of that field, x + s (F dt) (eq 109), and its reverse
+mode (eq 112) are two more calls (`cubic_euler_step_direct`), so that the step's update and the adjoint's add run in
+the same pass instead of two more passes of XLA over the state (`ConvCubicField.euler_step`, `FieldEuler`).
 """
 
 import functools
@@ -27,7 +29,8 @@ LIBRARY = ConvLibrary(
     symbols=("OdeNetsDirectConvForward", "OdeNetsDirectConvBackwardData", "OdeNetsDirectConvBackwardWeights"),
     shapes=(lambda x, k: (x[0], k[0], *x[2:]), lambda g, k: (g[0], k[1], *g[2:]), lambda x, g: (g[1], x[1], 3, 3)),
     flags=lambda: (["-O3", "-march=native"], []),
-    extra=(("cubic_forward", "OdeNetsDirectCubicForward"), ("cubic_backward", "OdeNetsDirectCubicBackward")))
+    extra=(("cubic_forward", "OdeNetsDirectCubicForward"), ("cubic_backward", "OdeNetsDirectCubicBackward"),
+           ("cubic_step", "OdeNetsDirectCubicStep"), ("cubic_step_backward", "OdeNetsDirectCubicStepBackward")))
 # The three calls of one bilinear form (`custom_conv.conv_calls`), float32, NCHW images and OIHW kernels:
 # conv3x3_direct_nchw(x (B, C, H, W), kernel (O, C, 3, 3)) -> y = kernel * x (B, O, H, W), stride 1, zero padding 1;
 # conv3x3_direct_backward_data(g (B, O, H, W), kernel) -> (B, C, H, W), the cross-correlation with the flipped,
@@ -89,3 +92,55 @@ def _cubic_bwd(residuals: tuple[Array, Array, Array], a: Array) -> tuple[Array, 
 
 
 cubic_field_direct.defvjp(_cubic_fwd, _cubic_bwd)
+
+
+@jax.custom_vjp
+def cubic_euler_step_direct(x: Float[Array, "B C H W"], kernel: Float[Array, "C C 3 3"], bias: Float[Array, " C"],
+                            gamma: Float[Array, ""], scale: Float[Array, ""]) -> Float[Array, "B C H W"]:
+    """x + scale (kernel * x + bias - gamma x^3): one forward-Euler step (eq 109) of `cubic_field_direct` (F dt),
+    `scale` = the step over the layer's dt (1 for one step per layer), one custom call. Reverse mode only: its VJP
+    is eq 112's a + scale a dF/dx and scale times the parameters' terms (eqs 76-78, 71), in a second call."""
+    return _cubic_call("cubic_step", jax.ShapeDtypeStruct(x.shape, jnp.float32), x, kernel, bias, gamma, scale)
+
+
+@jax.custom_vjp
+def cubic_euler_step_direct_vjp(x: Float[Array, "B C H W"], a: Float[Array, "B C H W"],
+                                kernel: Float[Array, "C C 3 3"], gamma: Float[Array, ""], scale: Float[Array, ""]
+                                ) -> tuple[Array, Array, Array, Array]:
+    """(a + scale a dF/dx, scale a dF/dkappa, scale a dF/db, scale a dF/dgamma): the step's VJP at cotangent a
+    (eq 112 with eqs 76-78, 71), one call; differentiable once more in reverse mode like `cubic_field_direct_vjp`."""
+    shapes = (x.shape, kernel.shape, kernel.shape[:1], ())
+    return tuple(_cubic_call("cubic_step_backward", tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes),
+                             x, a, kernel, gamma, scale))
+
+
+def _step_vjp_terms(x: Array, a: Array, kernel: Array, gamma: Array, scale: Array) -> tuple[Array, ...]:
+    """The same four terms through the (differentiable) field VJP call."""
+    dx, dk, db, dgamma = cubic_field_direct_vjp(x, a, kernel, gamma)
+    return a + scale * dx, scale * dk, scale * db, scale * dgamma
+
+
+def _step_vjp_fwd(*operands: Array) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    return cubic_euler_step_direct_vjp(*operands), operands
+
+
+def _step_vjp_bwd(residuals: tuple[Array, ...], cotangents: tuple[Array, ...]) -> tuple[Array, ...]:
+    return jax.vjp(_step_vjp_terms, *residuals)[1](cotangents)
+
+
+cubic_euler_step_direct_vjp.defvjp(_step_vjp_fwd, _step_vjp_bwd)
+
+
+def _step_fwd(x: Array, kernel: Array, bias: Array, gamma: Array, scale: Array) -> tuple[Array, tuple[Array, ...]]:
+    return cubic_euler_step_direct(x, kernel, bias, gamma, scale), (x, kernel, bias, gamma, scale)
+
+
+def _step_bwd(residuals: tuple[Array, ...], a: Array) -> tuple[Array, ...]:
+    """The step's cotangents; the step length's, sum(a F dt), needs the field again: XLA drops that call when the
+    step length is not differentiated (the usual case: fixed layer times)."""
+    x, kernel, bias, gamma, scale = residuals
+    dx, dk, db, dgamma = cubic_euler_step_direct_vjp(x, a, kernel, gamma, scale)
+    return dx, dk, db, dgamma, jnp.sum(a * cubic_field_direct(x, kernel, bias, gamma))
+
+
+cubic_euler_step_direct.defvjp(_step_fwd, _step_bwd)

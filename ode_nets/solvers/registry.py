@@ -9,6 +9,7 @@ import diffrax
 
 from ode_nets.fields._base import AbstractField
 from ode_nets.fields.time_params import ParamInit
+from ode_nets.solvers.field_euler import FieldEuler
 from ode_nets.solvers.multistep import AdamsBashforth3, TwoStepLM, with_two_step_memory
 from ode_nets.solvers.rk4 import RK4
 from ode_nets.solvers.verlet import Verlet
@@ -35,7 +36,7 @@ class SolverInfo:
 
 
 SOLVERS: dict[str, SolverInfo] = {
-    "euler": SolverInfo(diffrax.Euler, adaptive=False, stages=1),
+    "euler": SolverInfo(FieldEuler, adaptive=False, stages=1),  # diffrax.Euler, the step by the field if it can
     "heun": SolverInfo(diffrax.Heun, adaptive=False, stages=2, splits_at_jumps=True),
     "midpoint": SolverInfo(diffrax.Midpoint, adaptive=False, stages=2, splits_at_jumps=True),
     "ralston": SolverInfo(diffrax.Ralston, adaptive=False, stages=2, splits_at_jumps=True),

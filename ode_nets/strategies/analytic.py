@@ -110,9 +110,7 @@ def euler_backward(field: AbstractAnalyticField, xs: Array, a_final: Array, disc
     def step(a_next: Array, k: Array) -> tuple[Array, tuple[LayerParams, Array | None]]:
         x = xs[k]  # indexed, not sliced: no copy of the stored states
         p = field.layer_params(k // steps_per_layer)
-        dens, vjp_x = field.vjp(p, x, a_next)
-        grads = jax.tree_util.tree_map(lambda g: h * g, dens)
-        a = a_next + h * vjp_x
+        grads, a = field.euler_step_vjp(p, x, a_next, h)
         return a, (grads, a if keep_adjoints else None)
 
     a0, (grads, adjoints) = lax.scan(step, a_final, jnp.arange(xs.shape[0] - 1), reverse=True)
