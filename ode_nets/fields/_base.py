@@ -59,7 +59,7 @@ class AbstractAnalyticField(AbstractField):
     - `vjp_state(p, x, a)`: a dF/dx, the right side of -da/dt = a dF/dx (eq 11);
     - `vjp_params(x, a)`: a dF/dq summed over the batch, the density of dL/dq (eqs 13-15);
     - `vjp(p, x, a)`: both at once (what the backward passes call; a field that computes them in one pass overrides it);
-- `euler_step_vjp(p, x, a, h)`: the reverse mode of one Euler step (eq 112), what the Euler backward pass calls;
+    - `euler_step_vjp(p, x, a, h)`: the reverse mode of one Euler step (eq 112), what the Euler backward pass calls;
     - `layer_params(l)`, `fold_gradients(per_layer)`: per-layer parameters in, a gradient pytree out.
     """
 
