@@ -3,8 +3,9 @@
 XLA's CPU runtime allocates every temporary buffer of a step anew (for the MNIST DTO step an 84 MB checkpoint buffer of
 the 20 layers' states, besides the 4 MB states). glibc serves blocks above 128 KiB with a fresh `mmap` and unmaps them
 on `free`, so every step pays a page fault for each 4 KiB page it first touches: the checkpoint buffer's zero fill
-alone took ~29 ms of a ~280 ms step (jax.profiler trace; docs/performance.md "page faults, and the field fused into two calls"). With mmap off for
-malloc and the trim threshold high, the heap keeps the freed blocks and the next step reuses them, faulted in once.
+alone took ~29 ms of a ~280 ms step (jax.profiler trace; docs/performance.md "page faults, and the field fused into
+two calls"). With mmap off for malloc and the trim threshold high, the heap keeps the freed blocks and the next
+step reuses them, faulted in once.
 The cost: memory freed by the process is not returned to the OS until it exits (the peak of a step stays resident).
 """
 

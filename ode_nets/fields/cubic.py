@@ -221,11 +221,15 @@ class CubicField(AbstractCubicField):
         return cls.init((n,), params, jax.random.PRNGKey(0), gamma=gamma, learn_gamma=learn_gamma, mu=mu)
 
 
+def images(y: Array) -> Array:
+    """A state (..., C, H, W) (or (..., H, W, C)) as one batch of images (B, C, H, W): the leading axes flattened."""
+    return y.reshape((-1, *y.shape[-3:]))
+
+
 def conv3x3_xla(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... O H W"]:
     """3x3 cross-correlation with zero ('SAME') padding via `lax.conv_general_dilated` (eq 72)."""
     batch_shape = x.shape[:-3]
-    flat = x.reshape((-1, *x.shape[-3:]))
-    out = lax.conv_general_dilated(flat, kernel, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    out = lax.conv_general_dilated(images(x), kernel, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"))
     return out.reshape((*batch_shape, *out.shape[1:]))
 
 
@@ -328,7 +332,7 @@ def conv3x3_onednn(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 3"]
 def conv3x3_direct(x: Float[Array, "... C H W"], kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... O H W"]:
     """The same cross-correlation by width-vectorised C++ loops on the NCHW state itself (no transposes), float32,
     a `jax.ffi` custom call (ode_nets/fields/direct_conv.py)."""
-    out = conv3x3_direct_nchw(x.reshape((-1, *x.shape[-3:])), kernel)
+    out = conv3x3_direct_nchw(images(x), kernel)
     return out.reshape((*x.shape[:-3], *out.shape[-3:]))
 
 
@@ -351,7 +355,7 @@ def check_conv_impl(conv_impl: str) -> None:
 def _channels_last(conv_nhwc: Callable[[Array, Array], Array]) -> Callable[[Array, Array], Array]:
     """An NHWC/HWIO 3x3 convolution as a map of (..., H, W, C) states and OIHW kernels (no state transposes)."""
     def conv(x: Float[Array, "... H W C"], kernel: Float[Array, "O C 3 3"]) -> Float[Array, "... H W O"]:
-        out = conv_nhwc(x.reshape((-1, *x.shape[-3:])), jnp.transpose(kernel, (2, 3, 1, 0)))
+        out = conv_nhwc(images(x), jnp.transpose(kernel, (2, 3, 1, 0)))
         return out.reshape((*x.shape[:-1], kernel.shape[0]))
     return conv
 
@@ -440,8 +444,7 @@ class ConvCubicField(AbstractConvCubicField):
         instead of XLA's separate passes over the state for the bias, the cubic term and the sums."""
         if not (self.hand_vjp and self.fused):
             return super().__call__(t, x, args)
-        flat = x.reshape((-1, *x.shape[-3:]))
-        f = cubic_field_direct(flat, self.weight(t), self.b(t), jnp.asarray(self.gamma, x.dtype))
+        f = cubic_field_direct(images(x), self.weight(t), self.b(t), jnp.asarray(self.gamma, x.dtype))
         return f.reshape(x.shape) / self.dt
 
     def euler_step(self, t: Float[Array, ""], x: Array, args: object, dt: Float[Array, ""]) -> Array:
@@ -449,27 +452,24 @@ class ConvCubicField(AbstractConvCubicField):
         mode (eq 112: a + dt a dF/dx, and the parameters' terms) another (`cubic_euler_step_direct`)."""
         if not (self.hand_vjp and self.fused):
             return super().euler_step(t, x, args, dt)
-        flat = x.reshape((-1, *x.shape[-3:]))
         scale = jnp.asarray(dt / self.dt, jnp.float32)  # steps per layer: the call's F dt is per layer
-        y = cubic_euler_step_direct(flat, self.weight(t), self.b(t), jnp.asarray(self.gamma, x.dtype), scale)
+        y = cubic_euler_step_direct(images(x), self.weight(t), self.b(t), jnp.asarray(self.gamma, x.dtype), scale)
         return y.reshape(x.shape)
 
     def vjp(self, p: LayerParams, x: Array, a: Array) -> tuple[LayerParams, Array]:
         """(a dF/dq, a dF/dx) (eqs 77, 78, 71 and 76); with `conv_impl: direct` (mu = 3) in one pass per image."""
         if not self.fused:
             return super().vjp(p, x, a)
-        flat = lambda y: y.reshape((-1, *y.shape[-3:]))  # noqa: E731
-        dx, dk, db, dgamma = cubic_field_direct_vjp(flat(x), flat(a), p.weight, jnp.asarray(p.gamma, x.dtype))
+        dx, dk, db, dgamma = cubic_field_direct_vjp(images(x), images(a), p.weight, jnp.asarray(p.gamma, x.dtype))
         return LayerParams(dk / self.dt, db / self.dt, dgamma / self.dt), dx.reshape(x.shape) / self.dt
 
     def euler_step_vjp(self, p: LayerParams, x: Array, a: Array, h: Array | float) -> tuple[LayerParams, Array]:
         """(h a dF/dq, a + h a dF/dx) of one Euler step (eq 112); with `conv_impl: direct` (mu = 3) one call."""
         if not self.fused:
             return super().euler_step_vjp(p, x, a, h)
-        flat = lambda y: y.reshape((-1, *y.shape[-3:]))  # noqa: E731
         scale = jnp.asarray(h / self.dt, jnp.float32)
-        dx, dk, db, dgamma = cubic_euler_step_direct_vjp(flat(x), flat(a), p.weight, jnp.asarray(p.gamma, x.dtype),
-                                                         scale)
+        dx, dk, db, dgamma = cubic_euler_step_direct_vjp(images(x), images(a), p.weight,
+                                                         jnp.asarray(p.gamma, x.dtype), scale)
         return LayerParams(dk, db, dgamma), dx.reshape(x.shape)
 
 
