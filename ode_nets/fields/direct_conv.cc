@@ -4,11 +4,12 @@
 //
 // Why not a library: oneDNN's CPU kernels vectorise over channels, in blocks of 8 (AVX2) or 16 (AVX-512), so the
 // 10 channels of the MNIST model fill 39 % of the AVX2 lanes (docs/performance.md). Here the vectors run along
-// the image width instead: each output row is 28 pixels = 4 vectors of 8 (87.5 % of the lanes useful), every
-// kernel entry is broadcast, and a block of output channels x row vectors stays in registers while the loop runs
-// over input channels and the 9 taps. The compiler vectorises the GCC vector type `v8` for the machine it runs on
-// (compiled on first use with -march=native by ode_nets/fields/direct_conv.py). Images are split over OpenMP
-// threads; each thread pads its image into a zero-bordered scratch copy, so no tap needs a bounds check.
+// the image width instead: each output row is 28 pixels = 4 vectors of 8 or 2 of 16 (87.5 % of the lanes useful),
+// every kernel entry is broadcast, and a block of output channels x row vectors stays in registers while the loop
+// runs over input channels and the 9 taps. The vector `vec` is the GCC vector type of kLanes floats: 16 where the
+// compiler targets AVX-512, else 8 (compiled on first use with -march=native by ode_nets/fields/direct_conv.py).
+// Images are split over OpenMP threads; each thread pads its image into a zero-bordered scratch copy, so no tap
+// needs a bounds check.
 
 #include <omp.h>
 
@@ -24,19 +25,25 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v8 __attribute__((vector_size(32)));
-inline v8 load(const float* p) { v8 v; std::memcpy(&v, p, sizeof v); return v; }
-inline void store(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
-inline v8 splat(float s) { return v8{s, s, s, s, s, s, s, s}; }
+#ifdef __AVX512F__
+#define ODE_NETS_LANES 16
+#else
+#define ODE_NETS_LANES 8
+#endif
+constexpr int kLanes = ODE_NETS_LANES;  // floats per vector
+typedef float vec __attribute__((vector_size(4 * ODE_NETS_LANES)));
+inline vec load(const float* p) { vec v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
+inline vec splat(float s) { return vec{} + s; }
 
 constexpr int kOutBlock = 5;  // output channels per register block (with kVecBlock: 10 accumulators)
-constexpr int kVecBlock = 2;  // row vectors of 8 pixels per register block
+constexpr int kVecBlock = 2;  // row vectors of kLanes pixels per register block
 
 // Sizes of one call and of the padded per-image scratch rows.
 struct Geometry {
   int64_t batch, in, out, height, width;
-  int vectors() const { return static_cast<int>((width + 7) / 8); }  // vectors of 8 per row
-  int padded_width() const { return vectors() * 8 + 8; }  // room for the taps dx = 0, 1, 2 of the last vector
+  int vectors() const { return static_cast<int>((width + kLanes - 1) / kLanes); }  // vectors per row
+  int padded_width() const { return (vectors() + 1) * kLanes; }  // room for the taps dx = 0, 1, 2 of the last vector
   int64_t image(int64_t channels) const { return channels * height * width; }
 };
 
@@ -54,29 +61,29 @@ void pad_image(const float* x, int64_t channels, const Geometry& g, float* xp) {
 template <int OB, int NV>
 void forward_block(const float* xp, const float* k, float* y, const Geometry& g, int64_t o0, int64_t h, int j0) {
   const int pw = g.padded_width();
-  v8 acc[OB][NV];
+  vec acc[OB][NV];
   for (int ob = 0; ob < OB; ++ob)
     for (int v = 0; v < NV; ++v) acc[ob][v] = splat(0.f);
   for (int64_t c = 0; c < g.in; ++c)
     for (int dy = 0; dy < 3; ++dy) {
-      const float* row = xp + (c * (g.height + 2) + h + dy) * pw + j0 * 8;
+      const float* row = xp + (c * (g.height + 2) + h + dy) * pw + j0 * kLanes;
       for (int dx = 0; dx < 3; ++dx) {
-        v8 xv[NV];
-        for (int v = 0; v < NV; ++v) xv[v] = load(row + v * 8 + dx);
+        vec xv[NV];
+        for (int v = 0; v < NV; ++v) xv[v] = load(row + v * kLanes + dx);
         for (int ob = 0; ob < OB; ++ob) {
-          const v8 kv = splat(k[((o0 + ob) * g.in + c) * 9 + dy * 3 + dx]);
+          const vec kv = splat(k[((o0 + ob) * g.in + c) * 9 + dy * 3 + dx]);
           for (int v = 0; v < NV; ++v) acc[ob][v] += kv * xv[v];
         }
       }
     }
   for (int ob = 0; ob < OB; ++ob)
     for (int v = 0; v < NV; ++v) {
-      const int64_t w = (j0 + v) * 8;
+      const int64_t w = (j0 + v) * kLanes;
       float* dst = y + ((o0 + ob) * g.height + h) * g.width + w;
-      if (w + 8 <= g.width) {
+      if (w + kLanes <= g.width) {
         store(dst, acc[ob][v]);
       } else {
-        float tail[8];
+        float tail[kLanes];
         store(tail, acc[ob][v]);
         std::memcpy(dst, tail, sizeof(float) * (g.width - w));
       }
@@ -122,9 +129,9 @@ std::vector<float> transposed(const float* k, int64_t out, int64_t in) {
   return kt;
 }
 
-// Sum of the 8 lanes in double.
-double lane_sum(v8 v) {
-  float lanes[8];
+// Sum of the kLanes lanes in double.
+double lane_sum(vec v) {
+  float lanes[kLanes];
   store(lanes, v);
   double sum = 0.0;
   for (float lane : lanes) sum += lane;
@@ -135,16 +142,16 @@ double lane_sum(v8 v) {
 // gp holds g's rows zero-padded to whole vectors, so the pixels past the width add nothing.
 template <int OB>
 void weights_block(const float* xp, const float* gp, double* dk, const Geometry& g, int64_t o0, int64_t c, int dy) {
-  const int pw = g.padded_width(), gw = g.vectors() * 8;
-  v8 acc[OB][3];
+  const int pw = g.padded_width(), gw = g.vectors() * kLanes;
+  vec acc[OB][3];
   for (int ob = 0; ob < OB; ++ob)
     for (int dx = 0; dx < 3; ++dx) acc[ob][dx] = splat(0.f);
   for (int64_t h = 0; h < g.height; ++h) {
     const float* row = xp + (c * (g.height + 2) + h + dy) * pw;
     for (int j = 0; j < g.vectors(); ++j) {
-      const v8 x0 = load(row + j * 8), x1 = load(row + j * 8 + 1), x2 = load(row + j * 8 + 2);
+      const vec x0 = load(row + j * kLanes), x1 = load(row + j * kLanes + 1), x2 = load(row + j * kLanes + 2);
       for (int ob = 0; ob < OB; ++ob) {
-        const v8 gv = load(gp + ((o0 + ob) * g.height + h) * gw + j * 8);
+        const vec gv = load(gp + ((o0 + ob) * g.height + h) * gw + j * kLanes);
         acc[ob][0] += gv * x0;
         acc[ob][1] += gv * x1;
         acc[ob][2] += gv * x2;
@@ -158,7 +165,7 @@ void weights_block(const float* xp, const float* gp, double* dk, const Geometry&
 // local (O, C, 3, 3) += the kernel gradient of one image: xp its padded input, gn (O, H, W) its output cotangent,
 // gp scratch for gn's rows zero-padded to whole vectors (so the pixels past the width add nothing).
 void weights_image(const float* xp, const float* gn, float* gp, double* local, const Geometry& g) {
-  const int gw = g.vectors() * 8;
+  const int gw = g.vectors() * kLanes;
   for (int64_t r = 0; r < g.out * g.height; ++r) std::memcpy(gp + r * gw, gn + r * g.width, sizeof(float) * g.width);
   // Output channels in blocks of 4, the rest in blocks of 3 or 2 (10 = 4 + 4 + 2): a 1-channel block would load
   // three x vectors for three products (measured: 4 + 4 + 1 + 1 is 1.3x slower). The block is the outer loop, so
@@ -186,7 +193,7 @@ struct Scratch {
   double dgamma = 0.0;
   explicit Scratch(const Geometry& g)
       : xp(g.in * (g.height + 2) * g.padded_width()), ap(g.out * (g.height + 2) * g.padded_width()),
-        gp(g.out * g.height * g.vectors() * 8, 0.f), dk(g.out * g.in * 9, 0.0), db(g.out, 0.0) {}
+        gp(g.out * g.height * g.vectors() * kLanes, 0.f), dk(g.out * g.in * 9, 0.0), db(g.out, 0.0) {}
 };
 
 // dk (O, C, 3, 3) = sum over images and pixels of g (B, O, H, W) times the shifted x (B, C, H, W); the images'
@@ -212,14 +219,14 @@ void backward_weights(const float* x, const float* gr, float* dk, const Geometry
 // f = x + scale (f + b_c - gamma x^3), x being the image the convolution read.
 template <bool kStep>
 void cubic_epilogue(const float* x, const float* b, float gamma, float scale, float* f, const Geometry& g) {
-  const int64_t pixels = g.height * g.width, whole = pixels / 8 * 8;
-  const v8 gv = splat(gamma), sv = splat(scale);
+  const int64_t pixels = g.height * g.width, whole = pixels / kLanes * kLanes;
+  const vec gv = splat(gamma), sv = splat(scale);
   for (int64_t c = 0; c < g.out; ++c) {
     const float* xc = x + c * pixels;
     float* fc = f + c * pixels;
-    const v8 bv = splat(b[c]);
-    for (int64_t i = 0; i < whole; i += 8) {
-      const v8 xv = load(xc + i), fv = load(fc + i) + bv - gv * xv * xv * xv;
+    const vec bv = splat(b[c]);
+    for (int64_t i = 0; i < whole; i += kLanes) {
+      const vec xv = load(xc + i), fv = load(fc + i) + bv - gv * xv * xv * xv;
       store(fc + i, kStep ? xv + sv * fv : fv);
     }
     for (int64_t i = whole; i < pixels; ++i) {
@@ -236,16 +243,16 @@ void cubic_epilogue(const float* x, const float* b, float gamma, float scale, fl
 template <bool kStep>
 void cubic_backward_epilogue(const float* x, const float* a, float gamma, float scale, float* dx, Scratch& s,
                              const Geometry& g) {
-  const int64_t pixels = g.height * g.width, whole = pixels / 8 * 8;
-  const v8 three_gamma = splat(3.f * gamma), sv = splat(scale);
-  v8 cubes = splat(0.f);
+  const int64_t pixels = g.height * g.width, whole = pixels / kLanes * kLanes;
+  const vec three_gamma = splat(3.f * gamma), sv = splat(scale);
+  vec cubes = splat(0.f);
   for (int64_t c = 0; c < g.out; ++c) {
     const float *xc = x + c * pixels, *ac = a + c * pixels;
     float* dc = dx + c * pixels;
-    v8 bias = splat(0.f);
-    for (int64_t i = 0; i < whole; i += 8) {
-      const v8 xv = load(xc + i), av = load(ac + i), xa = xv * av;
-      const v8 dv = load(dc + i) - three_gamma * xv * xa;
+    vec bias = splat(0.f);
+    for (int64_t i = 0; i < whole; i += kLanes) {
+      const vec xv = load(xc + i), av = load(ac + i), xa = xv * av;
+      const vec dv = load(dc + i) - three_gamma * xv * xa;
       store(dc + i, kStep ? av + sv * dv : dv);
       bias += av;
       cubes += xa * xv * xv;
