@@ -14,6 +14,7 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <string>
@@ -34,10 +35,35 @@ constexpr int kLanes = ODE_NETS_LANES;  // floats per vector
 typedef float vec __attribute__((vector_size(4 * ODE_NETS_LANES)));
 inline vec load(const float* p) { vec v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
-inline vec splat(float s) { return vec{} + s; }
+// A broadcast, spelled out lane by lane: GCC turns this into one broadcast load, but vec{} + s into an add of
+// zero and a register broadcast (on the vector unit's shuffle port), and a loop into one masked load per lane.
+#if ODE_NETS_LANES == 16
+inline vec splat(float s) { return vec{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
+#else
+inline vec splat(float s) { return vec{s, s, s, s, s, s, s, s}; }
+#endif
 
 constexpr int kOutBlock = 5;  // output channels per register block (with kVecBlock: 10 accumulators)
+constexpr int kWeightBlock = kLanes == 16 ? 5 : 4;  // at most this many output channels per kernel-gradient block
 constexpr int kVecBlock = 2;  // row vectors of kLanes pixels per register block
+
+// A zeroed scratch buffer of floats aligned to a cache line, so that the loads of whole vectors at the start of a
+// padded row (whose length is a whole number of vectors) never straddle two lines.
+class AlignedFloats {
+ public:
+  explicit AlignedFloats(size_t n) : size_((n * sizeof(float) + 63) / 64 * 64),
+                              data_(static_cast<float*>(std::aligned_alloc(64, size_))) {
+    std::memset(data_, 0, size_);
+  }
+  ~AlignedFloats() { std::free(data_); }
+  AlignedFloats(const AlignedFloats&) = delete;
+  AlignedFloats& operator=(const AlignedFloats&) = delete;
+  float* data() const { return data_; }
+
+ private:
+  size_t size_;
+  float* data_;
+};
 
 // Sizes of one call and of the padded per-image scratch rows.
 struct Geometry {
@@ -111,7 +137,7 @@ void forward_image(const float* xp, const float* k, float* yn, const Geometry& g
 void forward(const float* x, const float* k, float* y, const Geometry& g) {
 #pragma omp parallel
   {
-    std::vector<float> xp(g.in * (g.height + 2) * g.padded_width());
+    AlignedFloats xp(g.in * (g.height + 2) * g.padded_width());
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < g.batch; ++n) {
       pad_image(x + n * g.image(g.in), g.in, g, xp.data());
@@ -138,8 +164,26 @@ double lane_sum(vec v) {
   return sum;
 }
 
-// dk[o][c][dy][:] += sum over h, w of g[o][h][w] xp[c][h + dy][w + dx] for o0 .. o0 + OB - 1 (one image).
-// gp holds g's rows zero-padded to whole vectors, so the pixels past the width add nothing.
+typedef double vecd __attribute__((vector_size(8 * ODE_NETS_LANES)));
+
+// sums[0 .. kLanes) += the lanes of v, in double: the kernel gradient's per-lane partial sums, reduced across lanes
+// once per call (lane_sums) instead of once per image, which at 16 lanes cost about as much as the products.
+inline void add_lanes(double* sums, vec v) {
+  vecd total;
+  std::memcpy(&total, sums, sizeof total);
+  total += __builtin_convertvector(v, vecd);
+  std::memcpy(sums, &total, sizeof total);
+}
+
+// out[i] += the sum of lanes[i * kLanes .. (i + 1) * kLanes) for i < n.
+void lane_sums(const std::vector<double>& lanes, size_t n, double* out) {
+  for (size_t i = 0; i < n; ++i)
+    for (int l = 0; l < kLanes; ++l) out[i] += lanes[i * kLanes + l];
+}
+
+// dk[o][c][dy][dx][:] += per lane, the sum over h, w of g[o][h][w] xp[c][h + dy][w + dx] for o0 .. o0 + OB - 1
+// (one image; dk holds kLanes partial sums per kernel entry). gp holds g's rows zero-padded to whole vectors, so
+// the pixels past the width add nothing.
 template <int OB>
 void weights_block(const float* xp, const float* gp, double* dk, const Geometry& g, int64_t o0, int64_t c, int dy) {
   const int pw = g.padded_width(), gw = g.vectors() * kLanes;
@@ -159,41 +203,44 @@ void weights_block(const float* xp, const float* gp, double* dk, const Geometry&
     }
   }
   for (int ob = 0; ob < OB; ++ob)
-    for (int dx = 0; dx < 3; ++dx) dk[((o0 + ob) * g.in + c) * 9 + dy * 3 + dx] += lane_sum(acc[ob][dx]);
+    for (int dx = 0; dx < 3; ++dx) add_lanes(dk + (((o0 + ob) * g.in + c) * 9 + dy * 3 + dx) * kLanes, acc[ob][dx]);
 }
 
-// local (O, C, 3, 3) += the kernel gradient of one image: xp its padded input, gn (O, H, W) its output cotangent,
+// local (O, C, 3, 3, kLanes) += the kernel gradient of one image, per lane: xp its padded input, gn (O, H, W) its output cotangent,
 // gp scratch for gn's rows zero-padded to whole vectors (so the pixels past the width add nothing).
 void weights_image(const float* xp, const float* gn, float* gp, double* local, const Geometry& g) {
   const int gw = g.vectors() * kLanes;
   for (int64_t r = 0; r < g.out * g.height; ++r) std::memcpy(gp + r * gw, gn + r * g.width, sizeof(float) * g.width);
-  // Output channels in blocks of 4, the rest in blocks of 3 or 2 (10 = 4 + 4 + 2): a 1-channel block would load
-  // three x vectors for three products (measured: 4 + 4 + 1 + 1 is 1.3x slower). The block is the outer loop, so
-  // its cotangent rows (4 x 28 x 32 floats) stay in L1 while the loop runs over the input channels and rows dy.
+  // Output channels in the fewest blocks of at most kWeightBlock (3 kWeightBlock accumulators: 12 of the 16 AVX2
+  // registers, 15 of the 32 AVX-512 ones), of nearly equal sizes (10 = 4 + 3 + 3 or 5 + 5): a 1-channel block would
+  // load three x vectors for three products (measured: 4 + 4 + 1 + 1 is 1.3x slower than 4 + 4 + 2; 5 + 5 about 5 %
+  // faster than 4 + 4 + 2 at 16 lanes). The block is the outer loop, so its cotangent rows (5 x 28 x 32 floats) stay
+  // in L1 while the loop runs over the input channels and rows dy.
+  const int64_t blocks = (g.out + kWeightBlock - 1) / kWeightBlock;
   int64_t o0 = 0;
-  auto block = [&](int ob) {
+  for (int64_t i = 0; i < blocks; ++i) {
+    const int ob = static_cast<int>(g.out / blocks + (i < g.out % blocks ? 1 : 0));
     for (int64_t c = 0; c < g.in; ++c)
       for (int dy = 0; dy < 3; ++dy) {
-        if (ob == 4) weights_block<4>(xp, gp, local, g, o0, c, dy);
+        if (ob == 5) weights_block<5>(xp, gp, local, g, o0, c, dy);
+        else if (ob == 4) weights_block<4>(xp, gp, local, g, o0, c, dy);
         else if (ob == 3) weights_block<3>(xp, gp, local, g, o0, c, dy);
         else if (ob == 2) weights_block<2>(xp, gp, local, g, o0, c, dy);
         else weights_block<1>(xp, gp, local, g, o0, c, dy);
       }
     o0 += ob;
-  };
-  while (g.out - o0 >= 4 && g.out - o0 != 5) block(4);
-  if (g.out - o0 == 5 || g.out - o0 == 3) block(3);
-  if (g.out - o0 > 0) block(static_cast<int>(g.out - o0));
+  }
 }
 
-// Per-thread scratch: padded input and cotangent images, padded cotangent rows, double partial sums.
+// Per-thread scratch: padded input and cotangent images, padded cotangent rows, double partial sums (the kernel
+// gradient's per lane).
 struct Scratch {
-  std::vector<float> xp, ap, gp;
+  AlignedFloats xp, ap, gp;
   std::vector<double> dk, db;
   double dgamma = 0.0;
   explicit Scratch(const Geometry& g)
       : xp(g.in * (g.height + 2) * g.padded_width()), ap(g.out * (g.height + 2) * g.padded_width()),
-        gp(g.out * g.height * g.vectors() * kLanes, 0.f), dk(g.out * g.in * 9, 0.0), db(g.out, 0.0) {}
+        gp(g.out * g.height * g.vectors() * kLanes), dk(g.out * g.in * 9 * kLanes, 0.0), db(g.out, 0.0) {}
 };
 
 // dk (O, C, 3, 3) = sum over images and pixels of g (B, O, H, W) times the shifted x (B, C, H, W); the images'
@@ -209,7 +256,7 @@ void backward_weights(const float* x, const float* gr, float* dk, const Geometry
       weights_image(s.xp.data(), gr + n * g.image(g.out), s.gp.data(), s.dk.data(), g);
     }
 #pragma omp critical
-    for (size_t i = 0; i < total.size(); ++i) total[i] += s.dk[i];
+    lane_sums(s.dk, total.size(), total.data());
   }
   for (size_t i = 0; i < total.size(); ++i) dk[i] = static_cast<float>(total[i]);
 }
@@ -277,7 +324,7 @@ void cubic_forward(const float* x, const float* k, const float* b, float gamma, 
                    const Geometry& g) {
 #pragma omp parallel
   {
-    std::vector<float> xp(g.in * (g.height + 2) * g.padded_width());
+    AlignedFloats xp(g.in * (g.height + 2) * g.padded_width());
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < g.batch; ++n) {
       const float* xn = x + n * g.image(g.in);
@@ -314,8 +361,9 @@ void cubic_backward(const float* x, const float* a, const float* k, float gamma,
     }
 #pragma omp critical
     {
-      for (size_t i = 0; i < s.dk.size(); ++i) total[i] += s.dk[i];
-      for (size_t i = 0; i < s.db.size(); ++i) total[s.dk.size() + i] += s.db[i];
+      const size_t kernel = g.out * g.in * 9;
+      lane_sums(s.dk, kernel, total.data());
+      for (size_t i = 0; i < s.db.size(); ++i) total[kernel + i] += s.db[i];
       total.back() += s.dgamma;
     }
   }
