@@ -21,7 +21,7 @@ from ode_nets.config import from_dict
 from ode_nets.errors import ConfigError
 from ode_nets.fields.cubic import CONV_IMPLS, ConvCubicField, conv3x3_direct, conv3x3_onednn, conv3x3_xla
 from ode_nets.fields.custom_conv import find_compiler
-from ode_nets.fields.direct_conv import (LIBRARY, cubic_euler_step_direct, cubic_euler_step_direct_vjp,
+from ode_nets.fields.direct_conv import (LIBRARY, _flags, cubic_euler_step_direct, cubic_euler_step_direct_vjp,
                                         cubic_field_direct, direct_unavailable)
 from ode_nets.fields.onednn_conv import find_toolchain, onednn_unavailable
 from ode_nets.fields.time_params import ParamInit
@@ -349,3 +349,14 @@ def test_euler_steps_of_the_fused_field_are_single_calls(strategy, steps_per_lay
                                                                        "cubic_forward", "cubic_backward")}
     assert calls["cubic_step"] >= 1 and calls["cubic_step_backward"] >= 1, calls
     assert calls["cubic_forward"] == calls["cubic_backward"] == 0, calls
+
+
+def test_direct_lanes_setting_is_checked(monkeypatch):
+    """ODE_NETS_DIRECT_LANES: unset -> the CPU's widest vectors, 8 -> -DODE_NETS_LANES=8, anything else refused."""
+    monkeypatch.delenv("ODE_NETS_DIRECT_LANES", raising=False)
+    assert "-DODE_NETS_LANES=8" not in _flags()[0]
+    monkeypatch.setenv("ODE_NETS_DIRECT_LANES", "8")
+    assert "-DODE_NETS_LANES=8" in _flags()[0]
+    monkeypatch.setenv("ODE_NETS_DIRECT_LANES", "32")
+    with pytest.raises(ConfigError, match="ODE_NETS_DIRECT_LANES"):
+        _flags()

@@ -26,11 +26,14 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+#ifndef ODE_NETS_LANES  // -DODE_NETS_LANES=8 forces 8 on an AVX-512 CPU (ODE_NETS_DIRECT_LANES=8, direct_conv.py)
 #ifdef __AVX512F__
 #define ODE_NETS_LANES 16
 #else
 #define ODE_NETS_LANES 8
 #endif
+#endif
+static_assert(ODE_NETS_LANES == 8 || ODE_NETS_LANES == 16, "ODE_NETS_LANES must be 8 or 16");
 constexpr int kLanes = ODE_NETS_LANES;  // floats per vector
 typedef float vec __attribute__((vector_size(4 * ODE_NETS_LANES)));
 inline vec load(const float* p) { vec v; std::memcpy(&v, p, sizeof v); return v; }

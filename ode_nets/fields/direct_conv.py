@@ -6,6 +6,8 @@ along the image rows instead and keeps blocks of output channels x row vectors i
 It needs only a C++ compiler with OpenMP (g++), compiled on first use with -march=native (`custom_conv.load`),
 and reads and writes XLA's (B, C, H, W) images and (O, C, 3, 3) kernels in place: no transposes around the call.
 float32 only. Without a compiler the call raises a one-line `ConfigError` (`direct_unavailable()` gives the reason).
+Its vectors are 16 floats where the compiler targets AVX-512 and 8 elsewhere; `ODE_NETS_DIRECT_LANES=8` in the
+environment forces the 8-lane build on an AVX-512 CPU (to compare the two, or to test the narrower one there).
 
 The same source also holds the whole convolutional cubic field (eq 75 with eq 110) and its hand-derived reverse mode
 (eqs 76-78, 71) as two calls, `cubic_field_direct`: each image is read once per pass and the field's elementwise
@@ -16,19 +18,31 @@ the same pass instead of two more passes of XLA over the state (`ConvCubicField.
 """
 
 import functools
+import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ode_nets.errors import ConfigError
 from ode_nets.fields.custom_conv import ConvLibrary, conv_calls, prepare, unavailable
+
+
+def _flags() -> tuple[list[str], list[str]]:
+    """-O3 -march=native, and -DODE_NETS_LANES=8 where $ODE_NETS_DIRECT_LANES asks for the 8-lane build."""
+    lanes = os.environ.get("ODE_NETS_DIRECT_LANES", "")
+    if lanes not in ("", "8"):
+        raise ConfigError(f"ODE_NETS_DIRECT_LANES={lanes!r}: only 8 (force 8-float vectors) or unset (the CPU's "
+                          "widest: 16 with AVX-512, else 8)")
+    return ["-O3", "-march=native", *(["-DODE_NETS_LANES=8"] if lanes else [])], []
+
 
 LIBRARY = ConvLibrary(
     impl="direct", source=Path(__file__).with_name("direct_conv.cc"),
     symbols=("OdeNetsDirectConvForward", "OdeNetsDirectConvBackwardData", "OdeNetsDirectConvBackwardWeights"),
     shapes=(lambda x, k: (x[0], k[0], *x[2:]), lambda g, k: (g[0], k[1], *g[2:]), lambda x, g: (g[1], x[1], 3, 3)),
-    flags=lambda: (["-O3", "-march=native"], []),
+    flags=_flags,
     extra=(("cubic_forward", "OdeNetsDirectCubicForward"), ("cubic_backward", "OdeNetsDirectCubicBackward"),
            ("cubic_step", "OdeNetsDirectCubicStep"), ("cubic_step_backward", "OdeNetsDirectCubicStepBackward")))
 # The three calls of one bilinear form (`custom_conv.conv_calls`), float32, NCHW images and OIHW kernels:
