@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -54,8 +55,9 @@ constexpr int kVecBlock = 2;  // row vectors of kLanes pixels per register block
 // padded row (whose length is a whole number of vectors) never straddle two lines.
 class AlignedFloats {
  public:
-  explicit AlignedFloats(size_t n) : size_((n * sizeof(float) + 63) / 64 * 64),
-                              data_(static_cast<float*>(std::aligned_alloc(64, size_))) {
+  explicit AlignedFloats(size_t n)
+      : size_((n * sizeof(float) + 63) / 64 * 64), data_(static_cast<float*>(std::aligned_alloc(64, size_))) {
+    if (data_ == nullptr) throw std::bad_alloc();
     std::memset(data_, 0, size_);
   }
   ~AlignedFloats() { std::free(data_); }
