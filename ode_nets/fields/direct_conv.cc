@@ -211,8 +211,8 @@ void weights_block(const float* xp, const float* gp, double* dk, const Geometry&
     for (int dx = 0; dx < 3; ++dx) add_lanes(dk + (((o0 + ob) * g.in + c) * 9 + dy * 3 + dx) * kLanes, acc[ob][dx]);
 }
 
-// local (O, C, 3, 3, kLanes) += the kernel gradient of one image, per lane: xp its padded input, gn (O, H, W) its output cotangent,
-// gp scratch for gn's rows zero-padded to whole vectors (so the pixels past the width add nothing).
+// local (O, C, 3, 3, kLanes) += the kernel gradient of one image, per lane: xp its padded input, gn (O, H, W) its
+// output cotangent, gp scratch for gn's rows zero-padded to whole vectors (so the pixels past the width add nothing).
 void weights_image(const float* xp, const float* gn, float* gp, double* local, const Geometry& g) {
   const int gw = g.vectors() * kLanes;
   for (int64_t r = 0; r < g.out * g.height; ++r) std::memcpy(gp + r * gw, gn + r * g.width, sizeof(float) * g.width);
@@ -350,7 +350,8 @@ void cubic_backward(const float* x, const float* a, const float* k, float gamma,
                     float* db, float* dgamma, const Geometry& g) {
   const std::vector<float> kt = transposed(k, g.out, g.in);
   const Geometry gt{g.batch, g.out, g.in, g.height, g.width};
-  std::vector<double> total(g.out * g.in * 9 + g.out + 1, 0.0);
+  const size_t kernel = g.out * g.in * 9;
+  std::vector<double> total(kernel + g.out + 1, 0.0);
 #pragma omp parallel
   {
     Scratch s(g);
@@ -366,13 +367,11 @@ void cubic_backward(const float* x, const float* a, const float* k, float gamma,
     }
 #pragma omp critical
     {
-      const size_t kernel = g.out * g.in * 9;
       lane_sums(s.dk, kernel, total.data());
       for (size_t i = 0; i < s.db.size(); ++i) total[kernel + i] += s.db[i];
       total.back() += s.dgamma;
     }
   }
-  const size_t kernel = g.out * g.in * 9;
   const double factor = kStep ? scale : 1.0;
   for (size_t i = 0; i < kernel; ++i) dk[i] = static_cast<float>(factor * total[i]);
   for (int64_t c = 0; c < g.out; ++c) db[c] = static_cast<float>(factor * total[kernel + c]);
