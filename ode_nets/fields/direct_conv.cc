@@ -12,6 +12,9 @@
 // needs a bounds check.
 
 #include <omp.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include <cstdint>
 #include <cstdlib>
@@ -47,6 +50,36 @@ inline vec splat(float s) { return vec{s, s, s, s, s, s, s, s, s, s, s, s, s, s,
 inline vec splat(float s) { return vec{s, s, s, s, s, s, s, s}; }
 #endif
 
+// The first n (1 <= n <= kLanes) floats at p, the other lanes zero, and the store of only the first n lanes of v: a
+// row's tail (28 = 16 + 12 pixels) by masked vector loads and stores where the CPU has them, never touching memory
+// past the row; a memcpy of a run-time length here was a libc call per row, ~10 % of a call's time (perf).
+#if ODE_NETS_LANES == 16 && defined(__AVX512F__)
+inline vec load_first(const float* p, int n) { return (vec)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p); }
+inline void store_first(float* p, vec v, int n) { _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v); }
+#elif ODE_NETS_LANES == 8 && defined(__AVX2__)
+inline __m256i first_lanes(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline vec load_first(const float* p, int n) { return (vec)_mm256_maskload_ps(p, first_lanes(n)); }
+inline void store_first(float* p, vec v, int n) { _mm256_maskstore_ps(p, first_lanes(n), (__m256)v); }
+#else
+inline vec load_first(const float* p, int n) {
+  vec v = splat(0.f);
+  for (int i = 0; i < n; ++i) v[i] = p[i];
+  return v;
+}
+inline void store_first(float* p, vec v, int n) {
+  for (int i = 0; i < n; ++i) p[i] = v[i];
+}
+#endif
+
+// dst[0 .. whole vectors) = src[0 .. n) followed by zeros up to the next whole vector.
+inline void copy_row(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store(dst + i, load(src + i));
+  if (i < n) store(dst + i, load_first(src + i, static_cast<int>(n - i)));
+}
+
 constexpr int kOutBlock = 5;  // output channels per register block (with kVecBlock: 10 accumulators)
 constexpr int kWeightBlock = kLanes == 16 ? 5 : 4;  // at most this many output channels per kernel-gradient block
 constexpr int kVecBlock = 2;  // row vectors of kLanes pixels per register block
@@ -78,14 +111,14 @@ struct Geometry {
   int64_t image(int64_t channels) const { return channels * height * width; }
 };
 
-// x (C, H, W) -> xp (C, H + 2, padded_width) with x[c][h][w] at xp[c][h + 1][w + 1] and zeros around it.
+// x (C, H, W) -> xp (C, H + 2, padded_width) with x[c][h][w] at xp[c][h + 1][w + 1]. Only ever writes zeros to the
+// border (rows 0 and H + 1, column 0, the columns past the width), so a scratch zeroed once when it is allocated
+// (AlignedFloats) holds each image zero-bordered without clearing it per image.
 void pad_image(const float* x, int64_t channels, const Geometry& g, float* xp) {
   const int pw = g.padded_width();
-  std::memset(xp, 0, sizeof(float) * channels * (g.height + 2) * pw);
   for (int64_t c = 0; c < channels; ++c)
     for (int64_t h = 0; h < g.height; ++h)
-      std::memcpy(xp + (c * (g.height + 2) + h + 1) * pw + 1, x + (c * g.height + h) * g.width,
-                  sizeof(float) * g.width);
+      copy_row(xp + (c * (g.height + 2) + h + 1) * pw + 1, x + (c * g.height + h) * g.width, g.width);
 }
 
 // Output channels o0 .. o0 + OB - 1, row h, vectors j0 .. j0 + NV - 1 of y = k * x for one padded image.
@@ -111,13 +144,8 @@ void forward_block(const float* xp, const float* k, float* y, const Geometry& g,
     for (int v = 0; v < NV; ++v) {
       const int64_t w = (j0 + v) * kLanes;
       float* dst = y + ((o0 + ob) * g.height + h) * g.width + w;
-      if (w + kLanes <= g.width) {
-        store(dst, acc[ob][v]);
-      } else {
-        float tail[kLanes];
-        store(tail, acc[ob][v]);
-        std::memcpy(dst, tail, sizeof(float) * (g.width - w));
-      }
+      if (w + kLanes <= g.width) store(dst, acc[ob][v]);
+      else store_first(dst, acc[ob][v], static_cast<int>(g.width - w));
     }
 }
 
@@ -215,7 +243,7 @@ void weights_block(const float* xp, const float* gp, double* dk, const Geometry&
 // output cotangent, gp scratch for gn's rows zero-padded to whole vectors (so the pixels past the width add nothing).
 void weights_image(const float* xp, const float* gn, float* gp, double* local, const Geometry& g) {
   const int gw = g.vectors() * kLanes;
-  for (int64_t r = 0; r < g.out * g.height; ++r) std::memcpy(gp + r * gw, gn + r * g.width, sizeof(float) * g.width);
+  for (int64_t r = 0; r < g.out * g.height; ++r) copy_row(gp + r * gw, gn + r * g.width, g.width);
   // Output channels in the fewest blocks of at most kWeightBlock (3 kWeightBlock accumulators: 12 of the 16 AVX2
   // registers, 15 of the 32 AVX-512 ones), of nearly equal sizes (10 = 4 + 3 + 3 or 5 + 5): a 1-channel block would
   // load three x vectors for three products (measured: 4 + 4 + 1 + 1 is 1.3x slower than 4 + 4 + 2; 5 + 5 about 5 %
