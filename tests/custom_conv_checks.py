@@ -322,6 +322,13 @@ def test_fused_euler_step_and_its_vjp_equal_xla(shape, scale):
         assert relative_error(a, b) < 2e-5, relative_error(a, b)
     for a, b in zip(cubic_euler_step_direct_vjp(x, cotangent, kernel, gamma, jnp.float32(scale)), vjp(cotangent)):
         assert_close(a, b)  # the VJP call itself: the first four cotangents
+    # The VJP call writes its dx over its cotangent operand (input_output_aliases): the caller's array stays intact,
+    # and a cotangent made inside the same jit (a buffer XLA hands over without a copy) gives the same result.
+    kept = np.asarray(cotangent)
+    in_place = jax.jit(lambda c: cubic_euler_step_direct_vjp(x, 2.0 * c, kernel, gamma, jnp.float32(scale)))(cotangent)
+    np.testing.assert_array_equal(np.asarray(cotangent), kept)
+    for a, b in zip(in_place, vjp(2.0 * cotangent)):
+        assert_close(a, b)
 
 
 @needs_direct

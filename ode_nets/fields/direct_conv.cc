@@ -294,6 +294,13 @@ void backward_weights(const float* x, const float* gr, float* dk, const Geometry
   for (size_t i = 0; i < total.size(); ++i) dk[i] = static_cast<float>(total[i]);
 }
 
+// image, or where the call writes its output over this input (in_place), the image copied to scratch first.
+const float* own_image(const float* image, int64_t size, bool in_place, float* scratch) {
+  if (!in_place) return image;
+  std::memcpy(scratch, image, sizeof(float) * size);
+  return scratch;
+}
+
 // The cubic field's epilogue on one image (eq 75 with eq 110, in the scaled parameters; C == O), with f (C, H, W)
 // holding k * x: the field f += b_c - gamma x^3, or with kStep one forward-Euler step (eq 109) of `scale` layers,
 // f = x + scale (f + b_c - gamma x^3), x being the image the convolution read.
@@ -373,9 +380,13 @@ void cubic_forward(const float* x, const float* k, const float* b, float gamma, 
 // dx = k^T * a - 3 gamma x^2 a (eq 76), dk = sum a (x) shifted x (eq 77), db = sum a (eq 78),
 // dgamma = -sum a x^3 (eq 71); sums over images in double precision. With kStep, that of the Euler step (eq 112):
 // dx = a + scale (k^T * a - 3 gamma x^2 a) and the three sums times scale.
+// dx may be a itself (the step's reverse mode is called with input_output_aliases {a: dx}, so that XLA need not
+// copy the adjoint state, 4 MB a layer at batch 128): each cotangent image is then copied to per-thread scratch
+// before its dx is written, an in-cache copy.
 template <bool kStep>
 void cubic_backward(const float* x, const float* a, const float* k, float gamma, float scale, float* dx, float* dk,
                     float* db, float* dgamma, const Geometry& g) {
+  const bool in_place = a == dx;
   const std::vector<float> kt = transposed(k, g.out, g.in);
   const Geometry gt{g.batch, g.out, g.in, g.height, g.width};
   const size_t kernel = g.out * g.in * 9;
@@ -383,9 +394,11 @@ void cubic_backward(const float* x, const float* a, const float* k, float gamma,
 #pragma omp parallel
   {
     Scratch s(g);
+    AlignedFloats copy(g.image(g.out));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < g.batch; ++n) {
-      const float *xn = x + n * g.image(g.in), *an = a + n * g.image(g.out);
+      const float* xn = x + n * g.image(g.in);
+      const float* an = own_image(a + n * g.image(g.out), g.image(g.out), in_place, copy.data());
       float* dxn = dx + n * g.image(g.in);
       pad_image(an, g.out, g, s.ap.data());
       forward_image(s.ap.data(), kt.data(), dxn, gt);
