@@ -4,6 +4,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from helpers import relative_errors, small_net, trainable_leaves
@@ -11,7 +12,8 @@ from ode_nets.fields import CubicField, LayerGrid, LayerParams, ResNetField, Par
 from ode_nets.fields.time_params import Constant
 from ode_nets.losses import cross_entropy
 from ode_nets.solve import solve
-from ode_nets.strategies import AnalyticAdjoint
+from ode_nets.solvers import Discretisation, FixedSteps
+from ode_nets.strategies import AnalyticAdjoint, adjoint_on_grid
 from ode_nets.training import Objective
 from ode_nets.training.counting import backward_counts
 
@@ -95,3 +97,22 @@ def test_backward_pass_counts(x64):
     nfe, accepted, rejected = backward_counts_of(TSIT5, {})
     assert accepted >= 5 and 5 + 6 * (accepted + rejected) <= nfe <= 5 + 6 * (accepted + rejected) + rejected
     assert nfe > loose
+
+
+@pytest.mark.parametrize("steps_per_layer", [1, 3])
+def test_stored_states_are_the_euler_recurrence(x64, steps_per_layer):
+    """The states the backward pass of eq 112 reads are those of eq 109 itself (to rounding: the solve runs
+    compiled), one per step of the grid and the initial one, at the grid's times."""
+    k = jax.random.split(jax.random.PRNGKey(4), 3)
+    field = CubicField(Constant(0.3 * jax.random.normal(k[0], (3, 3))), Constant(jax.random.normal(k[1], (3,))),
+                       jnp.asarray(0.2), dt=0.25)
+    discretisation = Discretisation(diffrax.Euler(), LayerGrid(1.0, 4), FixedSteps(steps_per_layer))
+    x0 = jax.random.normal(k[2], (5, 3))
+    ts, xs, adjoints = adjoint_on_grid(field, x0, lambda x: jnp.sum(x ** 2), discretisation)
+    h = 0.25 / steps_per_layer
+    want = [x0]
+    for t in discretisation.step_ts()[:-1]:
+        want.append(want[-1] + h * field(jnp.asarray(t), want[-1]))
+    assert xs.shape == (4 * steps_per_layer + 1, 5, 3) and adjoints.shape == xs.shape
+    np.testing.assert_array_equal(ts, discretisation.step_ts())
+    np.testing.assert_allclose(xs, jnp.stack(want), rtol=1e-14, atol=1e-15)

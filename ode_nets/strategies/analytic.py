@@ -182,7 +182,14 @@ def continuous_backward(field: AbstractAnalyticField, xs: Array, a_final: Array,
 
 def _forward(field: AbstractAnalyticField, x0: Array, discretisation: Discretisation, strategy: AnalyticAdjoint
              ) -> diffrax.Solution:
-    saveat = diffrax.SaveAt(ts=strategy.stored_times(discretisation))
+    """The forward solve, storing the states on `strategy.stored_times`. For Euler these are every step's: saved as
+    the steps produce them (`SaveAt(t0, steps)`, the K + 1 states of the grid's K steps), not by evaluating the
+    interpolant at each step's end as `SaveAt(ts)` does (an extra pass over the state per step, and y1 only to
+    rounding)."""
+    if strategy.uses_discrete_adjoint(discretisation):
+        saveat = diffrax.SaveAt(t0=True, steps=True)
+    else:
+        saveat = diffrax.SaveAt(ts=strategy.stored_times(discretisation))
     return DiscretizeThenOptimize().solve(field, x0, discretisation, saveat)
 
 
