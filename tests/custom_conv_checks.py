@@ -9,6 +9,8 @@ compilation was seen once in a full CI run that had loaded them at collection; n
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,7 @@ from ode_nets.errors import ConfigError
 from ode_nets.fields.cubic import CONV_IMPLS, ConvCubicField, conv3x3_direct, conv3x3_onednn, conv3x3_xla
 from ode_nets.fields.custom_conv import find_compiler
 from ode_nets.fields.direct_conv import (LIBRARY, _flags, cubic_euler_step_direct, cubic_euler_step_direct_vjp,
-                                        cubic_field_direct, direct_unavailable)
+                                         cubic_euler_step_direct_vjp_at, cubic_field_direct, direct_unavailable)
 from ode_nets.fields.onednn_conv import find_toolchain, onednn_unavailable
 from ode_nets.fields.time_params import ParamInit
 from ode_nets.losses import cross_entropy
@@ -353,9 +355,41 @@ def test_euler_steps_of_the_fused_field_are_single_calls(strategy, steps_per_lay
     params, static = eqx.partition(fast, eqx.is_array)
     hlo = jax.jit(lambda p: eqx.filter_grad(loss)(eqx.combine(p, static))).lower(params).compile().as_text()
     calls = {call: hlo.count(f'"{LIBRARY.target(call)}"') for call in ("cubic_step", "cubic_step_backward",
-                                                                       "cubic_forward", "cubic_backward")}
+                                                                       "cubic_step_backward_at", "cubic_forward",
+                                                                       "cubic_backward")}
     assert calls["cubic_step"] >= 1 and calls["cubic_step_backward"] >= 1, calls
     assert calls["cubic_forward"] == calls["cubic_backward"] == 0, calls
+    # eq 112 over the stored states reads each in place (the first step's x0 is not stored: the plain call)
+    assert (calls["cubic_step_backward_at"] >= 1) == (strategy == "analytic_adjoint"), calls
+
+
+@needs_direct
+def test_step_vjp_at_a_stored_state_reads_it_in_place():
+    """`cubic_euler_step_direct_vjp_at(xs, i, ...)` = `cubic_euler_step_direct_vjp(xs[i], ...)` bitwise for every i,
+    inside a jitted reverse scan too, differentiable again (the same gradients), and an index out of range is an
+    error naming it rather than a read past the buffer."""
+    x, kernel, _, gamma, cotangent = cubic_operands((2, 10, 10, 6, 6), seed=21)
+    xs = jnp.stack([x, 2.0 * x, -x])
+    scale = jnp.float32(0.5)
+    for i in range(3):
+        for a, b in zip(cubic_euler_step_direct_vjp_at(xs, jnp.int32(i), cotangent, kernel, gamma, scale),
+                        cubic_euler_step_direct_vjp(xs[i], cotangent, kernel, gamma, scale), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    def backward(at: bool, xs: jax.Array, a: jax.Array) -> jax.Array:
+        def step(c: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
+            out = (cubic_euler_step_direct_vjp_at(xs, i, c, kernel, gamma, scale) if at
+                   else cubic_euler_step_direct_vjp(xs[i], c, kernel, gamma, scale))
+            return out[0], None
+        return jax.lax.scan(step, a, jnp.arange(3), reverse=True)[0]
+
+    np.testing.assert_array_equal(jax.jit(functools.partial(backward, True))(xs, cotangent),
+                                  jax.jit(functools.partial(backward, False))(xs, cotangent))
+    grad = lambda at: jax.grad(lambda *o: jnp.sum(backward(at, *o) ** 2), argnums=(0, 1))(xs, cotangent)  # noqa: E731
+    for a, b in zip(grad(True), grad(False), strict=True):
+        assert_close(a, b)
+    with pytest.raises(Exception, match="out of range"):
+        jax.block_until_ready(cubic_euler_step_direct_vjp_at(xs, jnp.int32(3), cotangent, kernel, gamma, scale))
 
 
 def test_direct_lanes_setting_is_checked(monkeypatch):

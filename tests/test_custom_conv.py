@@ -26,5 +26,5 @@ def test_custom_conv_checks_pass_in_their_own_process():
 def test_direct_8_lane_build_passes_the_direct_value_and_gradient_checks():
     """ODE_NETS_DIRECT_LANES=8: the build every CPU without AVX-512 gets, forced (and so tested) where the CPU has
     AVX-512 and the default build uses 16-float vectors."""
-    run_checks("-k", "direct and values_and_gradients or fused_euler_step_and_its_vjp",
+    run_checks("-k", "direct and values_and_gradients or fused_euler_step_and_its_vjp or stored_state",
                env={**os.environ, "ODE_NETS_DIRECT_LANES": "8"})

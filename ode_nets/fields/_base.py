@@ -85,6 +85,12 @@ class AbstractAnalyticField(AbstractField):
         dens, vjp_x = self.vjp(p, x, a)
         return jax.tree.map(lambda g: h * g, dens), a + h * vjp_x
 
+    def stored_step_vjp(self, p: LayerParams, stored: Array, index: Array, a: Array, h: Array | float
+                        ) -> tuple[LayerParams, Array]:
+        """`euler_step_vjp` at the state stored[index] of a stored trajectory (the backward pass of eq 112); a
+        field that reads it in place (the fused conv cubic field) overrides it."""
+        return self.euler_step_vjp(p, stored[index], a, h)
+
     @abc.abstractmethod
     def layer_params(self, layer: Array) -> LayerParams:
         """The parameters in force on layer `layer` (a traced index)."""

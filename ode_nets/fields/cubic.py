@@ -20,7 +20,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ode_nets.fields._base import AbstractAnalyticField, LayerParams
 from ode_nets.fields.direct_conv import (conv3x3_direct_nchw, cubic_euler_step_direct, cubic_euler_step_direct_vjp,
-                                        cubic_field_direct, cubic_field_direct_vjp)
+                                         cubic_euler_step_direct_vjp_at, cubic_field_direct, cubic_field_direct_vjp)
 from ode_nets.fields.onednn_conv import conv3x3_onednn_nhwc
 from ode_nets.fields.time_params import ParamInit, PiecewiseConstant, PiecewiseLinear, TimeParam
 
@@ -471,6 +471,17 @@ class ConvCubicField(AbstractConvCubicField):
         dx, dk, db, dgamma = cubic_euler_step_direct_vjp(images(x), images(a), p.weight,
                                                          jnp.asarray(p.gamma, x.dtype), scale)
         return LayerParams(dk, db, dgamma), dx.reshape(x.shape)
+
+    def stored_step_vjp(self, p: LayerParams, stored: Array, index: Array, a: Array, h: Array | float
+                        ) -> tuple[LayerParams, Array]:
+        """`euler_step_vjp` at stored[index]; with `conv_impl: direct` (mu = 3) one call reading it in place."""
+        if not self.fused:
+            return super().stored_step_vjp(p, stored, index, a, h)
+        scale = jnp.asarray(h / self.dt, jnp.float32)
+        states = stored.reshape((stored.shape[0], -1, *stored.shape[-3:]))
+        dx, dk, db, dgamma = cubic_euler_step_direct_vjp_at(states, index, images(a), p.weight,
+                                                            jnp.asarray(p.gamma, a.dtype), scale)
+        return LayerParams(dk, db, dgamma), dx.reshape(a.shape)
 
 
 class ChannelsLastConvCubicField(AbstractConvCubicField):

@@ -16,6 +16,7 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -517,6 +518,27 @@ ffi::Error CubicStepBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> a, f
   return ffi::Error::Success();
 }
 
+// The same at the stored state x = xs[index] of a trajectory xs (N, B, C, H, W), read in place: the backward pass of
+// eq 112 over the forward's stored states without XLA first copying xs[index] out (index: int32 scalar).
+ffi::Error CubicStepBackwardAt(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::S32> index, ffi::Buffer<ffi::F32> a,
+                               ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> gamma, ffi::Buffer<ffi::F32> scale,
+                               ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dk,
+                               ffi::ResultBuffer<ffi::F32> db, ffi::ResultBuffer<ffi::F32> dgamma) {
+  auto g = cubic_geometry(a.dimensions(), k.dimensions(), a.element_count(), false,
+                          {gamma.element_count(), scale.element_count()});
+  if (g.has_error()) return g.error();
+  auto stored = xs.dimensions();
+  auto image = a.dimensions();
+  if (stored.size() != 5 || index.element_count() != 1 || !std::equal(image.begin(), image.end(), stored.begin() + 1))
+    return bad("expected stored states (N, B, C, H, W) around a (B, C, H, W) cotangent and a scalar index");
+  const int64_t n = *index.typed_data();
+  if (n < 0 || n >= stored[0]) return bad("the index of the stored state is out of range");
+  cubic_backward<true>(xs.typed_data() + n * a.element_count(), a.typed_data(), k.typed_data(), *gamma.typed_data(),
+                       *scale.typed_data(), dx->typed_data(), dk->typed_data(), db->typed_data(),
+                       dgamma->typed_data(), *g);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OdeNetsDirectConvForward, Forward,
@@ -547,3 +569,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OdeNetsDirectCubicStepBackward, CubicStepBackward,
                                   .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OdeNetsDirectCubicStepBackwardAt, CubicStepBackwardAt,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());

@@ -14,7 +14,10 @@ The same source also holds the whole convolutional cubic field (eq 75 with eq 11
 part and sums run while it is in cache, instead of separate passes of XLA over the state (`model.hand_vjp` with
 `conv_impl: direct`; docs/performance.md). A forward-Euler step of that field, x + s (F dt) (eq 109), and its reverse
 mode (eq 112) are two more calls (`cubic_euler_step_direct`), so that the step's update and the adjoint's add run in
-the same pass instead of two more passes of XLA over the state (`ConvCubicField.euler_step`, `FieldEuler`).
+the same pass instead of two more passes of XLA over the state (`ConvCubicField.euler_step`, `FieldEuler`). The
+step's reverse mode writes its dx over its cotangent (`input_output_aliases`), and `cubic_euler_step_direct_vjp_at`
+reads its state in place from a stored trajectory (the backward pass of `analytic_adjoint`, eq 112): no copies of
+the 4 MB state by XLA around them.
 """
 
 import functools
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from ode_nets.errors import ConfigError
 from ode_nets.fields.custom_conv import ConvLibrary, conv_calls, prepare, unavailable
@@ -44,7 +47,8 @@ LIBRARY = ConvLibrary(
     shapes=(lambda x, k: (x[0], k[0], *x[2:]), lambda g, k: (g[0], k[1], *g[2:]), lambda x, g: (g[1], x[1], 3, 3)),
     flags=_flags,
     extra=(("cubic_forward", "OdeNetsDirectCubicForward"), ("cubic_backward", "OdeNetsDirectCubicBackward"),
-           ("cubic_step", "OdeNetsDirectCubicStep"), ("cubic_step_backward", "OdeNetsDirectCubicStepBackward")))
+           ("cubic_step", "OdeNetsDirectCubicStep"), ("cubic_step_backward", "OdeNetsDirectCubicStepBackward"),
+           ("cubic_step_backward_at", "OdeNetsDirectCubicStepBackwardAt")))
 # The three calls of one bilinear form (`custom_conv.conv_calls`), float32, NCHW images and OIHW kernels:
 # conv3x3_direct_nchw(x (B, C, H, W), kernel (O, C, 3, 3)) -> y = kernel * x (B, O, H, W), stride 1, zero padding 1;
 # conv3x3_direct_backward_data(g (B, O, H, W), kernel) -> (B, C, H, W), the cross-correlation with the flipped,
@@ -163,3 +167,32 @@ def _step_bwd(residuals: tuple[Array, ...], a: Array) -> tuple[Array, ...]:
 
 
 cubic_euler_step_direct.defvjp(_step_fwd, _step_bwd)
+
+
+@jax.custom_vjp
+def cubic_euler_step_direct_vjp_at(xs: Float[Array, "N B C H W"], index: Int[Array, ""], a: Float[Array, "B C H W"],
+                                   kernel: Float[Array, "C C 3 3"], gamma: Float[Array, ""], scale: Float[Array, ""]
+                                   ) -> tuple[Array, Array, Array, Array]:
+    """`cubic_euler_step_direct_vjp(xs[index], a, kernel, gamma, scale)`, the call reading the stored state
+    xs[index] in place: the backward pass of eq 112 over the forward's stored states without XLA copying each one
+    out first (a 4 MB dynamic slice per step at batch 128). Writes its dx over a, as that call does."""
+    shapes = (a.shape, kernel.shape, kernel.shape[:1], ())
+    prepare(LIBRARY, xs, a, kernel, gamma, scale)
+    call = jax.ffi.ffi_call(LIBRARY.target("cubic_step_backward_at"),
+                            tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes), vmap_method="sequential",
+                            input_output_aliases={2: 0})
+    return tuple(call(xs, jnp.asarray(index, jnp.int32), a, kernel, gamma, scale))
+
+
+def _at_fwd(*operands: Array) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    return cubic_euler_step_direct_vjp_at(*operands), operands
+
+
+def _at_bwd(residuals: tuple[Array, ...], cotangents: tuple[Array, ...]) -> tuple[Array | None, ...]:
+    xs, index, *rest = residuals
+    at = lambda xs, *others: cubic_euler_step_direct_vjp(xs[index], *others)  # noqa: E731
+    dxs, *others = jax.vjp(at, xs, *rest)[1](cotangents)
+    return (dxs, None, *others)
+
+
+cubic_euler_step_direct_vjp_at.defvjp(_at_fwd, _at_bwd)

@@ -13,7 +13,8 @@ fields they are written once in `ode_nets.fields.cubic`. With one state for the 
 over the batch. Two backward schemes:
 
 - forward Euler (fixed steps): the discrete adjoint of eq 112, a_k = a_{k+1} + h a_{k+1} dF/dx(x_k), over the
-  stored states of every step (a `lax.scan`); it is the exact gradient of the discrete network (eq 109);
+  stored states of every step (a `lax.scan`, reading each stored state in place where the field can:
+  `stored_step_vjp`); it is the exact gradient of the discrete network (eq 109);
 - any other solver: the continuous eqs 62/63/76 integrated backwards with diffrax over each layer, together with
   x (restarted at every layer from the stored forward state, so the backward x cannot drift far) and the
   gradient integrals; fixed-step solvers step back over the forward grid, adaptive ones use a PID controller
@@ -73,19 +74,22 @@ class AnalyticAdjoint(AbstractGradientStrategy):
         return euler(discretisation.solver) and (self.backward_solver is None or euler(self.backward_solver))
 
     def stored_times(self, discretisation: Discretisation) -> np.ndarray:
-        """Times at which the forward states are stored: every step for Euler (eq 112), the layer grid otherwise."""
+        """Times of the states the backward pass reads: every step for Euler (eq 112), the layer grid otherwise;
+        the first, 0, is x0 itself, the others are stored by the forward solve."""
         if self.uses_discrete_adjoint(discretisation):
             return discretisation.step_ts()
         return discretisation.grid.times()
 
-    def backward(self, field: AbstractAnalyticField, xs: Array, a_final: Array, discretisation: Discretisation,
-                 keep_adjoints: bool = False) -> tuple[Array, LayerParams, Array | None, Array]:
+    def backward(self, field: AbstractAnalyticField, x0: Array, stored: Array, a_final: Array,
+                 discretisation: Discretisation, keep_adjoints: bool = False
+                 ) -> tuple[Array, LayerParams, Array | None, Array]:
         """a(0), per-layer parameter gradients, (if `keep_adjoints`) the adjoint on `stored_times`, and the
-        backward pass's (evaluations, accepted steps, rejected steps)."""
+        backward pass's (evaluations, accepted steps, rejected steps). `stored`: the forward states at
+        `stored_times()[1:]` (`_forward`)."""
         field.check_layers(discretisation.grid.layers)
         if self.uses_discrete_adjoint(discretisation):
-            return euler_backward(field, xs, a_final, discretisation, keep_adjoints)
-        return continuous_backward(field, xs, a_final, discretisation, self, keep_adjoints)
+            return euler_backward(field, x0, stored, a_final, discretisation, keep_adjoints)
+        return continuous_backward(field, stored, a_final, discretisation, self, keep_adjoints)
 
 
 def check_analytic(field: object) -> None:
@@ -95,28 +99,35 @@ def check_analytic(field: object) -> None:
                          f"not for {type(field).__name__}; use discretize_then_optimize or optimize_then_discretize")
 
 
-def euler_backward(field: AbstractAnalyticField, xs: Array, a_final: Array, discretisation: Discretisation,
-                   keep_adjoints: bool = False) -> tuple[Array, LayerParams, Array | None, Array]:
+def euler_backward(field: AbstractAnalyticField, x0: Array, stored: Array, a_final: Array,
+                   discretisation: Discretisation, keep_adjoints: bool = False
+                   ) -> tuple[Array, LayerParams, Array | None, Array]:
     """Discrete adjoint of forward Euler (eq 112, with s = steps_per_layer steps of h = dt/s per layer).
 
-    xs: (K+1, ...) states x_k at every step; a_final = dL/dx(T) (eq 10).
+    x0 and stored (K, ...) = x_1 .. x_K, the states after every step; a_final = dL/dx(T) (eq 10).
     a_k = a_{k+1} + h (a_{k+1} dF/dx)(x_k); dL/dq_l = h sum_{k in layer l} (a_{k+1} dF/dq)(x_k).
+    Steps K-1 .. 1 read x_k = stored[k-1] (in place where the field can, `stored_step_vjp`), step 0 reads x0.
     Returns a(0), the per-layer gradients (L, ...), if `keep_adjoints` the adjoints at every step (K+1, ...)
     (not kept in training: they would cost one state per step of memory), and the counts (K, K, 0).
     """
     layers, steps_per_layer = discretisation.grid.layers, discretisation.stepping.steps_per_layer
     h = discretisation.grid.dt / steps_per_layer
+    steps = layers * steps_per_layer
+    if stored.shape[0] != steps:
+        raise ValueError(f"analytic_adjoint: {stored.shape[0]} stored states for {steps} Euler steps")
 
     def step(a_next: Array, k: Array) -> tuple[Array, tuple[LayerParams, Array | None]]:
-        x = xs[k]  # indexed, not sliced: no copy of the stored states
         p = field.layer_params(k // steps_per_layer)
-        grads, a = field.euler_step_vjp(p, x, a_next, h)
+        grads, a = field.stored_step_vjp(p, stored, k - 1, a_next, h)
         return a, (grads, a if keep_adjoints else None)
 
-    a0, (grads, adjoints) = lax.scan(step, a_final, jnp.arange(xs.shape[0] - 1), reverse=True)
+    a1, (grads, adjoints) = lax.scan(step, a_final, jnp.arange(1, steps), reverse=True)
+    first, a0 = field.euler_step_vjp(field.layer_params(jnp.asarray(0)), x0, a1, h)
+    grads = jax.tree_util.tree_map(lambda g0, g: jnp.concatenate([g0[None], g]), first, grads)
     per_layer = jax.tree_util.tree_map(lambda g: jnp.sum(g.reshape(layers, steps_per_layer, *g.shape[1:]), 1), grads)
-    steps = xs.shape[0] - 1
-    return a0, per_layer, _with_final(adjoints, a_final), jnp.array([steps, steps, 0])
+    if keep_adjoints:
+        adjoints = jnp.concatenate([a0[None], adjoints, a_final[None]])
+    return a0, per_layer, adjoints, jnp.array([steps, steps, 0])
 
 
 def _with_final(adjoints: Array | None, a_final: Array) -> Array | None:
@@ -150,14 +161,14 @@ def _layer_solve(field: AbstractAnalyticField, solver: diffrax.AbstractSolver, s
     return run
 
 
-def continuous_backward(field: AbstractAnalyticField, xs: Array, a_final: Array, discretisation: Discretisation,
+def continuous_backward(field: AbstractAnalyticField, stored: Array, a_final: Array, discretisation: Discretisation,
                         strategy: AnalyticAdjoint, keep_adjoints: bool = False
                         ) -> tuple[Array, LayerParams, Array | None, Array]:
     """The continuous adjoint (eqs 62/63/76) and gradient integrals (eqs 65, 66, 71, 77, 78), layer by layer.
 
-    xs: (L+1, ...) states at the layer boundaries; a_final = dL/dx(T). On layer l the backward system is solved
-    with diffrax from t_{l+1} (x = xs[l+1], a, G = 0) down to t_l (`_layer_solve`). Returns a(0), per-layer
-    gradients, if `keep_adjoints` a(t_l), and the counts summed over the layers.
+    stored: (L, ...) states at the layer ends t_1 .. t_L; a_final = dL/dx(T). On layer l the backward system is
+    solved with diffrax from t_{l+1} (x = stored[l], a, G = 0) down to t_l (`_layer_solve`). Returns a(0),
+    per-layer gradients, if `keep_adjoints` a(t_l), and the counts summed over the layers.
     """
     layers = discretisation.grid.layers
     stepping = strategy.backward_stepping or discretisation.stepping
@@ -168,10 +179,10 @@ def continuous_backward(field: AbstractAnalyticField, xs: Array, a_final: Array,
 
     def layer(a_end: Array, inputs: tuple[Array, Array]) -> tuple[Array, tuple[LayerParams, Array | None, Array]]:
         l, ts = inputs
-        a_start, grads, counts = run(xs[l + 1], a_end, ts, field.layer_params(l))
+        a_start, grads, counts = run(stored[l], a_end, ts, field.layer_params(l))
         return a_start, (grads, a_start if keep_adjoints else None, counts)
 
-    inputs = (jnp.arange(layers), jnp.asarray(layer_points, dtype=xs.dtype))
+    inputs = (jnp.arange(layers), jnp.asarray(layer_points, dtype=stored.dtype))
     a0, (per_layer, adjoints, counts) = lax.scan(layer, a_final, inputs, reverse=True)
     return a0, per_layer, _with_final(adjoints, a_final), jnp.sum(counts, axis=0)
 
@@ -182,14 +193,14 @@ def continuous_backward(field: AbstractAnalyticField, xs: Array, a_final: Array,
 
 def _forward(field: AbstractAnalyticField, x0: Array, discretisation: Discretisation, strategy: AnalyticAdjoint
              ) -> diffrax.Solution:
-    """The forward solve, storing the states on `strategy.stored_times`. For Euler these are every step's: saved as
-    the steps produce them (`SaveAt(t0, steps)`, the K + 1 states of the grid's K steps), not by evaluating the
-    interpolant at each step's end as `SaveAt(ts)` does (an extra pass over the state per step, and y1 only to
-    rounding)."""
+    """The forward solve, storing the states on `strategy.stored_times()[1:]` (x0 is at hand). For Euler these are
+    the K states after the grid's K steps, saved as the steps produce them (`SaveAt(steps=True)`), not by
+    evaluating the interpolant at each step's end as `SaveAt(ts)` does (an extra pass over the state per step),
+    and without x0 in front (a copy of the whole stored trajectory to put it there)."""
     if strategy.uses_discrete_adjoint(discretisation):
-        saveat = diffrax.SaveAt(t0=True, steps=True)
+        saveat = diffrax.SaveAt(steps=True)
     else:
-        saveat = diffrax.SaveAt(ts=strategy.stored_times(discretisation))
+        saveat = diffrax.SaveAt(ts=strategy.stored_times(discretisation)[1:])
     return DiscretizeThenOptimize().solve(field, x0, discretisation, saveat)
 
 
@@ -217,14 +228,14 @@ def _solve_stored_fwd(perturbed: Any, vjp_arg: VjpArg, discretisation: Discretis
 
 
 @_solve_stored.def_bwd
-def _solve_stored_bwd(xs: Array, grad_obj: diffrax.Solution, perturbed: Any, vjp_arg: VjpArg,
+def _solve_stored_bwd(stored: Array, grad_obj: diffrax.Solution, perturbed: Any, vjp_arg: VjpArg,
                       discretisation: Discretisation, strategy: AnalyticAdjoint
                       ) -> tuple[AbstractAnalyticField, Array, BackwardCounter]:
     """Gradients of the field and x0, and the backward pass's counts as the `BackwardCounter`'s cotangent."""
     del perturbed
-    field, _, counter = vjp_arg
-    a_final = grad_obj.ys[-1] if grad_obj.ys is not None else jnp.zeros_like(xs[-1])
-    a0, per_layer, _, counts = strategy.backward(field, xs, a_final, discretisation)
+    field, x0, counter = vjp_arg
+    a_final = grad_obj.ys[-1] if grad_obj.ys is not None else jnp.zeros_like(stored[-1])
+    a0, per_layer, _, counts = strategy.backward(field, x0, stored, a_final, discretisation)
     return field.fold_gradients(per_layer), a0, BackwardCounter(counts.astype(counter.counts.dtype))
 
 
@@ -244,7 +255,8 @@ def adjoint_on_grid(field: AbstractAnalyticField, x0: Array, loss: Callable[[Arr
     strategy = strategy or AnalyticAdjoint()
     check_analytic(field)
     field.check_layers(discretisation.grid.layers)
-    sol = _forward(field, x0, discretisation, strategy)
-    _, _, adjoints, _ = strategy.backward(field, sol.ys, jax.grad(loss)(sol.ys[-1]), discretisation,
+    stored = _forward(field, x0, discretisation, strategy).ys
+    _, _, adjoints, _ = strategy.backward(field, x0, stored, jax.grad(loss)(stored[-1]), discretisation,
                                           keep_adjoints=True)
-    return sol.ts, sol.ys, adjoints
+    times = jnp.asarray(strategy.stored_times(discretisation), dtype=x0.dtype)
+    return times, jnp.concatenate([x0[None], stored]), adjoints
