@@ -36,6 +36,7 @@ def small_model(bench, layers, batch, gradient):
     ({"gradients": [{"strategy": "backsolve"}]}, "gradients\\[0\\].strategy"),
     ({"gradients": [{"strategy": "discretize_then_optimize", "checkpoints": 0}]}, "gradient.checkpoints"),
     ({"steps": 5}, "steps: must be >= 20"),
+    ({"rounds": 11}, "rounds: must be between 1 and steps / 2 = 10"),
     ({"model": "circles_dense", "peer": True}, "peer"),
     ({"conv_impl": "fft"}, "model.conv_impl: expected one of"),
     ({"model": "circles_dense", "conv_impl": "xla"}, "conv_impl: needs model: mnist_conv"),
@@ -80,6 +81,47 @@ def test_torchdiffeq_twin_gives_the_same_loss_and_gradient(strategy):
     for name in ("kernel", "b", "gamma"):
         assert np.linalg.norm(grads[name]) > 0
         assert relative_difference(grads[name], out["grads"][name]) < 1e-4, name
+
+
+def test_rounds_interleave_the_two_sides_and_measure_a_peak_each():
+    """Each round: one peak, then steps / rounds steps of each side, the side that goes first alternating."""
+    from ode_nets.experiments import benchmark
+
+    calls = []
+
+    class Twin:
+        def steps(self, n):
+            calls.append(("peer", n))
+            return [2.0] * n
+
+    bench = bench_from_dict({"steps": 21, "rounds": 4})
+    own = lambda n: calls.append(("own", n)) or [1.0] * n  # noqa: E731
+    rounds = benchmark.timed_rounds(bench, own, Twin(), peak=False)
+    assert calls == [("own", 5), ("peer", 5), ("peer", 5), ("own", 5)] * 2
+    assert [len(r["own"]) for r in rounds] == [5] * 4 and all(r["peak_flops_per_s"] is None for r in rounds)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="optional bench extra (torch, torchdiffeq) not installed")
+def test_peer_process_serves_its_gradient_then_timed_steps():
+    """The twin in its own process answers with the same loss as in-process, then with n step times per request."""
+    from ode_nets.experiments.benchmark import PeerProcess
+    from ode_nets.experiments.peer_torch import run
+
+    bench = bench_from_dict({"model": "mnist_conv"})
+    model, example = small_model(bench, 2, 2, GradientCase())
+    options = {"horizon": 1.0, "lam": 0.1, "adjoint": False, "threads": 1, "warmup": 1, "learning_rate": 0.01}
+    with PeerProcess(peer_arrays(model, example), options) as twin:
+        times = [twin.steps(3), twin.steps(1)]
+    assert [len(t) for t in times] == [3, 1] and all(s > 0 for t in times for s in t)
+    assert twin.first["loss"] == pytest.approx(run(peer_arrays(model, example), steps=0, **options)["loss"], rel=1e-6)
+
+
+def test_peer_process_failure_shows_its_error():
+    """A twin that cannot start (here: options missing) is an error that carries the subprocess's traceback."""
+    from ode_nets.experiments.benchmark import PeerProcess
+
+    with pytest.raises(RuntimeError, match=r"(?s)torch peer failed \(exit code 1\).*TypeError"):
+        PeerProcess({"x": np.zeros(1)}, {"horizon": 1.0})
 
 
 def test_peer_without_torch_is_refused_before_measuring(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ arrays of the right shapes. Results go to `<out>/results.json`, `results.md` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -82,6 +83,7 @@ class BenchConfig:
     gradients: tuple[GradientCase, ...] = (GradientCase(),)
     warmup: int = 3
     steps: int = 20
+    rounds: int = 1  # timed steps in this many rounds, each with a matmul peak and the peer's steps (interleaved)
     smoothness: float = 0.1  # lambda of eq 113
     learning_rate: float = 0.01
     peer: bool = False  # also time the PyTorch + torchdiffeq twin (mnist_conv only)
@@ -103,6 +105,8 @@ class BenchConfig:
              f"expected a non-empty list of {{strategy, checkpoints}} mappings, got {list(self.gradients)!r}")
         need(self.warmup >= 1, "warmup", f"must be >= 1 (the first call compiles), got {self.warmup}")
         need(self.steps >= 20, "steps", f"must be >= 20 timed steps, got {self.steps}")
+        need(1 <= self.rounds <= self.steps // 2, "rounds",
+             f"must be between 1 and steps / 2 = {self.steps // 2} (at least 2 steps a round), got {self.rounds}")
         need(self.smoothness >= 0, "smoothness", f"must be >= 0, got {self.smoothness}")
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(not self.peer or self.model == "mnist_conv", "peer", "the torchdiffeq peer exists for mnist_conv only")
@@ -213,25 +217,33 @@ def conv_flops(batch: int, layers: int, channels: int = 10, size: int = 28, conv
     return 2.0 * batch * size * size * channels * channels * 9 * layers * convs_per_layer
 
 
-def device_peaks(repeats: int = 5) -> dict[str, float]:
-    """Measured (not nominal) peak FLOP/s (float32 matmul, 2048^2 on CPU, 8192^2 on accelerators, at JAX's default
-    precision, which the model's convolutions use too: TF32 on recent NVIDIA GPUs) and bytes/s (256 MiB add)."""
+def best_time(f: Callable, arg: Any, repeats: int) -> float:
+    """Shortest wall time of `repeats` calls of the jitted f(arg) (compiled before)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(f(arg))
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_peak(repeats: int = 5) -> float:
+    """Measured (not nominal) peak FLOP/s: float32 matmul, 2048^2 on CPU, 8192^2 on accelerators, at JAX's default
+    precision, which the model's convolutions use too (TF32 on recent NVIDIA GPUs); best of `repeats`."""
     n = 2048 if jax.devices()[0].platform == "cpu" else 8192
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     matmul = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(matmul(a))
+    return 2.0 * n ** 3 / best_time(matmul, a, repeats)
+
+
+def device_peaks(repeats: int = 5) -> dict[str, float]:
+    """Measured peak FLOP/s (`matmul_peak`) and bytes/s (256 MiB add)."""
+    n = 2048 if jax.devices()[0].platform == "cpu" else 8192
     big = jnp.ones((64 * 1024 * 1024,), jnp.float32)
     stream = jax.jit(lambda v: v + 1.0)
-    jax.block_until_ready((matmul(a), stream(big)))
-
-    def best(f, arg) -> float:
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(f(arg))
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    return {"flops_per_s": 2.0 * n ** 3 / best(matmul, a), "bytes_per_s": 2.0 * big.nbytes / best(stream, big),
+    jax.block_until_ready(stream(big))
+    return {"flops_per_s": matmul_peak(repeats), "bytes_per_s": 2.0 * big.nbytes / best_time(stream, big, repeats),
             "how": f"best of {repeats}: jnp float32 {n}x{n} matmul; v + 1 over {big.nbytes >> 20} MiB (read + write)"}
 
 
@@ -256,29 +268,55 @@ def case_rows(bench: BenchConfig) -> list[tuple[int, int, GradientCase]]:
     return rows
 
 
-def run_case(bench: BenchConfig, layers: int, batch: int, gradient: GradientCase) -> tuple[dict, ODENet, tuple]:
-    """Compile and time one case; returns its record, the initial model and the batch."""
+def run_case(bench: BenchConfig, layers: int, batch: int, gradient: GradientCase
+             ) -> tuple[dict, ODENet, tuple, Callable[[int], list[float]]]:
+    """Compile one case and run its warm-up steps; returns its record (without timings), the initial model, the batch
+    and a timer: n -> the wall times of n more steps."""
     cfg = experiment_config(bench, layers, batch, gradient)
     preset = PRESETS[bench.model]
     model = build_model(cfg, preset["input_shape"], preset["classes"], jax.random.PRNGKey(bench.seed))
     example = random_batch(bench.model, batch, bench.seed)
     compiled, params, opt_state, compile_s = compiled_step(model, optax.sgd(bench.learning_rate), bench.smoothness,
                                                            example)
-    times = time_steps(compiled, params, opt_state, example, bench.warmup, bench.steps)
-    median = statistics.median(times)
+    time_steps(compiled, params, opt_state, example, bench.warmup, 0)
     record = {"layers": layers, "batch_size": batch, "strategy": gradient.strategy,
               "checkpoints": gradient.checkpoints, "label": gradient.label, "parameters": count_parameters(model),
-              "compile_s": compile_s, "step_median_s": median, "step_min_s": min(times), "step_max_s": max(times),
-              "step_iqr_s": float(np.subtract(*np.percentile(times, [75, 25]))), "examples_per_s": batch / median,
-              "memory": memory_report(compiled), "cost": cost_report(compiled)}
+              "compile_s": compile_s, "memory": memory_report(compiled), "cost": cost_report(compiled)}
     device = jax.devices()[0]
     if device.platform != "cpu":  # the allocator's own peak (cumulative over the process) on accelerators
         record["device_memory_stats"] = device.memory_stats()
-    return record, model, example
+    return record, model, example, lambda n: time_steps(compiled, params, opt_state, example, 0, n)
 
 
-def add_throughput(record: dict, peaks: dict[str, float]) -> None:
-    """Achieved FLOP/s and bytes/s of an MNIST step, against the measured device peaks.
+def timed_rounds(bench: BenchConfig, own: Callable[[int], list[float]], twin: Optional["PeerProcess"],
+                 peak: bool) -> list[dict]:
+    """The case's timed steps in `bench.rounds` rounds of steps / rounds steps. Each round measures the matmul peak
+    (best of 3), then times the case's steps and the peer's, which side goes first alternating: on a shared machine
+    whose speed drifts, both sides and the peak are then measured under the same load."""
+    per_round = bench.steps // bench.rounds
+    rounds = []
+    for r in range(bench.rounds):
+        entry: dict[str, Any] = {"peak_flops_per_s": matmul_peak(3) if peak else None}
+        sides = [("own", own)] + ([("peer", twin.steps)] if twin else [])
+        for name, timer in (sides if r % 2 == 0 else sides[::-1]):
+            entry[name] = timer(per_round)
+        rounds.append(entry)
+    return rounds
+
+
+def add_step_times(record: dict, rounds: list[dict]) -> None:
+    """Median, min, max and IQR of the case's steps over all rounds, and each round's median."""
+    times = [t for r in rounds for t in r["own"]]
+    median = statistics.median(times)
+    record.update(step_median_s=median, step_min_s=min(times), step_max_s=max(times),
+                  step_iqr_s=float(np.subtract(*np.percentile(times, [75, 25]))),
+                  examples_per_s=record["batch_size"] / median,
+                  round_medians_s=[statistics.median(r["own"]) for r in rounds])
+
+
+def add_throughput(record: dict, peaks: dict[str, float], rounds: list[dict]) -> None:
+    """Achieved FLOP/s and bytes/s of an MNIST step, against the measured device peaks: the run's (measured once, at
+    its start) and each round's own (`timed_rounds`; `fraction_of_round_peak` is the median over the rounds).
 
     XLA's cost analysis counts each while-loop body once, so `xla x L` scales it by the number
     of solver steps; `conv` counts only the 3x3 convolutions (3 per step; 4 for the continuous
@@ -288,10 +326,14 @@ def add_throughput(record: dict, peaks: dict[str, float]) -> None:
     convs = 4 if record["strategy"] == "optimize_then_discretize" else 3
     flops_conv = conv_flops(batch, layers, convs_per_layer=convs)
     flops_xla, bytes_xla = record["cost"]["flops"] * layers, record["cost"]["bytes"] * layers
+    per_round = [flops_conv / statistics.median(r["own"]) / r["peak_flops_per_s"] for r in rounds]
     record["throughput"] = {"conv_flops": flops_conv, "conv_flops_per_s": flops_conv / median,
                             "xla_x_L_flops_per_s": flops_xla / median, "xla_x_L_bytes_per_s": bytes_xla / median,
                             "fraction_of_peak_flops": flops_conv / median / peaks["flops_per_s"],
-                            "fraction_of_peak_bytes": bytes_xla / median / peaks["bytes_per_s"]}
+                            "fraction_of_peak_bytes": bytes_xla / median / peaks["bytes_per_s"],
+                            "round_peaks_flops_per_s": [r["peak_flops_per_s"] for r in rounds],
+                            "round_fractions_of_peak_flops": per_round,
+                            "fraction_of_round_peak": statistics.median(per_round)}
 
 
 def conv_nhwc(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -380,16 +422,44 @@ def check_peer_installed(bench: BenchConfig) -> None:
                           f"or run without the peer (--set peer=false)")
 
 
-def run_peer(arrays: dict[str, np.ndarray], options: dict) -> dict:
-    """Run `ode_nets.experiments.peer_torch` in a subprocess (own threads, own peak RSS) and return its JSON."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source, target = Path(tmp) / "in.npz", Path(tmp) / "out.json"
+class PeerProcess:
+    """`ode_nets.experiments.peer_torch --serve` in a subprocess (own threads, own peak RSS): on start its loss,
+    gradient and memory (`first`), then `steps(n)`, the times of n more of its training steps."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], options: dict) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        source, self._log = Path(self._tmp.name) / "in.npz", Path(self._tmp.name) / "stderr.txt"
         np.savez(source, options=json.dumps(options), **arrays)
-        proc = subprocess.run([sys.executable, "-m", "ode_nets.experiments.peer_torch", str(source), str(target)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"torch peer failed:\n{proc.stderr[-3000:]}")
-        return json.loads(target.read_text())
+        with open(self._log, "w") as err:
+            self._proc = subprocess.Popen([sys.executable, "-m", "ode_nets.experiments.peer_torch", "--serve",
+                                           str(source)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                          text=True)
+        self.first = self._answer()
+
+    def _answer(self) -> dict:
+        line = self._proc.stdout.readline()
+        if not line:
+            self._proc.wait()
+            raise RuntimeError(f"torch peer failed (exit code {self._proc.returncode}):\n"
+                               f"{self._log.read_text()[-3000:]}")
+        return json.loads(line)
+
+    def steps(self, n: int) -> list[float]:
+        self._proc.stdin.write(f"{n}\n")
+        self._proc.stdin.flush()
+        return self._answer()["step_times_s"]
+
+    def __enter__(self) -> "PeerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._proc.stdout.close()
+        self._tmp.cleanup()
 
 
 def jax_loss_and_grads(model: ODENet, example: tuple, lam: float) -> tuple[float, dict[str, np.ndarray]]:
@@ -411,23 +481,30 @@ def peer_device() -> str:
     return "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
 
 
-def peer_case(bench: BenchConfig, record: dict, model: ODENet, example: tuple) -> dict:
-    """The torchdiffeq twin of one case: agreement of loss and gradient, then its step time and memory."""
-    adjoint = record["strategy"] == "optimize_then_discretize"
-    options = {"horizon": model.grid.horizon, "lam": bench.smoothness, "adjoint": adjoint,
-               "threads": bench.threads or os.cpu_count(), "warmup": bench.warmup, "steps": bench.steps,
-               "learning_rate": bench.learning_rate, "device": peer_device()}
-    out = run_peer(peer_arrays(model, example), options)
+def peer_options(bench: BenchConfig, record: dict, model: ODENet) -> dict:
+    """The torch twin's settings for one case (`peer_torch.TorchTwin`)."""
+    return {"horizon": model.grid.horizon, "lam": bench.smoothness,
+            "adjoint": record["strategy"] == "optimize_then_discretize", "threads": bench.threads or os.cpu_count(),
+            "warmup": bench.warmup, "learning_rate": bench.learning_rate, "device": peer_device()}
+
+
+def peer_record(bench: BenchConfig, record: dict, model: ODENet, example: tuple, first: dict, rounds: list[dict]
+                ) -> dict:
+    """The torchdiffeq twin of one case: agreement of loss and gradient, its step time and memory, and the time
+    ratio (the medians over all rounds, and the median of the rounds' ratios)."""
     loss, grads = jax_loss_and_grads(model, example, bench.smoothness)
     flat = lambda d: np.concatenate([np.ravel(d[k]) for k in ("kernel", "b", "gamma")])  # noqa: E731
-    return {"method": "odeint_adjoint" if adjoint else "odeint", "torch_version": out["torch_version"],
-            "device": out["device"],
-            "threads": out["threads"], "loss_rel_diff": abs(loss - out["loss"]) / abs(out["loss"]),
-            "grad_rel_diff": relative_difference(flat(grads), flat(out["grads"])),
-            "step_median_s": out["median_s"], "step_min_s": min(out["step_times_s"]),
-            "step_max_s": max(out["step_times_s"]), "peak_rss_delta_bytes": out["peak_rss_delta_bytes"],
-            "time_ratio": record["step_median_s"] / out["median_s"],
-            "memory_ratio": record["memory"].get("peak", float("nan")) / max(out["peak_rss_delta_bytes"], 1)}
+    times = [t for r in rounds for t in r["peer"]]
+    median = statistics.median(times)
+    ratios = [statistics.median(r["own"]) / statistics.median(r["peer"]) for r in rounds]
+    return {"method": "odeint_adjoint" if record["strategy"] == "optimize_then_discretize" else "odeint",
+            "torch_version": first["torch_version"], "device": first["device"], "threads": first["threads"],
+            "loss_rel_diff": abs(loss - first["loss"]) / abs(first["loss"]),
+            "grad_rel_diff": relative_difference(flat(grads), flat(first["grads"])),
+            "step_median_s": median, "step_min_s": min(times), "step_max_s": max(times),
+            "peak_rss_delta_bytes": first["peak_rss_delta_bytes"], "time_ratio": record["step_median_s"] / median,
+            "round_ratios": ratios, "time_ratio_round_median": statistics.median(ratios),
+            "memory_ratio": record["memory"].get("peak", float("nan")) / max(first["peak_rss_delta_bytes"], 1)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,12 +524,16 @@ def run_bench(bench: BenchConfig, out: Path, log: Callable[[str], None] = print)
         log(f"measured peak: {peaks['flops_per_s'] / 1e9:.1f} GFLOP/s, {peaks['bytes_per_s'] / 1e9:.1f} GB/s")
     records = []
     for layers, batch, gradient in case_rows(bench):
-        record, model, example = run_case(bench, layers, batch, gradient)
+        record, model, example, own = run_case(bench, layers, batch, gradient)
+        peer = PeerProcess(peer_arrays(model, example), peer_options(bench, record, model)) if bench.peer else None
+        with peer or contextlib.nullcontext():
+            rounds = timed_rounds(bench, own, peer, peak=peaks is not None)
+        add_step_times(record, rounds)
         if peaks:
-            add_throughput(record, peaks)
-        if bench.peer:
-            record["peer"] = peer_case(bench, record, model, example)
-        records.append(record)
+            add_throughput(record, peaks, rounds)
+        if peer:
+            record["peer"] = peer_record(bench, record, model, example, peer.first, rounds)
+        records.append({**record, "rounds": rounds})
         log(format_case(record))
     probe = conv_loop_probe(max(bench.batch_sizes), max(bench.layers)) if bench.conv_probe else None
     ceiling = (conv_ceiling(max(bench.batch_sizes), max(bench.layers), peaks["flops_per_s"])
@@ -475,8 +556,12 @@ def format_case(r: dict) -> str:
             f"step {1e3 * r['step_median_s']:8.1f} ms  peak {r['memory'].get('peak', 0) / 2**20:8.1f} MiB")
     if "peer" in r:
         p = r["peer"]
-        line += (f"  | torch {p['method']} {1e3 * p['step_median_s']:7.1f} ms, ratio {p['time_ratio']:.2f}, "
-                 f"grad rel diff {p['grad_rel_diff']:.1e}")
+        line += (f"  | torch {p['method']} {1e3 * p['step_median_s']:7.1f} ms, ratio {p['time_ratio']:.2f} "
+                 f"(rounds {p['time_ratio_round_median']:.2f}), grad rel diff {p['grad_rel_diff']:.1e}")
+    if "throughput" in r:
+        t = r["throughput"]
+        line += (f"  | {100 * t['fraction_of_peak_flops']:.0f} % of the run's peak, "
+                 f"{100 * t['fraction_of_round_peak']:.0f} % of the rounds'")
     return line
 
 
@@ -487,9 +572,11 @@ def markdown_table(results: dict) -> str:
     head = ["L", "batch", "gradient", "compile (s)", "step median (ms)", "step min-max (ms)", "examples/s",
             "XLA peak (MiB)"]
     if throughput:
-        head += ["conv GFLOP/s", "% peak FLOP/s", "XLA bytes accessed GB/s (x L)", "vs streaming B/s"]
+        head += ["conv GFLOP/s", "% peak FLOP/s", "% round peak", "XLA bytes accessed GB/s (x L)",
+                 "vs streaming B/s"]
     if peer:
-        head += ["torchdiffeq", "torch step (ms)", "torch peak RSS delta (MiB)", "time ratio", "memory ratio",
+        head += ["torchdiffeq", "torch step (ms)", "torch peak RSS delta (MiB)", "time ratio", "round ratio",
+                 "memory ratio",
                  "loss rel diff", "grad rel diff"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results["cases"]:
@@ -499,11 +586,12 @@ def markdown_table(results: dict) -> str:
         if throughput:
             t = r["throughput"]
             cells += [f"{t['conv_flops_per_s'] / 1e9:.1f}", f"{100 * t['fraction_of_peak_flops']:.0f}%",
+                      f"{100 * t['fraction_of_round_peak']:.0f}%",
                       f"{t['xla_x_L_bytes_per_s'] / 1e9:.1f}", f"{100 * t['fraction_of_peak_bytes']:.0f}%"]
         if peer:
             p = r["peer"]
             cells += [p["method"], f"{1e3 * p['step_median_s']:.1f}", f"{p['peak_rss_delta_bytes'] / 2**20:.1f}",
-                      f"{p['time_ratio']:.2f}", f"{p['memory_ratio']:.2f}", f"{p['loss_rel_diff']:.1e}",
+                      f"{p['time_ratio']:.2f}", f"{p['time_ratio_round_median']:.2f}", f"{p['memory_ratio']:.2f}", f"{p['loss_rel_diff']:.1e}",
                       f"{p['grad_rel_diff']:.1e}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     d, load = results["device"], results["loadavg"]
@@ -514,6 +602,12 @@ def markdown_table(results: dict) -> str:
         p = results["peaks"]
         notes.append(f"Peaks measured in the same run ({p['how']}): {p['flops_per_s'] / 1e9:.1f} GFLOP/s, "
                      f"{p['bytes_per_s'] / 1e9:.1f} GB/s.")
+        round_peaks = [g / 1e9 for r in results["cases"] for g in r["throughput"]["round_peaks_flops_per_s"]]
+        notes.append(f"Timed in {results['bench']['rounds']} round(s) per case (`rounds`): each round measures the "
+                     f"matmul peak (best of 3; {min(round_peaks):.1f}-{max(round_peaks):.1f} GFLOP/s over the run), "
+                     "then the case's steps and the twin's, alternating which goes first. '% round peak' is the median "
+                     "over the rounds of the round's conv FLOP/s over its peak; 'round ratio' the median of the "
+                     "rounds' step-time ratios.")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 

@@ -8,9 +8,9 @@ gamma~ (eq 110), loss = cross entropy + lambda * eq 113. Gradients either throug
 
 Runs on the CPU, or on a CUDA GPU with `device="cuda"` (the benchmark picks it when JAX runs on a GPU).
 Needs the optional `bench` extra (torch, torchdiffeq). It runs in its own process
-(`python -m ode_nets.experiments.peer_torch IN.npz OUT.json`) so that torch's threads and its peak
-resident memory are measured apart from JAX's, with the same allocator setting as the benchmark's own process
-(`host_memory.retain_freed_memory`: torch's CPU tensors come from glibc's malloc too).
+(`python -m ode_nets.experiments.peer_torch --serve IN.npz`, timed in rounds interleaved with the benchmark's own
+steps) so that torch's threads and its peak resident memory are measured apart from JAX's, with the same
+allocator setting as the benchmark's own process (`host_memory.retain_freed_memory`: torch's CPU tensors come from glibc's malloc too).
 """
 
 from __future__ import annotations
@@ -150,42 +150,70 @@ class CudaMemory:
         self.growth = torch.cuda.max_memory_allocated() - self.base
 
 
-def run(arrays: dict[str, np.ndarray], *, horizon: float, lam: float, adjoint: bool, threads: int, warmup: int,
-        steps: int, learning_rate: float, device: str = "cpu") -> dict:
-    """Loss and gradient at the given weights, then timed SGD steps (forward + backward + update)."""
-    import torch
+class TorchTwin:
+    """The twin at the given weights: its loss and gradient (and the memory of that first forward + backward) on
+    construction, then timed SGD steps (forward + backward + update) on demand."""
 
-    field, loss_fn = build(arrays, horizon, threads, device)
-    x, y = torch.from_numpy(arrays["x"]).to(device), torch.from_numpy(arrays["y"].astype(np.int64)).to(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    with CudaMemory() if device == "cuda" else RSSSampler() as memory:  # what autograd / the adjoint keeps alive
-        loss = loss_fn(field, x, y, lam, adjoint)
-        loss.backward()
-    out = {"loss": float(loss),
-           "grads": {name: p.grad.detach().cpu().numpy().tolist() for name, p in field.named_parameters()}}
-    optimizer = torch.optim.SGD(field.parameters(), lr=learning_rate)
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=False)
-        loss_fn(field, x, y, lam, adjoint).backward()
-        optimizer.step()
-        sync()
-        if i >= warmup:
+    def __init__(self, arrays: dict[str, np.ndarray], *, horizon: float, lam: float, adjoint: bool, threads: int,
+                 learning_rate: float, device: str = "cpu") -> None:
+        import torch
+
+        self.field, self.loss_fn = build(arrays, horizon, threads, device)
+        self.x = torch.from_numpy(arrays["x"]).to(device)
+        self.y = torch.from_numpy(arrays["y"].astype(np.int64)).to(device)
+        self.lam, self.adjoint = lam, adjoint
+        self.sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        with CudaMemory() if device == "cuda" else RSSSampler() as memory:  # what autograd / the adjoint keeps alive
+            loss = self.loss_fn(self.field, self.x, self.y, lam, adjoint)
+            loss.backward()
+        self.first = {"loss": float(loss),
+                      "grads": {name: p.grad.detach().cpu().numpy().tolist() for name, p in self.field.named_parameters()},
+                      "threads": torch.get_num_threads(), "peak_rss_delta_bytes": memory.growth,
+                      "torch_version": torch.__version__, "device": device}
+        self.optimizer = torch.optim.SGD(self.field.parameters(), lr=learning_rate)
+
+    def steps(self, n: int) -> list[float]:
+        """Wall time of each of n training steps."""
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            self.optimizer.zero_grad(set_to_none=False)
+            self.loss_fn(self.field, self.x, self.y, self.lam, self.adjoint).backward()
+            self.optimizer.step()
+            self.sync()
             times.append(time.perf_counter() - start)
-    out.update(step_times_s=times, median_s=statistics.median(times) if times else None, threads=torch.get_num_threads(),
-               peak_rss_delta_bytes=memory.growth, torch_version=torch.__version__, device=device)
-    return out
+        return times
+
+
+def run(arrays: dict[str, np.ndarray], *, warmup: int, steps: int, **options: Any) -> dict:
+    """Loss and gradient at the given weights, then `steps` timed SGD steps after `warmup` untimed ones."""
+    twin = TorchTwin(arrays, **options)
+    twin.steps(warmup)
+    times = twin.steps(steps)
+    return {**twin.first, "step_times_s": times, "median_s": statistics.median(times) if times else None}
+
+
+def serve(arrays: dict[str, np.ndarray], *, warmup: int, **options: Any) -> None:
+    """The twin as a server for interleaved timing: one JSON line with loss, gradient and memory once it is warm,
+    then for each line n read from stdin one JSON line with the times of n more steps; ends at end of input."""
+    twin = TorchTwin(arrays, **options)
+    twin.steps(warmup)
+    print(json.dumps(twin.first), flush=True)
+    for line in sys.stdin:
+        print(json.dumps({"step_times_s": twin.steps(int(line))}), flush=True)
 
 
 def main(argv: list[str]) -> int:
-    """`python -m ode_nets.experiments.peer_torch IN.npz OUT.json`; IN.npz holds arrays and a JSON `options` string."""
-    source, target = argv
+    """`python -m ode_nets.experiments.peer_torch --serve IN.npz` (`serve`); IN.npz holds arrays and a JSON `options`
+    string."""
+    if len(argv) != 2 or argv[0] != "--serve":
+        print("usage: python -m ode_nets.experiments.peer_torch --serve IN.npz", file=sys.stderr)
+        return 2
     retain_freed_memory()
-    with np.load(source) as data:
+    with np.load(argv[1]) as data:
         arrays = {k: data[k] for k in data.files if k != "options"}
         options = json.loads(str(data["options"]))
-    Path(target).write_text(json.dumps(run(arrays, **options)))
+    serve(arrays, **options)
     return 0
 
 
