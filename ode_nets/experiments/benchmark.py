@@ -576,8 +576,7 @@ def markdown_table(results: dict) -> str:
                  "vs streaming B/s"]
     if peer:
         head += ["torchdiffeq", "torch step (ms)", "torch peak RSS delta (MiB)", "time ratio", "round ratio",
-                 "memory ratio",
-                 "loss rel diff", "grad rel diff"]
+                 "memory ratio", "loss rel diff", "grad rel diff"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results["cases"]:
         cells = [r["layers"], r["batch_size"], r["label"], f"{r['compile_s']:.2f}", f"{1e3 * r['step_median_s']:.1f}",
@@ -591,9 +590,14 @@ def markdown_table(results: dict) -> str:
         if peer:
             p = r["peer"]
             cells += [p["method"], f"{1e3 * p['step_median_s']:.1f}", f"{p['peak_rss_delta_bytes'] / 2**20:.1f}",
-                      f"{p['time_ratio']:.2f}", f"{p['time_ratio_round_median']:.2f}", f"{p['memory_ratio']:.2f}", f"{p['loss_rel_diff']:.1e}",
-                      f"{p['grad_rel_diff']:.1e}"]
+                      f"{p['time_ratio']:.2f}", f"{p['time_ratio_round_median']:.2f}", f"{p['memory_ratio']:.2f}",
+                      f"{p['loss_rel_diff']:.1e}", f"{p['grad_rel_diff']:.1e}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n\n" + "\n".join(table_notes(results)) + "\n"
+
+
+def table_notes(results: dict) -> list[str]:
+    """The lines under the table: device and load, the run's peaks, how the rounds were timed."""
     d, load = results["device"], results["loadavg"]
     start = results["loadavg_start"]
     notes = [f"Device: {d['platform']} ({d['device_kind']}), {d['cpu_count']} cores; jax {d['jax']}; "
@@ -608,7 +612,7 @@ def markdown_table(results: dict) -> str:
                      "then the case's steps and the twin's, alternating which goes first. '% round peak' is the median "
                      "over the rounds of the round's conv FLOP/s over its peak; 'round ratio' the median of the "
                      "rounds' step-time ratios.")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    return notes
 
 
 def plot_depth(records: list[dict], out: Path) -> list[Path]:
