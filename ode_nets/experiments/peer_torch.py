@@ -10,7 +10,8 @@ Runs on the CPU, or on a CUDA GPU with `device="cuda"` (the benchmark picks it w
 Needs the optional `bench` extra (torch, torchdiffeq). It runs in its own process
 (`python -m ode_nets.experiments.peer_torch --serve IN.npz`, timed in rounds interleaved with the benchmark's own
 steps) so that torch's threads and its peak resident memory are measured apart from JAX's, with the same
-allocator setting as the benchmark's own process (`host_memory.retain_freed_memory`: torch's CPU tensors come from glibc's malloc too).
+allocator setting as the benchmark's own process (`host_memory.retain_freed_memory`: torch's CPU tensors come
+from glibc's malloc too).
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ class TorchTwin:
         with CudaMemory() if device == "cuda" else RSSSampler() as memory:  # what autograd / the adjoint keeps alive
             loss = self.loss_fn(self.field, self.x, self.y, lam, adjoint)
             loss.backward()
-        self.first = {"loss": float(loss),
-                      "grads": {name: p.grad.detach().cpu().numpy().tolist() for name, p in self.field.named_parameters()},
+        grads = {name: p.grad.detach().cpu().numpy().tolist() for name, p in self.field.named_parameters()}
+        self.first = {"loss": float(loss), "grads": grads,
                       "threads": torch.get_num_threads(), "peak_rss_delta_bytes": memory.growth,
                       "torch_version": torch.__version__, "device": device}
         self.optimizer = torch.optim.SGD(self.field.parameters(), lr=learning_rate)
