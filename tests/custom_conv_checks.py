@@ -344,16 +344,18 @@ def test_euler_steps_of_the_fused_field_are_single_calls(strategy, steps_per_lay
     fast = conv_net("direct", strategy, hand_vjp=True, steps_per_layer=steps_per_layer)
     images = jnp.asarray(np.random.default_rng(16).random((3, 1, 6, 6)), jnp.float32)
     loss = lambda m, x=images: cross_entropy(m(x), jnp.array([0, 3, 1]))  # noqa: E731
-    got, logits = jax.tree_util.tree_leaves(eqx.filter_grad(loss)(fast)), fast(images)
+    params, static = eqx.partition(fast, eqx.is_array)
+    compiled = jax.jit(lambda p: eqx.filter_grad(loss)(eqx.combine(p, static))).lower(params).compile()
+    got, logits = jax.tree_util.tree_leaves(compiled(params)), eqx.filter_jit(fast)(images)
     plain = conv_net("xla_split", strategy, steps_per_layer=steps_per_layer)  # the same parameters
     with float64():  # against the exact value: gamma~'s gradient is a sum with cancellation (XLA's float32: 4e-5 off)
         wide = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, plain)
-        want = jax.tree_util.tree_leaves(eqx.filter_grad(lambda m: loss(m, images.astype(jnp.float64)))(wide))
-        assert relative_error(logits.astype(jnp.float64), wide(images.astype(jnp.float64))) < 1e-6
+        wide_images = images.astype(jnp.float64)
+        want = jax.tree_util.tree_leaves(eqx.filter_jit(eqx.filter_grad(lambda m: loss(m, wide_images)))(wide))
+        assert relative_error(logits.astype(jnp.float64), eqx.filter_jit(wide)(wide_images)) < 1e-6
         for a, b in zip(got, want, strict=True):
             assert relative_error(a.astype(jnp.float64), b) < 5e-5, relative_error(a.astype(jnp.float64), b)
-    params, static = eqx.partition(fast, eqx.is_array)
-    hlo = jax.jit(lambda p: eqx.filter_grad(loss)(eqx.combine(p, static))).lower(params).compile().as_text()
+    hlo = compiled.as_text()
     calls = {call: hlo.count(f'"{LIBRARY.target(call)}"') for call in ("cubic_step", "cubic_step_backward",
                                                                        "cubic_step_backward_at", "cubic_forward",
                                                                        "cubic_backward")}
